@@ -1,0 +1,35 @@
+//! The contract between `wsmq-gateway` and `wsmq-bridge`.
+//!
+//! The two processes are separate so that a broker outage or a bridge restart never touches a
+//! websocket connection; this crate is the only thing they share. Every message that crosses the
+//! Unix socket is a type in [`message`], and [`codec`] frames them: a 4-byte big-endian length,
+//! then a postcard body. Nothing here knows about AMQP or websockets.
+//!
+//! # Session
+//! 1. The gateway connects and sends [`ToBridge::Hello`] with [`PROTOCOL_VERSION`].
+//! 2. The bridge answers [`ToGateway::Welcome`] (same version) or [`ToGateway::Refused`] and closes.
+//! 3. Then, in any order: the gateway sends [`ToBridge::Submit`] per job and
+//!    [`ToBridge::Taken`] per reply it has taken; the bridge sends [`ToGateway::Published`] or
+//!    [`ToGateway::Rejected`] per job, [`ToGateway::Reply`] per worker reply and
+//!    [`ToGateway::Broker`] whenever the broker connection goes down or comes back.
+//!
+//! The first variant of each direction's enum (`Hello`, `Welcome`) and the leading `version`
+//! field of its payload must keep their encoding in every future version, so that a peer of
+//! another version can always read the handshake and refuse cleanly.
+
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod message;
+
+pub use codec::{FrameError, IpcCodec, MAX_FRAME_LEN};
+pub use message::*;
+
+/// Version of this protocol. A peer that speaks another one is refused during the handshake.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The most worker replies the bridge sends before the gateway has confirmed it took them.
+///
+/// The bridge holds a permit per reply in flight to the gateway, so the gateway can size the
+/// queue that carries its [`ToBridge::Taken`] confirmations to this and never find it full.
+pub const MAX_UNTAKEN_REPLIES: usize = 1024;

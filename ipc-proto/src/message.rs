@@ -1,0 +1,210 @@
+//! The messages of the gateway ⇄ bridge protocol, one enum per direction.
+//!
+//! JSON payloads (params, results, error data) travel as JSON text: the bridge does not need to
+//! understand params, and the gateway splices results into its responses without re-encoding.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies one job (one JSON-RPC call) across the gateway, the bridge, RabbitMQ and workers.
+///
+/// It is a random (v4) UUID; on AMQP it is the `correlation_id` and `message_id`, formatted as
+/// the usual hyphenated lowercase UUID, which is also how [`fmt::Display`] prints it.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct JobId(pub u128);
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let v = self.0;
+        write!(
+            f,
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            (v >> 96) as u32,
+            (v >> 80) as u16,
+            (v >> 64) as u16,
+            (v >> 48) as u16,
+            v & 0xffff_ffff_ffff
+        )
+    }
+}
+
+impl fmt::Debug for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::str::FromStr for JobId {
+    type Err = InvalidJobId;
+
+    /// Parses the hyphenated form [`fmt::Display`] prints (what workers echo as `correlation_id`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let groups: Vec<&str> = s.split('-').collect();
+        let lens = [8, 4, 4, 4, 12];
+        if groups.len() != lens.len()
+            || groups.iter().zip(lens).any(|(g, len)| {
+                g.len() != len || !g.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            })
+        {
+            return Err(InvalidJobId);
+        }
+        let hex: String = groups.concat();
+        u128::from_str_radix(&hex, 16).map(JobId).map_err(|_| InvalidJobId)
+    }
+}
+
+/// A string that is not a lowercase hyphenated UUID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("not a lowercase hyphenated UUID")]
+pub struct InvalidJobId;
+
+/// Sequence number the bridge gives each reply it forwards; the gateway echoes it in
+/// [`ToBridge::Taken`] so the bridge can acknowledge the right AMQP delivery.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Hash, Debug, PartialOrd, Ord)]
+pub struct ReplySeq(pub u64);
+
+/// Messages from the gateway to the bridge.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub enum ToBridge {
+    /// First frame of every session. Must stay variant 0 (see the crate docs).
+    Hello(Hello),
+    /// Publish this job.
+    Submit(Job),
+    /// The gateway has taken this reply (delivered it, or dropped it on purpose and counted it):
+    /// the bridge may acknowledge it to RabbitMQ.
+    Taken { reply: ReplySeq },
+}
+
+/// The gateway's half of the handshake.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub struct Hello {
+    /// Must stay the first field (see the crate docs).
+    pub version: u16,
+    /// Free text naming the gateway in the bridge's logs (host, pid, version).
+    pub peer: String,
+}
+
+/// One call to run.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub struct Job {
+    pub id: JobId,
+    /// The JSON-RPC method: the routing key, after the bridge's optional prefix.
+    pub method: String,
+    /// The call's `params` as JSON text (`null` when the call had none).
+    pub params: String,
+    /// The gateway's id for the websocket client, for log correlation only.
+    pub client: u64,
+}
+
+/// Messages from the bridge to the gateway.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Debug)]
+pub enum ToGateway {
+    /// Answer to [`ToBridge::Hello`] when the versions match. Must stay variant 0.
+    Welcome(Welcome),
+    /// Answer to [`ToBridge::Hello`] when they don't; the bridge closes the socket after it.
+    Refused(Refusal),
+    /// The broker connection changed state.
+    Broker(BrokerState),
+    /// RabbitMQ confirmed the job: it is durable in a queue and its reply will come.
+    Published { job: JobId },
+    /// The job was not published; the call must be answered with an error.
+    Rejected { job: JobId, reason: Rejection },
+    /// A worker replied.
+    Reply(Reply),
+}
+
+/// The bridge's half of the handshake.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub struct Welcome {
+    /// Must stay the first field (see the crate docs).
+    pub version: u16,
+    /// The bridge's stable instance name (its reply queue is named after it).
+    pub instance: String,
+    /// Whether the bridge is connected to RabbitMQ right now.
+    pub broker: BrokerState,
+}
+
+/// Why the bridge refused a gateway.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub struct Refusal {
+    /// Must stay the first field (see the crate docs).
+    pub version: u16,
+    pub reason: String,
+}
+
+/// Whether the bridge has a working broker connection.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum BrokerState {
+    Up,
+    Down,
+}
+
+/// Why a job was not published.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub enum Rejection {
+    /// RabbitMQ returned the message as unroutable: no queue serves this method.
+    NoRoute,
+    /// No broker connection, or it failed before the publish was confirmed. Retryable.
+    BrokerUnavailable,
+    /// RabbitMQ refused the message (a publisher nack). Retryable.
+    Nacked,
+    /// The method cannot be a routing key (too long once prefixed).
+    InvalidMethod,
+}
+
+/// A worker's reply to a job.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub struct Reply {
+    pub seq: ReplySeq,
+    pub job: JobId,
+    pub body: ReplyBody,
+}
+
+/// What the worker said, already classified by the bridge.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub enum ReplyBody {
+    /// A result: valid JSON text.
+    Result(String),
+    /// The worker replied with header `wsmq-status: error` and a well-formed error object.
+    Error(WorkerError),
+    /// The reply could not be understood; the reason says why, for the client's -32603 error.
+    Invalid { reason: String },
+}
+
+/// A JSON-RPC error object reported by a worker.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
+pub struct WorkerError {
+    pub code: i64,
+    pub message: String,
+    /// The optional `data` member, as JSON text.
+    pub data: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_id_displays_as_hyphenated_uuid_and_parses_back() {
+        let id = JobId(0x0123_4567_89ab_cdef_0011_2233_4455_6677);
+        let text = id.to_string();
+        assert_eq!(text, "01234567-89ab-cdef-0011-223344556677");
+        assert_eq!(text.parse::<JobId>(), Ok(id));
+    }
+
+    #[test]
+    fn job_id_rejects_malformed_text() {
+        for bad in [
+            "",
+            "01234567-89ab-cdef-0011-22334455667",
+            "01234567-89ab-cdef-0011-2233445566778",
+            "0123456789abcdef0011223344556677",
+            "01234567-89AB-cdef-0011-223344556677",
+            "0123456g-89ab-cdef-0011-223344556677",
+            "+1234567-89ab-cdef-0011-223344556677",
+        ] {
+            assert_eq!(bad.parse::<JobId>(), Err(InvalidJobId), "{bad:?}");
+        }
+    }
+}
