@@ -1,0 +1,76 @@
+//! `wsmq-bridge`: the RabbitMQ side of wsmq.
+//!
+//! The bridge is the only process that talks AMQP. It takes jobs from its gateway over a Unix
+//! socket and publishes them with confirms; it consumes the workers' replies from its own
+//! durable queue and hands them to the gateway, acknowledging each only once the gateway has
+//! taken it. Living in its own process, it can be restarted, or lose RabbitMQ, without a
+//! single websocket client noticing more than a -32000 "broker unavailable".
+
+mod broker;
+mod config;
+mod reply;
+mod server;
+mod session;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use config::{Config, ConfigError, LogFormat};
+
+/// Runs the bridge until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    run_until(config, shutdown).await
+}
+
+/// Runs the bridge until `shutdown` is cancelled.
+pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let instance = config.instance()?;
+    let reply_queue = config.reply_queue()?;
+    let listener = server::bind(&config.ipc)?;
+    info!(path = %config.ipc.display(), %instance, "bridge listening");
+
+    let settings = broker::BrokerSettings {
+        url: config.amqp.clone(),
+        reply_queue,
+        queue_prefix: config.queue_prefix.clone(),
+        prefetch: config.prefetch,
+        connection_name: format!("wsmq-bridge {instance} pid {}", std::process::id()),
+    };
+    let broker_shutdown = CancellationToken::new();
+    let (mut handle, supervisor) = broker::spawn(settings, broker_shutdown.clone());
+
+    let ctx = session::SessionContext {
+        broker: &mut handle,
+        instance: &instance,
+        max_unconfirmed: config.max_unconfirmed,
+        drain_timeout: Duration::from_secs(config.drain_timeout),
+        shutdown: &shutdown,
+    };
+    server::serve(listener, ctx).await;
+
+    // The session has finished its publishes and requeued what the gateway did not take; only
+    // now close the broker connection.
+    broker_shutdown.cancel();
+    supervisor.await.context("broker supervisor panicked")?;
+    info!("bridge stopped");
+    Ok(())
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,328 @@
+//! One gateway's session over the Unix socket.
+//!
+//! The session task owns the socket's read half, the table of replies handed to the gateway but
+//! not yet taken, and the permits that bound it; a writer task owns the write half. Publishes run
+//! as their own tasks (bounded by a semaphore) so one slow confirm never holds up the others.
+//!
+//! A reply is acknowledged to RabbitMQ only when the gateway says it took it; whatever is still
+//! untaken when the session ends is returned to the queue, so a gateway or bridge restart loses
+//! no result (at worst the gateway sees one twice, and answers each call once).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use lapin::Acker;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::codec::{FramedRead, FramedWrite};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+use wsmq_ipc_proto::{
+    IpcCodec, Job, MAX_UNTAKEN_REPLIES, PROTOCOL_VERSION, Refusal, Rejection, Reply,
+    ReplySeq, ToBridge, ToGateway, Welcome,
+};
+
+use crate::broker::{self, BrokerHandle};
+use crate::reply;
+
+/// Frames waiting for the writer. When full, publishes and replies wait for the gateway to read.
+const OUTBOUND_CAPACITY: usize = 1024;
+
+/// How long a connecting gateway has to say hello.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a session ended other than by the gateway hanging up or shutdown.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SessionError {
+    #[error("gateway sent no hello within {0:?}")]
+    HandshakeTimeout(Duration),
+    #[error("gateway speaks protocol version {0}; this bridge speaks {PROTOCOL_VERSION}")]
+    VersionMismatch(u16),
+    #[error("gateway's first frame was not a hello")]
+    NoHello,
+    #[error("gateway sent a second hello")]
+    RepeatedHello,
+    #[error("bad frame from the gateway")]
+    Frame(#[from] wsmq_ipc_proto::FrameError),
+    #[error("the gateway stopped reading")]
+    WriterGone,
+}
+
+/// What a session shares with the bridge for its whole life.
+pub(crate) struct SessionContext<'a> {
+    pub(crate) broker: &'a mut BrokerHandle,
+    pub(crate) instance: &'a str,
+    pub(crate) max_unconfirmed: usize,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) shutdown: &'a CancellationToken,
+}
+
+type Reader<R> = FramedRead<R, IpcCodec<ToBridge, ToGateway>>;
+
+/// Sends a refusal on a connection the bridge will not serve, then drops it.
+pub(crate) async fn refuse<W: AsyncWrite + Unpin>(write: W, reason: String) {
+    let mut out = FramedWrite::new(write, IpcCodec::<ToBridge, ToGateway>::new());
+    let refusal = ToGateway::Refused(Refusal {
+        version: PROTOCOL_VERSION,
+        reason,
+    });
+    if let Err(e) = tokio::time::timeout(HANDSHAKE_TIMEOUT, out.send(refusal)).await {
+        debug!(error = %e, "refusal not delivered");
+    }
+}
+
+/// Runs one gateway session to its end.
+pub(crate) async fn run<R, W>(read: R, write: W, mut ctx: SessionContext<'_>) -> Result<(), SessionError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let mut reader: Reader<R> = FramedRead::new(read, IpcCodec::new());
+
+    let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next()).await {
+        Err(_) => return Err(SessionError::HandshakeTimeout(HANDSHAKE_TIMEOUT)),
+        Ok(None) => return Ok(()),
+        Ok(Some(Err(e))) => return Err(e.into()),
+        Ok(Some(Ok(ToBridge::Hello(hello)))) => hello,
+        Ok(Some(Ok(_))) => return Err(SessionError::NoHello),
+    };
+    if hello.version != PROTOCOL_VERSION {
+        let err = SessionError::VersionMismatch(hello.version);
+        drop(reader);
+        refuse(write, err.to_string()).await;
+        return Err(err);
+    }
+    info!(peer = %hello.peer, "gateway connected");
+
+    let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    let writer = tokio::spawn(write_frames(write, out_rx));
+    let welcome = ToGateway::Welcome(Welcome {
+        version: PROTOCOL_VERSION,
+        instance: ctx.instance.to_owned(),
+        broker: *ctx.broker.state.borrow_and_update(),
+    });
+    let mut session = Session {
+        out: out_tx,
+        untaken: HashMap::new(),
+        untaken_permits: Arc::new(Semaphore::new(MAX_UNTAKEN_REPLIES)),
+        publish_permits: Arc::new(Semaphore::new(ctx.max_unconfirmed)),
+        publishes: TaskTracker::new(),
+        next_seq: 0,
+    };
+    let result = match session.out.send(welcome).await {
+        Ok(()) => session.serve(&mut reader, &mut ctx).await,
+        Err(_) => Err(SessionError::WriterGone),
+    };
+    session.finish(ctx.drain_timeout).await;
+    drop(session);
+    if let Err(e) = writer.await {
+        warn!(error = %e, "ipc writer task failed");
+    }
+    info!("gateway session ended");
+    result
+}
+
+/// Where the session's jobs go.
+struct PublishTarget<'a> {
+    publisher: &'a tokio::sync::watch::Receiver<Option<lapin::Channel>>,
+    queue_prefix: &'a String,
+    reply_queue: &'a String,
+}
+
+struct Session {
+    out: mpsc::Sender<ToGateway>,
+    /// Replies sent to the gateway and not yet taken, with the permit each holds.
+    untaken: HashMap<ReplySeq, (Acker, OwnedSemaphorePermit)>,
+    untaken_permits: Arc<Semaphore>,
+    publish_permits: Arc<Semaphore>,
+    publishes: TaskTracker,
+    next_seq: u64,
+}
+
+impl Session {
+    async fn serve<R: AsyncRead + Unpin>(
+        &mut self,
+        reader: &mut Reader<R>,
+        ctx: &mut SessionContext<'_>,
+    ) -> Result<(), SessionError> {
+        let mut state = ctx.broker.state.clone();
+        let BrokerHandle { publisher, replies, queue_prefix, reply_queue, .. } = &mut *ctx.broker;
+        let target = PublishTarget { publisher, queue_prefix, reply_queue };
+        let mut replies_open = true;
+        loop {
+            tokio::select! {
+                () = ctx.shutdown.cancelled() => return Ok(()),
+                frame = reader.next() => match frame {
+                    None => return Ok(()),
+                    Some(Err(e)) => return Err(e.into()),
+                    Some(Ok(msg)) => self.handle(msg, &target).await?,
+                },
+                changed = state.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    let now = *state.borrow_and_update();
+                    self.send(ToGateway::Broker(now)).await?;
+                }
+                next = next_reply(&self.untaken_permits, replies), if replies_open => match next {
+                    Some((permit, delivery)) => self.forward(delivery, permit).await?,
+                    None => replies_open = false,
+                },
+            }
+        }
+    }
+
+    async fn handle(&mut self, msg: ToBridge, target: &PublishTarget<'_>) -> Result<(), SessionError> {
+        match msg {
+            ToBridge::Hello(_) => Err(SessionError::RepeatedHello),
+            ToBridge::Submit(job) => {
+                self.submit(job, target).await;
+                Ok(())
+            }
+            ToBridge::Taken { reply } => {
+                match self.untaken.remove(&reply) {
+                    Some((acker, _permit)) => {
+                        if let Err(e) = acker.ack(BasicAckOptions::default()).await {
+                            // The channel it came on is gone; RabbitMQ requeued it already.
+                            debug!(seq = reply.0, error = %e, "ack failed");
+                        }
+                    }
+                    None => warn!(seq = reply.0, "gateway took a reply it was never sent"),
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn submit(&mut self, job: Job, target: &PublishTarget<'_>) {
+        // Waiting here for a permit is the backpressure: while RabbitMQ is slow to confirm,
+        // the bridge stops reading the socket and the gateway sheds load.
+        let Ok(permit) = self.publish_permits.clone().acquire_owned().await else {
+            return;
+        };
+        let channel = target.publisher.borrow().clone();
+        let prefix = target.queue_prefix.clone();
+        let reply_queue = target.reply_queue.clone();
+        let out = self.out.clone();
+        self.publishes.spawn(async move {
+            let outcome = match channel {
+                Some(channel) => broker::publish(&channel, &prefix, &reply_queue, &job).await,
+                None => Err(Rejection::BrokerUnavailable),
+            };
+            drop(permit);
+            let msg = match outcome {
+                Ok(()) => {
+                    debug!(job = %job.id, client = job.client, method = %job.method, "job published");
+                    ToGateway::Published { job: job.id }
+                }
+                Err(reason) => {
+                    debug!(job = %job.id, client = job.client, method = %job.method, ?reason, "job rejected");
+                    ToGateway::Rejected { job: job.id, reason }
+                }
+            };
+            // If the gateway is gone it will not wait for this answer; the job (if published)
+            // still runs and its reply waits in the reply queue.
+            let _ = out.send(msg).await;
+        });
+    }
+
+    async fn forward(
+        &mut self,
+        delivery: Delivery,
+        permit: OwnedSemaphorePermit,
+    ) -> Result<(), SessionError> {
+        let props = &delivery.properties;
+        let job = props
+            .correlation_id()
+            .as_ref()
+            .and_then(|id| id.as_str().parse().ok());
+        let Some(job) = job else {
+            // Nothing can route it; acking drops it for good rather than looping forever.
+            warn!(
+                correlation_id = ?props.correlation_id(),
+                "reply without a valid correlation_id dropped"
+            );
+            if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
+                debug!(error = %e, "ack failed");
+            }
+            return Ok(());
+        };
+        let body = reply::classify(props.headers().as_ref(), &delivery.data);
+        self.next_seq += 1;
+        let seq = ReplySeq(self.next_seq);
+        self.untaken.insert(seq, (delivery.acker, permit));
+        self.send(ToGateway::Reply(Reply { seq, job, body })).await
+    }
+
+    async fn send(&self, msg: ToGateway) -> Result<(), SessionError> {
+        self.out.send(msg).await.map_err(|_| SessionError::WriterGone)
+    }
+
+    /// Lets publishes in flight finish (they tell the gateway if it is still there), then
+    /// returns every untaken reply to its queue.
+    async fn finish(&mut self, grace: Duration) {
+        self.publishes.close();
+        if tokio::time::timeout(grace, self.publishes.wait()).await.is_err() {
+            warn!(?grace, "publishes still unconfirmed after the grace period");
+        }
+        for (_, (acker, _permit)) in self.untaken.drain() {
+            let requeue = BasicNackOptions {
+                requeue: true,
+                ..BasicNackOptions::default()
+            };
+            if let Err(e) = acker.nack(requeue).await {
+                debug!(error = %e, "nack failed; the broker requeues it when the channel closes");
+            }
+        }
+    }
+}
+
+/// The next reply, once there is room for it among the untaken ones. Cancel-safe: a permit won
+/// in a lost race is simply returned.
+async fn next_reply(
+    permits: &Arc<Semaphore>,
+    replies: &mut mpsc::Receiver<Delivery>,
+) -> Option<(OwnedSemaphorePermit, Delivery)> {
+    let permit = permits.clone().acquire_owned().await.ok()?;
+    let delivery = replies.recv().await?;
+    Some((permit, delivery))
+}
+
+async fn write_frames<W: AsyncWrite + Unpin>(write: W, mut rx: mpsc::Receiver<ToGateway>) {
+    let mut out = FramedWrite::new(write, IpcCodec::<ToBridge, ToGateway>::new());
+    while let Some(msg) = rx.recv().await {
+        // Batch whatever is already queued into one flush.
+        let mut result = out.feed(msg).await;
+        while result.is_ok() {
+            match rx.try_recv() {
+                Ok(more) => result = out.feed(more).await,
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = result.and(out.flush().await) {
+            debug!(error = %e, "ipc write failed");
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn next_reply_waits_for_a_free_permit() {
+        let permits = Arc::new(Semaphore::new(1));
+        let (_tx, mut rx) = mpsc::channel::<Delivery>(1);
+        let held = permits.clone().acquire_owned().await.expect("permit");
+        let waiting = tokio::time::timeout(Duration::from_millis(20), next_reply(&permits, &mut rx));
+        assert!(waiting.await.is_err(), "must not proceed without a permit");
+        drop(held);
+        assert_eq!(permits.available_permits(), 1, "a cancelled wait returns nothing it took");
+    }
+}
