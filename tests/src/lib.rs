@@ -1,1 +1,58 @@
+//! Harness for the end-to-end tests: runs the real wsmq binaries against the real RabbitMQ.
+//!
+//! A test builds a [`System`] (bridge, demo worker, gateway, each a child process with per-test
+//! queue and instance names and a temp-dir socket), talks to it through [`WsClient`] and
+//! [`System::healthz`], and ends with [`System::cleanup`], which stops the processes and deletes
+//! every queue the test created.
+//!
+//! Every wait is bounded by one of the constants below, so a broken binary fails a test with a
+//! message naming what never happened instead of hanging the suite.
 
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+pub mod binaries;
+pub mod broker;
+pub mod client;
+pub mod http;
+pub mod process;
+pub mod rpc;
+pub mod system;
+
+pub use client::WsClient;
+pub use process::{LogLine, Service};
+pub use system::{System, SystemBuilder};
+
+/// The broker the tests use unless `WSMQ_AMQP_URL` names another.
+pub const DEFAULT_AMQP_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// How long a process may take to log a line the harness waits for ("broker connected",
+/// "gateway listening", "worker ready", ...). Generous: two cores shared by two tests at a time.
+pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long `/healthz` may take to reach the state a test waits for.
+pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Pause between two `/healthz` polls while waiting for a state.
+pub const HEALTH_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// How long one HTTP request to the gateway may take.
+pub const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a websocket client waits for the next frame it expects.
+pub const RECV_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a process may take to exit after SIGTERM (or SIGKILL) before the harness gives up.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long deleting the test's queues may take.
+pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long building the binaries may take (the first test of a run compiles them).
+pub const BUILD_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+/// The broker URL for this run.
+pub fn amqp_url() -> String {
+    std::env::var("WSMQ_AMQP_URL").unwrap_or_else(|_| DEFAULT_AMQP_URL.to_owned())
+}

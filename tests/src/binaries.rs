@@ -1,0 +1,112 @@
+//! Finds the wsmq binaries, building them first when needed.
+//!
+//! `cargo nextest run --workspace` (like `cargo test --workspace`) only builds a package's
+//! binaries for that package's own integration tests; the gateway, bridge and worker binaries
+//! are other packages', so it compiles them as unit-test harnesses and never produces
+//! `target/<profile>/wsmq-gateway`. The harness therefore runs `cargo build --bins` for them
+//! once per test process, with the same profile as the test: a no-op when they are fresh, and it
+//! guarantees the tests never run stale binaries. Set `WSMQ_BIN_DIR` to skip the build and use
+//! the binaries in that directory instead.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use anyhow::{Context, Result, bail, ensure};
+use tokio::process::Command;
+use tokio::sync::OnceCell;
+
+use crate::BUILD_TIMEOUT;
+
+/// The packages whose binaries the tests run.
+const PACKAGES: [&str; 3] = ["wsmq-gateway", "wsmq-bridge", "wsmq-worker"];
+
+/// Where the binaries are.
+#[derive(Debug, Clone)]
+pub struct Binaries {
+    pub gateway: PathBuf,
+    pub bridge: PathBuf,
+    pub worker: PathBuf,
+}
+
+static BINARIES: OnceCell<Binaries> = OnceCell::const_new();
+
+/// The workspace root (the directory of the root `Cargo.toml`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from(".."), Path::to_path_buf)
+}
+
+/// The binaries, built (once per process) unless `WSMQ_BIN_DIR` is set.
+pub async fn binaries() -> Result<&'static Binaries> {
+    BINARIES.get_or_try_init(locate).await
+}
+
+async fn locate() -> Result<Binaries> {
+    let dir = match std::env::var_os("WSMQ_BIN_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => {
+            let dir = profile_dir()?;
+            build(&dir).await?;
+            dir
+        }
+    };
+    let bins = Binaries {
+        gateway: dir.join("wsmq-gateway"),
+        bridge: dir.join("wsmq-bridge"),
+        worker: dir.join("wsmq-worker"),
+    };
+    for bin in [&bins.gateway, &bins.bridge, &bins.worker] {
+        ensure!(
+            bin.is_file(),
+            "{} does not exist (set WSMQ_BIN_DIR to the directory holding the wsmq binaries)",
+            bin.display()
+        );
+    }
+    Ok(bins)
+}
+
+/// `target/<profile>/`, from this test's own path `target/<profile>/deps/<test>-<hash>`.
+fn profile_dir() -> Result<PathBuf> {
+    let exe = std::env::current_exe().context("cannot find the test executable's path")?;
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .with_context(|| format!("{} is not in target/<profile>/deps/", exe.display()))
+}
+
+async fn build(profile_dir: &Path) -> Result<()> {
+    // The directory is named after the profile, except the dev profile's, which is `debug`.
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(name) => name,
+        None => bail!(
+            "cannot tell the cargo profile from {}",
+            profile_dir.display()
+        ),
+    };
+    let manifest = workspace_root().join("Cargo.toml");
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.arg("build")
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .args(["--profile", profile, "--bins"])
+        .args(PACKAGES.iter().flat_map(|p| ["-p", p]))
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(BUILD_TIMEOUT, cmd.output())
+        .await
+        .with_context(|| format!("building the wsmq binaries took over {BUILD_TIMEOUT:?}"))?
+        .context("cannot run cargo to build the wsmq binaries")?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: Vec<&str> = stderr.lines().rev().take(60).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        bail!(
+            "`cargo build` of the wsmq binaries failed ({}):\n{}",
+            out.status,
+            tail.join("\n")
+        );
+    }
+    Ok(())
+}

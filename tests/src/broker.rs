@@ -1,0 +1,37 @@
+//! Direct RabbitMQ access for the tests: cleanup, and tests that play a worker themselves.
+
+use anyhow::{Context, Result};
+use lapin::options::QueueDeleteOptions;
+use lapin::{Connection, ConnectionProperties};
+
+use crate::CLEANUP_TIMEOUT;
+
+/// A new connection to the broker at `url`.
+pub async fn connect(url: &str) -> Result<Connection> {
+    Connection::connect(url, ConnectionProperties::default())
+        .await
+        .with_context(|| format!("cannot connect to RabbitMQ at {url} (is it running?)"))
+}
+
+/// Deletes the named queues (whether or not they exist, consumers or not), within
+/// [`CLEANUP_TIMEOUT`].
+pub async fn delete_queues(url: &str, queues: &[String]) -> Result<()> {
+    tokio::time::timeout(CLEANUP_TIMEOUT, async {
+        let conn = connect(url).await?;
+        let channel = conn
+            .create_channel()
+            .await
+            .context("cannot open a channel for cleanup")?;
+        for queue in queues {
+            channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .with_context(|| format!("cannot delete queue {queue}"))?;
+        }
+        // Closing is a courtesy; the queues are gone either way.
+        let _ = conn.close(200, "test cleanup done".into()).await;
+        Ok(())
+    })
+    .await
+    .with_context(|| format!("deleting the test's queues took over {CLEANUP_TIMEOUT:?}"))?
+}

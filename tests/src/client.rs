@@ -1,0 +1,134 @@
+//! A websocket JSON-RPC client for the tests.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures::{SinkExt, StreamExt};
+use serde_json::Value;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+use crate::RECV_TIMEOUT;
+use crate::rpc::{self, check_envelope};
+
+/// What ended a wait for the next data frame.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    /// A text frame.
+    Text(String),
+    /// A binary frame (the gateway should never send one).
+    Binary(Vec<u8>),
+    /// A close frame: its code and reason, if it had them.
+    Close(Option<(u16, String)>),
+    /// The connection ended without a close frame, or failed (the error's text).
+    Ended(Option<String>),
+}
+
+/// One websocket connection to the gateway.
+pub struct WsClient {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+}
+
+impl WsClient {
+    /// Connects to `ws://addr/ws`.
+    pub async fn connect(addr: SocketAddr) -> Result<Self> {
+        let url = format!("ws://{addr}/ws");
+        let (ws, _response) = tokio::time::timeout(RECV_TIMEOUT, connect_async(url.as_str()))
+            .await
+            .with_context(|| format!("websocket handshake with {url} took over {RECV_TIMEOUT:?}"))?
+            .with_context(|| format!("websocket handshake with {url} failed"))?;
+        Ok(Self { ws, next_id: 1 })
+    }
+
+    /// Sends one text frame.
+    pub async fn send_text(&mut self, text: impl Into<String>) -> Result<()> {
+        let text: String = text.into();
+        self.ws
+            .send(Message::text(text))
+            .await
+            .context("cannot send a websocket text frame")
+    }
+
+    /// Sends `value` as one text frame.
+    pub async fn send_json(&mut self, value: &Value) -> Result<()> {
+        self.send_text(value.to_string()).await
+    }
+
+    /// The next frame other than ping/pong, within `limit`.
+    pub async fn next_incoming(&mut self, limit: Duration) -> Result<Incoming> {
+        let wait = async {
+            loop {
+                let incoming = match self.ws.next().await {
+                    None => Incoming::Ended(None),
+                    Some(Err(e)) => Incoming::Ended(Some(e.to_string())),
+                    Some(Ok(Message::Text(t))) => Incoming::Text(t.as_str().to_owned()),
+                    Some(Ok(Message::Binary(b))) => Incoming::Binary(b.to_vec()),
+                    Some(Ok(Message::Close(frame))) => {
+                        Incoming::Close(frame.map(|f| (u16::from(f.code), f.reason.to_string())))
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => continue,
+                };
+                return incoming;
+            }
+        };
+        tokio::time::timeout(limit, wait)
+            .await
+            .with_context(|| format!("no websocket frame within {limit:?}"))
+    }
+
+    /// The next text frame parsed as JSON, within [`RECV_TIMEOUT`].
+    pub async fn recv_json(&mut self) -> Result<Value> {
+        self.recv_json_within(RECV_TIMEOUT).await
+    }
+
+    /// The next text frame parsed as JSON, within `limit`.
+    pub async fn recv_json_within(&mut self, limit: Duration) -> Result<Value> {
+        match self.next_incoming(limit).await? {
+            Incoming::Text(text) => serde_json::from_str(&text).with_context(|| {
+                format!("the gateway sent a text frame that is not JSON: {text:?}")
+            }),
+            other => bail!("expected a JSON text frame, got {other:?}"),
+        }
+    }
+
+    /// Sends a request with a fresh numeric id and returns its response, which must be the
+    /// next frame and carry that id.
+    pub async fn call(&mut self, method: &str, params: Value) -> Result<Value> {
+        self.call_within(method, params, RECV_TIMEOUT).await
+    }
+
+    /// [`Self::call`] with another response deadline.
+    pub async fn call_within(
+        &mut self,
+        method: &str,
+        params: Value,
+        limit: Duration,
+    ) -> Result<Value> {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.send_json(&rpc::request(id, method, params)).await?;
+        let response = self
+            .recv_json_within(limit)
+            .await
+            .with_context(|| format!("waiting for the response to {method} (id {id})"))?;
+        check_envelope(&response).map_err(anyhow::Error::msg)?;
+        if response.get("id") != Some(&Value::from(id)) {
+            bail!("sent {method} with id {id}, but the next frame was {response}");
+        }
+        Ok(response)
+    }
+
+    /// Sends a websocket close frame and waits for the connection to end.
+    pub async fn close(mut self) -> Result<()> {
+        self.ws
+            .close(None)
+            .await
+            .context("cannot close the websocket")?;
+        // Drain until the server's close arrives or the stream ends.
+        let _ = self.next_incoming(RECV_TIMEOUT).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,539 @@
+//! One test's wsmq deployment: bridge, workers and gateway with per-test names.
+//!
+//! Names are unique per test (`wsmq-test.<uuid>.` queue prefix, `test-<uuid>` instance), the
+//! socket lives in a fresh temp dir and the gateway listens on port 0, so tests run in parallel
+//! against one RabbitMQ without seeing each other.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::binaries::{Binaries, binaries, workspace_root};
+use crate::client::WsClient;
+use crate::process::{LogLine, Service};
+use crate::{HEALTH_POLL_INTERVAL, HEALTH_TIMEOUT, amqp_url, broker, http};
+
+/// The methods the demo worker serves; their queues are deleted by cleanup.
+pub const DEMO_METHODS: [&str; 4] = ["echo", "sleep", "fib", "fail"];
+
+/// Demo worker concurrency unless a test asks for another: enough that a few overlapping
+/// `sleep` calls do not queue behind each other.
+pub const DEFAULT_WORKER_CONCURRENCY: u32 = 8;
+
+/// The log level the binaries run with (`RUST_LOG`), unless `WSMQ_TEST_RUST_LOG` says otherwise.
+const DEFAULT_RUST_LOG: &str = "info";
+
+/// How to start a [`System`].
+#[derive(Debug, Clone)]
+pub struct SystemBuilder {
+    worker: bool,
+    worker_concurrency: u32,
+    gateway: bool,
+    gateway_args: Vec<String>,
+}
+
+impl Default for SystemBuilder {
+    fn default() -> Self {
+        Self {
+            worker: true,
+            worker_concurrency: DEFAULT_WORKER_CONCURRENCY,
+            gateway: true,
+            gateway_args: Vec::new(),
+        }
+    }
+}
+
+impl SystemBuilder {
+    /// Start no demo worker.
+    pub fn without_worker(mut self) -> Self {
+        self.worker = false;
+        self
+    }
+
+    /// Start no gateway (a test starts it later with [`System::start_gateway`]).
+    pub fn without_gateway(mut self) -> Self {
+        self.gateway = false;
+        self
+    }
+
+    /// The demo worker's `--concurrency`.
+    pub fn worker_concurrency(mut self, n: u32) -> Self {
+        self.worker_concurrency = n;
+        self
+    }
+
+    /// The gateway's `--max-message-bytes`.
+    pub fn max_message_bytes(mut self, n: usize) -> Self {
+        self.gateway_args
+            .extend(["--max-message-bytes".to_owned(), n.to_string()]);
+        self
+    }
+
+    /// The gateway's `--max-inflight-per-client`.
+    pub fn max_inflight_per_client(mut self, n: usize) -> Self {
+        self.gateway_args
+            .extend(["--max-inflight-per-client".to_owned(), n.to_string()]);
+        self
+    }
+
+    /// Starts the bridge and the worker, waits until the bridge has its broker and the worker
+    /// consumes, then starts the gateway and waits until `/healthz` says 200.
+    pub async fn start(self) -> Result<System> {
+        let bins = binaries().await?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let dir = tempfile::Builder::new()
+            .prefix("wsmq-test-")
+            .tempdir()
+            .context("cannot create a temp dir for the bridge socket")?;
+        let socket = dir.path().join("bridge.sock");
+        let prefix = format!("wsmq-test.{id}.");
+        let instance = format!("test-{id}");
+        let mut queues: Vec<String> = DEMO_METHODS
+            .iter()
+            .map(|m| format!("{prefix}{m}"))
+            .collect();
+        queues.push(format!("wsmq.reply.{instance}"));
+        let mut system = System {
+            prefix,
+            instance,
+            amqp_url: amqp_url(),
+            _dir: dir,
+            socket,
+            bins,
+            gateway_args: self.gateway_args,
+            bridge: None,
+            gateway: None,
+            workers: Vec::new(),
+            addr: None,
+            queues,
+            cleaned: false,
+        };
+        eprintln!(
+            "[harness] test system {id}: prefix {}, instance {}, socket {}",
+            system.prefix,
+            system.instance,
+            system.socket.display()
+        );
+
+        // Bridge and worker start in parallel; both must be ready before the gateway runs,
+        // or the first calls could find no queue (-32601) or no bridge (-32000).
+        let mut bridge = system.spawn_bridge()?;
+        let mut worker = if self.worker {
+            Some(system.spawn_worker(self.worker_concurrency)?)
+        } else {
+            None
+        };
+        let bridge_ready = System::await_bridge_ready(&mut bridge).await;
+        system.bridge = Some(bridge);
+        bridge_ready?;
+        if let Some(mut worker) = worker.take() {
+            let ready = System::await_worker_ready(&mut worker).await;
+            system.workers.push(worker);
+            ready?;
+        }
+        if self.gateway {
+            system.start_gateway().await?;
+        }
+        Ok(system)
+    }
+}
+
+/// A running deployment for one test. See the module docs.
+///
+/// End every test with [`System::cleanup`]. If a test panics first, `Drop` kills the processes
+/// and still deletes the queues.
+pub struct System {
+    prefix: String,
+    instance: String,
+    amqp_url: String,
+    /// Holds the bridge socket; deleted on drop.
+    _dir: TempDir,
+    socket: PathBuf,
+    bins: &'static Binaries,
+    gateway_args: Vec<String>,
+    bridge: Option<Service>,
+    gateway: Option<Service>,
+    workers: Vec<Service>,
+    addr: Option<SocketAddr>,
+    /// Every queue the test may have created, deleted by cleanup.
+    queues: Vec<String>,
+    cleaned: bool,
+}
+
+impl System {
+    /// A builder with the defaults: one demo worker and a gateway with default limits.
+    pub fn builder() -> SystemBuilder {
+        SystemBuilder::default()
+    }
+
+    /// Starts the default system.
+    pub async fn start() -> Result<System> {
+        Self::builder().start().await
+    }
+
+    /// The job queue prefix (`wsmq-test.<uuid>.`).
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The job queue serving `method`.
+    pub fn queue_for(&self, method: &str) -> String {
+        format!("{}{method}", self.prefix)
+    }
+
+    /// The bridge's instance name.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The bridge's reply queue.
+    pub fn reply_queue(&self) -> String {
+        format!("wsmq.reply.{}", self.instance)
+    }
+
+    /// The bridge's Unix socket.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket
+    }
+
+    /// The broker URL.
+    pub fn amqp_url(&self) -> &str {
+        &self.amqp_url
+    }
+
+    /// Makes cleanup delete `queue` too (for queues a test declares itself).
+    pub fn track_queue(&mut self, queue: impl Into<String>) {
+        let queue = queue.into();
+        if !self.queues.contains(&queue) {
+            self.queues.push(queue);
+        }
+    }
+
+    /// The gateway's bound address.
+    pub fn gateway_addr(&self) -> Result<SocketAddr> {
+        self.addr.context("the gateway is not running")
+    }
+
+    /// The gateway process, for log assertions.
+    pub fn gateway(&mut self) -> Result<&mut Service> {
+        self.gateway.as_mut().context("the gateway is not running")
+    }
+
+    /// The bridge process, for log assertions.
+    pub fn bridge(&mut self) -> Result<&mut Service> {
+        self.bridge.as_mut().context("the bridge is not running")
+    }
+
+    /// A new websocket client connected to the gateway.
+    pub async fn client(&self) -> Result<WsClient> {
+        WsClient::connect(self.gateway_addr()?).await
+    }
+
+    /// `GET /healthz`: status code and JSON body.
+    pub async fn healthz(&self) -> Result<(u16, Value)> {
+        let response = http::get(self.gateway_addr()?, "/healthz").await?;
+        let body = response.json()?;
+        Ok((response.status, body))
+    }
+
+    /// Polls `/healthz` until `pred(status, body)` holds, within [`HEALTH_TIMEOUT`]. `what`
+    /// names the awaited state for the error, which also shows the last answer seen.
+    pub async fn wait_health(
+        &self,
+        what: &str,
+        pred: impl Fn(u16, &Value) -> bool,
+    ) -> Result<(u16, Value)> {
+        let deadline = tokio::time::Instant::now() + HEALTH_TIMEOUT;
+        loop {
+            let last = match self.healthz().await {
+                Ok((status, body)) if pred(status, &body) => return Ok((status, body)),
+                Ok((status, body)) => format!("HTTP {status} {body}"),
+                Err(e) => format!("{e:#}"),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                bail!("/healthz did not report {what} within {HEALTH_TIMEOUT:?}; last: {last}");
+            }
+            tokio::time::sleep(HEALTH_POLL_INTERVAL).await;
+        }
+    }
+
+    /// Polls `/healthz` until it answers 200.
+    pub async fn wait_healthy(&self) -> Result<(u16, Value)> {
+        self.wait_health("200", |status, _| status == 200).await
+    }
+
+    /// Starts the gateway, learns its port from its "gateway listening" log line and waits
+    /// until `/healthz` answers 200.
+    pub async fn start_gateway(&mut self) -> Result<()> {
+        if self.gateway.is_some() {
+            bail!("the gateway is already running");
+        }
+        let mut args: Vec<String> = [
+            "--listen",
+            "127.0.0.1:0",
+            "--ipc",
+            path_arg(&self.socket)?,
+            "--log-format",
+            "json",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend(self.gateway_args.iter().cloned());
+        let rust_log = rust_log();
+        let mut gateway = Service::spawn(
+            "gateway",
+            &self.bins.gateway,
+            &args,
+            &[("RUST_LOG", rust_log.as_str())],
+        )?;
+        let listening = gateway.wait_for_message("gateway listening").await;
+        self.gateway = Some(gateway);
+        let addr = listening_addr(&listening?)?;
+        self.addr = Some(addr);
+        self.wait_healthy().await?;
+        Ok(())
+    }
+
+    /// Starts the bridge (same socket, instance and prefix as before) and waits until it
+    /// listens and has its broker.
+    pub async fn start_bridge(&mut self) -> Result<()> {
+        if self.bridge.is_some() {
+            bail!("the bridge is already running");
+        }
+        let mut bridge = self.spawn_bridge()?;
+        let ready = Self::await_bridge_ready(&mut bridge).await;
+        self.bridge = Some(bridge);
+        ready
+    }
+
+    /// SIGTERM to the bridge; waits for it to exit.
+    pub async fn stop_bridge(&mut self) -> Result<ExitStatus> {
+        self.bridge
+            .take()
+            .context("the bridge is not running")?
+            .terminate()
+            .await
+    }
+
+    /// SIGKILL to the bridge (a crash); waits for it to be gone.
+    pub async fn kill_bridge(&mut self) -> Result<()> {
+        self.bridge
+            .take()
+            .context("the bridge is not running")?
+            .kill()
+            .await
+    }
+
+    /// SIGTERM to the gateway; waits for it to exit.
+    pub async fn stop_gateway(&mut self) -> Result<ExitStatus> {
+        self.addr = None;
+        self.gateway
+            .take()
+            .context("the gateway is not running")?
+            .terminate()
+            .await
+    }
+
+    /// SIGTERM to every worker started so far; waits for each to exit.
+    pub async fn stop_workers(&mut self) -> Result<Vec<ExitStatus>> {
+        let mut statuses = Vec::new();
+        for worker in std::mem::take(&mut self.workers) {
+            statuses.push(worker.terminate().await?);
+        }
+        Ok(statuses)
+    }
+
+    /// Starts another demo worker and waits until it consumes.
+    pub async fn start_worker(&mut self, concurrency: u32) -> Result<()> {
+        let mut worker = self.spawn_worker(concurrency)?;
+        let ready = Self::await_worker_ready(&mut worker).await;
+        self.workers.push(worker);
+        ready
+    }
+
+    /// Starts the Python (pika) worker on the queue for `method` and waits until it consumes.
+    pub async fn start_pika_worker(&mut self, method: &str) -> Result<()> {
+        let queue = self.queue_for(method);
+        self.track_queue(queue.clone());
+        let script = workspace_root().join("tests/workers/pika_worker.py");
+        let python = std::env::var("WSMQ_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+        let args = [
+            path_arg(&script)?,
+            "--amqp",
+            &self.amqp_url,
+            "--queue",
+            &queue,
+        ];
+        // Unbuffered, so "ready" reaches the pipe when it is printed.
+        let mut worker = Service::spawn("pika", &python, args, &[("PYTHONUNBUFFERED", "1")])?;
+        let ready = worker
+            .wait_for_log("\"pika worker ready\"", |l| {
+                l.text.contains("pika worker ready")
+            })
+            .await;
+        self.workers.push(worker);
+        ready.map(drop)
+    }
+
+    /// Stops every process (SIGTERM, killed if it hangs) and deletes the test's queues.
+    ///
+    /// Panics if a queue cannot be deleted or a process did not stop on SIGTERM, failing the
+    /// test: both would leak into later tests. A non-zero exit status is only reported, since
+    /// `every_binary_exits_cleanly_on_sigterm` pins that on its own.
+    pub async fn cleanup(self) {
+        if let Err(e) = self.try_cleanup().await {
+            panic!("cleanup failed: {e:#}");
+        }
+    }
+
+    /// [`Self::cleanup`], returning the failure instead of panicking.
+    pub async fn try_cleanup(mut self) -> Result<()> {
+        let mut problems = Vec::new();
+        // Clients first, then what they depend on: gateway, workers, bridge.
+        let services = self
+            .gateway
+            .take()
+            .into_iter()
+            .chain(std::mem::take(&mut self.workers))
+            .chain(self.bridge.take());
+        for service in services {
+            let name = service.name().to_owned();
+            match service.terminate().await {
+                Ok(status) if status.success() => {}
+                Ok(status) => {
+                    eprintln!("[harness] warning: [{name}] exited with {status} on SIGTERM")
+                }
+                Err(e) => problems.push(format!("{e:#}")),
+            }
+        }
+        if let Err(e) = broker::delete_queues(&self.amqp_url, &self.queues).await {
+            problems.push(format!("{e:#}"));
+        }
+        self.cleaned = true;
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!("{}", problems.join("; "))
+        }
+    }
+
+    fn spawn_bridge(&self) -> Result<Service> {
+        let args = [
+            "--ipc",
+            path_arg(&self.socket)?,
+            "--amqp",
+            &self.amqp_url,
+            "--instance",
+            &self.instance,
+            "--queue-prefix",
+            &self.prefix,
+            "--log-format",
+            "json",
+        ];
+        let rust_log = rust_log();
+        Service::spawn(
+            "bridge",
+            &self.bins.bridge,
+            args,
+            &[("RUST_LOG", rust_log.as_str())],
+        )
+    }
+
+    async fn await_bridge_ready(bridge: &mut Service) -> Result<()> {
+        bridge.wait_for_message("bridge listening").await?;
+        bridge.wait_for_message("broker connected").await?;
+        Ok(())
+    }
+
+    fn spawn_worker(&self, concurrency: u32) -> Result<Service> {
+        let concurrency = concurrency.to_string();
+        let args = [
+            "--amqp",
+            &self.amqp_url,
+            "--queue-prefix",
+            &self.prefix,
+            "--concurrency",
+            &concurrency,
+            "--log-format",
+            "json",
+        ];
+        let rust_log = rust_log();
+        Service::spawn(
+            "worker",
+            &self.bins.worker,
+            args,
+            &[("RUST_LOG", rust_log.as_str())],
+        )
+    }
+
+    async fn await_worker_ready(worker: &mut Service) -> Result<()> {
+        worker
+            .wait_for_log("a message containing \"worker ready\"", |l: &LogLine| {
+                l.message().is_some_and(|m| m.contains("worker ready"))
+            })
+            .await
+            .map(drop)
+    }
+}
+
+impl Drop for System {
+    /// The test did not reach cleanup (it failed): kill everything and still delete the queues,
+    /// from a thread with its own runtime since `Drop` cannot await.
+    fn drop(&mut self) {
+        if self.cleaned {
+            return;
+        }
+        for service in self
+            .gateway
+            .iter_mut()
+            .chain(self.workers.iter_mut())
+            .chain(self.bridge.iter_mut())
+        {
+            service.start_kill();
+        }
+        let url = self.amqp_url.clone();
+        let queues = std::mem::take(&mut self.queues);
+        let deleted = std::thread::spawn(move || -> Result<()> {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot build a runtime for cleanup")?;
+            rt.block_on(broker::delete_queues(&url, &queues))
+        })
+        .join();
+        match deleted {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("[harness] cleanup after failure: {e:#}"),
+            Err(_) => eprintln!("[harness] cleanup after failure panicked"),
+        }
+    }
+}
+
+/// `fields.addr` of the gateway's "gateway listening" line.
+fn listening_addr(line: &LogLine) -> Result<SocketAddr> {
+    let addr = line
+        .field("addr")
+        .and_then(Value::as_str)
+        .with_context(|| {
+            format!(
+                "\"gateway listening\" has no string fields.addr: {}",
+                line.text
+            )
+        })?;
+    addr.parse()
+        .with_context(|| format!("\"gateway listening\" fields.addr {addr:?} is not host:port"))
+}
+
+fn path_arg(path: &Path) -> Result<&str> {
+    path.to_str()
+        .with_context(|| format!("{} is not UTF-8", path.display()))
+}
+
+fn rust_log() -> String {
+    std::env::var("WSMQ_TEST_RUST_LOG").unwrap_or_else(|_| DEFAULT_RUST_LOG.to_owned())
+}
