@@ -1,0 +1,768 @@
+//! The worker: its builder, and the supervising loop that keeps one broker session serving.
+//!
+//! `Worker::run` owns the only broker connection. Each pass of its loop opens a session
+//! (connection, reply channel in confirm mode, consume channel, queues, consumers), serves it
+//! until the connection fails or shutdown is asked for, then tears it down; a failed session is
+//! followed by a backoff delay and a fresh one. Jobs run as tasks on a [`TaskTracker`], each
+//! holding one of `concurrency` slots.
+
+use std::{collections::HashMap, fmt, future::Future, sync::Arc, time::Duration};
+
+use futures::{
+    StreamExt,
+    stream::{self, BoxStream, SelectAll},
+};
+use lapin::{
+    Channel, Connection, ConnectionProperties, ErrorKind, Event,
+    message::Delivery,
+    options::{
+        BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
+        QueueDeclareOptions,
+    },
+    protocol::constants::REPLY_SUCCESS,
+    types::{FieldTable, ShortString},
+    uri::AMQPUri,
+};
+use serde_json::Value;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{debug, info, warn};
+
+use crate::{
+    backoff::Backoff,
+    contract::{self, MAX_QUEUE_NAME_LEN},
+    error::{BuildError, Chain, RpcError, WorkerError},
+    job::{self, JobShared},
+    request::{self, Handler, Request},
+};
+
+/// Default for [`WorkerBuilder::concurrency`].
+pub const DEFAULT_CONCURRENCY: u16 = 16;
+/// Default for [`WorkerBuilder::shutdown_grace`].
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Default for [`WorkerBuilder::max_reply_bytes`]: far below RabbitMQ's message size limit, so
+/// the broker never refuses a reply.
+pub const DEFAULT_MAX_REPLY_BYTES: usize = 16 * 1024 * 1024;
+
+/// First delay before reconnecting; doubled per failed attempt.
+const RECONNECT_INITIAL: Duration = Duration::from_millis(100);
+/// Longest delay between reconnection attempts.
+const RECONNECT_MAX: Duration = Duration::from_secs(5);
+/// Bound on opening a session (TCP, AMQP handshake, channels, queues, consumers): an
+/// unreachable host must not hold the loop for the OS's minutes-long TCP timeout.
+const SESSION_SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on each polite goodbye (basic.cancel, connection.close) to a broker that may be gone.
+const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
+/// After the shutdown grace expires, how long abandoned jobs get to drop their handlers.
+const ABANDON_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Where a worker is in its life, as seen through [`Worker::state`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkerState {
+    /// Not consuming: connecting, or waiting to reconnect.
+    Connecting,
+    /// Every method's queue is declared and consumed.
+    Ready,
+    /// [`Worker::run`] has returned.
+    Stopped,
+}
+
+/// Configures a [`Worker`]; made by [`Worker::builder`].
+pub struct WorkerBuilder {
+    uri: String,
+    queue_prefix: String,
+    concurrency: u16,
+    connection_name: Option<String>,
+    shutdown_grace: Duration,
+    max_reply_bytes: usize,
+    methods: Vec<(String, Handler)>,
+}
+
+impl WorkerBuilder {
+    /// Prefix of every method's queue name (default empty): method `m` is served from queue
+    /// `<prefix>m`. Must match the bridge's queue prefix.
+    #[must_use]
+    pub fn queue_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.queue_prefix = prefix.into();
+        self
+    }
+
+    /// How many handlers run at once, over all methods (default [`DEFAULT_CONCURRENCY`]).
+    ///
+    /// It is also each method consumer's prefetch (`basic.qos`), so with several methods up to
+    /// `concurrency` jobs per method may be held unacked, waiting for a free handler slot; the
+    /// broker requeues them if the worker goes away.
+    #[must_use]
+    pub fn concurrency(mut self, concurrency: u16) -> Self {
+        self.concurrency = concurrency;
+        self
+    }
+
+    /// Name shown for the connection in the broker's management UI (default
+    /// `wsmq-worker pid <pid>`).
+    #[must_use]
+    pub fn connection_name(mut self, name: impl Into<String>) -> Self {
+        self.connection_name = Some(name.into());
+        self
+    }
+
+    /// How long, on shutdown, jobs in flight get to finish and reply (default
+    /// [`DEFAULT_SHUTDOWN_GRACE`]). Jobs still running then are dropped unacked, so the broker
+    /// hands them to another worker.
+    #[must_use]
+    pub fn shutdown_grace(mut self, grace: Duration) -> Self {
+        self.shutdown_grace = grace;
+        self
+    }
+
+    /// Largest reply body sent (default [`DEFAULT_MAX_REPLY_BYTES`]); a larger result or
+    /// error is replaced by a `-32603` error saying so.
+    #[must_use]
+    pub fn max_reply_bytes(mut self, max: usize) -> Self {
+        self.max_reply_bytes = max;
+        self
+    }
+
+    /// Serves `method` with `handler`, from the queue `<prefix><method>`.
+    ///
+    /// The handler is called once per job, each call on its own task; its result or error is
+    /// the reply. A handler that panics is answered with a `-32603` error.
+    #[must_use]
+    pub fn method<F, Fut>(mut self, method: impl Into<String>, handler: F) -> Self
+    where
+        F: Fn(Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Value, RpcError>> + Send + 'static,
+    {
+        self.methods
+            .push((method.into(), request::boxed_handler(handler)));
+        self
+    }
+
+    /// Checks the configuration and makes the worker. Nothing touches the network here.
+    pub fn build(self) -> Result<Worker, BuildError> {
+        let uri: AMQPUri = self
+            .uri
+            .parse()
+            .map_err(|reason| BuildError::InvalidUri { reason })?;
+        if self.concurrency == 0 {
+            return Err(BuildError::ZeroConcurrency);
+        }
+        if self.methods.is_empty() {
+            return Err(BuildError::NoMethods);
+        }
+        let mut routes = Vec::with_capacity(self.methods.len());
+        let mut handlers = HashMap::with_capacity(self.methods.len());
+        for (method, handler) in self.methods {
+            if method.is_empty() {
+                return Err(BuildError::EmptyMethodName);
+            }
+            let queue = contract::queue_name(&self.queue_prefix, &method);
+            if queue.starts_with("amq.") {
+                return Err(BuildError::ReservedQueueName { queue });
+            }
+            let queue = ShortString::try_new(queue).map_err(|_| BuildError::QueueNameTooLong {
+                len: self.queue_prefix.len() + method.len(),
+                method: method.clone(),
+            })?;
+            debug_assert!(queue.as_str().len() <= MAX_QUEUE_NAME_LEN);
+            if handlers.contains_key(&method) {
+                return Err(BuildError::DuplicateMethod { method });
+            }
+            routes.push(Arc::new(Route {
+                method: Arc::from(method.as_str()),
+                queue,
+            }));
+            handlers.insert(method, handler);
+        }
+        let connection_name = self
+            .connection_name
+            .unwrap_or_else(|| format!("wsmq-worker pid {}", std::process::id()));
+        Ok(Worker {
+            uri,
+            connection_name,
+            routes,
+            handlers: Arc::new(handlers),
+            concurrency: self.concurrency,
+            shutdown_grace: self.shutdown_grace,
+            max_reply_bytes: self.max_reply_bytes,
+            state: watch::Sender::new(WorkerState::Connecting),
+        })
+    }
+}
+
+impl fmt::Debug for WorkerBuilder {
+    // By hand: the URI may hold a password, and handlers have no Debug.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerBuilder")
+            .field("queue_prefix", &self.queue_prefix)
+            .field("concurrency", &self.concurrency)
+            .field(
+                "methods",
+                &self.methods.iter().map(|(m, _)| m).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// A method and the queue it is served from.
+#[derive(Debug)]
+struct Route {
+    method: Arc<str>,
+    queue: ShortString,
+}
+
+/// A worker serving a set of methods from their queues; see the crate docs for the contract.
+pub struct Worker {
+    uri: AMQPUri,
+    connection_name: String,
+    routes: Vec<Arc<Route>>,
+    handlers: Arc<HashMap<String, Handler>>,
+    concurrency: u16,
+    shutdown_grace: Duration,
+    max_reply_bytes: usize,
+    state: watch::Sender<WorkerState>,
+}
+
+impl fmt::Debug for Worker {
+    // By hand: the URI holds the password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("host", &self.uri.authority.host)
+            .field("port", &self.uri.authority.port)
+            .field("vhost", &self.uri.vhost)
+            .field("queues", &self.queue_names().collect::<Vec<_>>())
+            .field("concurrency", &self.concurrency)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One item of the merged consumer streams.
+struct Incoming {
+    route: Arc<Route>,
+    /// A job, or the error that ends the consumer; `None` once the consumer's stream ended
+    /// (cancelled by the broker because its queue was deleted, or its channel closed).
+    item: Option<lapin::Result<Delivery>>,
+}
+
+/// One connection to the broker and everything opened on it.
+struct Session {
+    connection: Connection,
+    /// The connection's events; an `Error` means the session is lost.
+    events: BoxStream<'static, Event>,
+    consume_channel: Channel,
+    consumer_tags: Vec<ShortString>,
+    /// Every consumer's stream, merged.
+    deliveries: SelectAll<BoxStream<'static, Incoming>>,
+    shared: Arc<JobShared>,
+    /// Cancelled when this session's jobs must stop at once: the session was lost (their acks
+    /// cannot reach the broker any more) or the shutdown grace expired.
+    abort_jobs: CancellationToken,
+}
+
+/// Why opening a session failed.
+#[derive(Debug, thiserror::Error)]
+enum SetupError {
+    #[error("connecting to the broker failed")]
+    Connect(#[source] lapin::Error),
+    #[error("opening a channel failed")]
+    OpenChannel(#[source] lapin::Error),
+    #[error("enabling publisher confirms failed")]
+    ConfirmSelect(#[source] lapin::Error),
+    #[error("setting the prefetch failed")]
+    Qos(#[source] lapin::Error),
+    #[error("declaring queue {queue} failed")]
+    Declare {
+        queue: ShortString,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("consuming from queue {queue} failed")]
+    Consume {
+        queue: ShortString,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("timed out after {0:?}")]
+    TimedOut(Duration),
+}
+
+impl SetupError {
+    fn lapin_error(&self) -> Option<&lapin::Error> {
+        match self {
+            Self::Connect(e) | Self::OpenChannel(e) | Self::ConfirmSelect(e) | Self::Qos(e) => {
+                Some(e)
+            }
+            Self::Declare { source, .. } | Self::Consume { source, .. } => Some(source),
+            Self::TimedOut(_) => None,
+        }
+    }
+}
+
+/// Why a session that was serving ended without a shutdown.
+#[derive(Debug, thiserror::Error)]
+enum SessionLost {
+    #[error("connection error")]
+    Connection(#[source] lapin::Error),
+    #[error("the connection's event stream ended")]
+    EventsEnded,
+    #[error("the consumer of queue {queue} failed")]
+    Consumer {
+        queue: ShortString,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("the consumer of queue {queue} was cancelled (queue deleted?)")]
+    ConsumerEnded { queue: ShortString },
+    #[error("a reply could not be published on the reply channel")]
+    ReplyChannel,
+}
+
+impl SessionLost {
+    fn lapin_error(&self) -> Option<&lapin::Error> {
+        match self {
+            Self::Connection(e) | Self::Consumer { source: e, .. } => Some(e),
+            Self::EventsEnded | Self::ConsumerEnded { .. } | Self::ReplyChannel => None,
+        }
+    }
+}
+
+/// How [`Worker::serve`] ended.
+enum Served {
+    Shutdown,
+    Lost(SessionLost),
+}
+
+/// Errors no new connection can cure; any other is retried.
+fn is_unrecoverable(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        ErrorKind::InvalidProtocolVersion(_)
+            | ErrorKind::RuntimeShutdownError(_)
+            | ErrorKind::NoDefaultRuntime
+    )
+}
+
+impl Worker {
+    /// Starts configuring a worker that connects to the broker at `amqp_uri`
+    /// (`amqp://user:password@host:port/vhost`).
+    pub fn builder(amqp_uri: impl Into<String>) -> WorkerBuilder {
+        WorkerBuilder {
+            uri: amqp_uri.into(),
+            queue_prefix: String::new(),
+            concurrency: DEFAULT_CONCURRENCY,
+            connection_name: None,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
+            methods: Vec::new(),
+        }
+    }
+
+    /// The queues this worker consumes, one per method.
+    pub fn queue_names(&self) -> impl Iterator<Item = &str> {
+        self.routes.iter().map(|route| route.queue.as_str())
+    }
+
+    /// Watches the worker's [`WorkerState`]; take it before calling [`Worker::run`].
+    pub fn state(&self) -> watch::Receiver<WorkerState> {
+        self.state.subscribe()
+    }
+
+    /// Serves jobs until `shutdown` is cancelled, reconnecting whenever the broker is lost.
+    ///
+    /// On shutdown it cancels its consumers, gives the jobs in flight the shutdown grace period
+    /// to reply and be acked, closes the connection and returns `Ok(())`. Broker outages,
+    /// refused logins and failed declarations are logged and retried with capped exponential
+    /// backoff (100 ms doubling to 5 s, with jitter); only an [unrecoverable](WorkerError)
+    /// client error ends the run early.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        // Shared by every session, so jobs of a lost session still count until they are gone.
+        let slots = Arc::new(Semaphore::new(usize::from(self.concurrency)));
+        let jobs = TaskTracker::new();
+        let mut backoff = Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX);
+        let outcome = loop {
+            self.state.send_replace(WorkerState::Connecting);
+            let opened = tokio::select! {
+                () = shutdown.cancelled() => break Ok(()),
+                opened = tokio::time::timeout(SESSION_SETUP_TIMEOUT, self.open_session()) => {
+                    opened.unwrap_or(Err(SetupError::TimedOut(SESSION_SETUP_TIMEOUT)))
+                }
+            };
+            match opened {
+                Ok(mut session) => {
+                    info!(
+                        host = %self.uri.authority.host,
+                        vhost = %self.uri.vhost,
+                        queues = ?self.queue_names().collect::<Vec<_>>(),
+                        concurrency = self.concurrency,
+                        "connected to the broker; consuming"
+                    );
+                    self.state.send_replace(WorkerState::Ready);
+                    backoff.reset();
+                    match self.serve(&mut session, &shutdown, &slots, &jobs).await {
+                        Served::Shutdown => {
+                            self.drain(session, &jobs).await;
+                            break Ok(());
+                        }
+                        Served::Lost(lost) => {
+                            session.abandon().await;
+                            if let Some(e) = lost.lapin_error().filter(|e| is_unrecoverable(e)) {
+                                break Err(WorkerError::Unrecoverable(e.clone()));
+                            }
+                            warn!(error = %Chain(&lost), "lost the broker session; reconnecting");
+                        }
+                    }
+                }
+                Err(error) => {
+                    if let Some(e) = error.lapin_error().filter(|e| is_unrecoverable(e)) {
+                        break Err(WorkerError::Unrecoverable(e.clone()));
+                    }
+                    warn!(error = %Chain(&error), "could not open a broker session; retrying");
+                }
+            }
+            let delay = backoff.next_delay();
+            debug!(delay_ms = delay.as_millis(), "waiting before reconnecting");
+            tokio::select! {
+                () = shutdown.cancelled() => break Ok(()),
+                () = tokio::time::sleep(delay) => {}
+            }
+        };
+        self.state.send_replace(WorkerState::Stopped);
+        outcome
+    }
+
+    /// Connects and sets up everything the worker needs on the broker.
+    async fn open_session(&self) -> Result<Session, SetupError> {
+        // lapin's own recovery stays off (the default): this loop rebuilds sessions itself.
+        let properties = ConnectionProperties::default()
+            .with_connection_name(self.connection_name.as_str().into());
+        let connection = Connection::connect_uri(self.uri.clone(), properties)
+            .await
+            .map_err(SetupError::Connect)?;
+        // Listen before anything else can fail, so no error event is missed.
+        let events = connection.events_listener().boxed();
+
+        let reply_channel = connection
+            .create_channel()
+            .await
+            .map_err(SetupError::OpenChannel)?;
+        reply_channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(SetupError::ConfirmSelect)?;
+
+        let consume_channel = connection
+            .create_channel()
+            .await
+            .map_err(SetupError::OpenChannel)?;
+        // Per consumer (`global: false`; global QoS is deprecated in RabbitMQ).
+        consume_channel
+            .basic_qos(self.concurrency, BasicQosOptions::default())
+            .await
+            .map_err(SetupError::Qos)?;
+        for route in &self.routes {
+            // Exactly these options and no arguments: the contract fixes the queue's shape, and
+            // a redeclaration with other arguments would be refused by the broker.
+            let options = QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            };
+            consume_channel
+                .queue_declare(route.queue.clone(), options, FieldTable::default())
+                .await
+                .map_err(|source| SetupError::Declare {
+                    queue: route.queue.clone(),
+                    source,
+                })?;
+        }
+
+        let mut consumer_tags = Vec::with_capacity(self.routes.len());
+        let mut deliveries = SelectAll::new();
+        for route in &self.routes {
+            let consumer = consume_channel
+                .basic_consume(
+                    route.queue.clone(),
+                    // Empty: the broker picks a unique tag, which the consumer then carries.
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|source| SetupError::Consume {
+                    queue: route.queue.clone(),
+                    source,
+                })?;
+            consumer_tags.push(consumer.tag());
+            let (for_items, for_end) = (Arc::clone(route), Arc::clone(route));
+            let stream = consumer
+                .map(move |delivery| Incoming {
+                    route: Arc::clone(&for_items),
+                    item: Some(delivery),
+                })
+                .chain(stream::once(async move {
+                    Incoming {
+                        route: for_end,
+                        item: None,
+                    }
+                }));
+            deliveries.push(stream.boxed());
+        }
+
+        let shared = Arc::new(JobShared {
+            handlers: Arc::clone(&self.handlers),
+            reply_channel,
+            max_reply_bytes: self.max_reply_bytes,
+            broken: CancellationToken::new(),
+        });
+        Ok(Session {
+            connection,
+            events,
+            consume_channel,
+            consumer_tags,
+            deliveries,
+            shared,
+            abort_jobs: CancellationToken::new(),
+        })
+    }
+
+    /// Hands deliveries to job tasks until shutdown or until the session is lost.
+    async fn serve(
+        &self,
+        session: &mut Session,
+        shutdown: &CancellationToken,
+        slots: &Arc<Semaphore>,
+        jobs: &TaskTracker,
+    ) -> Served {
+        let Session {
+            events,
+            deliveries,
+            shared,
+            abort_jobs,
+            ..
+        } = session;
+        loop {
+            let (slot, incoming) = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Served::Shutdown,
+                lost = next_connection_error(events) => return Served::Lost(lost),
+                () = shared.broken.cancelled() => return Served::Lost(SessionLost::ReplyChannel),
+                // The slot is taken before the delivery (as a server takes its permit before
+                // accepting), so a busy worker starts no more handlers than it has slots.
+                next = async {
+                    let slot = Arc::clone(slots).acquire_owned().await;
+                    (slot, deliveries.next().await)
+                } => next,
+            };
+            // The semaphore is never closed, so this is only for the types' sake.
+            let Ok(slot) = slot else {
+                return Served::Shutdown;
+            };
+            // Each consumer stream yields a last `item: None` before it leaves the set, so the set
+            // running dry comes after that has already ended the session.
+            let Some(Incoming { route, item }) = incoming else {
+                return Served::Lost(SessionLost::EventsEnded);
+            };
+            let delivery = match item {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(source)) => {
+                    let queue = route.queue.clone();
+                    return Served::Lost(SessionLost::Consumer { queue, source });
+                }
+                None => {
+                    let queue = route.queue.clone();
+                    return Served::Lost(SessionLost::ConsumerEnded { queue });
+                }
+            };
+            let shared = Arc::clone(shared);
+            let abort = abort_jobs.clone();
+            let method = Arc::clone(&route.method);
+            jobs.spawn(async move {
+                tokio::select! {
+                    biased;
+                    () = abort.cancelled() => debug!(%method, "job dropped: its broker session ended"),
+                    () = job::process(shared, Arc::clone(&method), delivery) => {}
+                }
+                drop(slot);
+            });
+        }
+    }
+
+    /// Graceful end of a serving session: stop deliveries, let the jobs in flight finish within
+    /// the grace period, then close.
+    async fn drain(&self, session: Session, jobs: &TaskTracker) {
+        info!(
+            in_flight = jobs.len(),
+            "shutting down: cancelling consumers"
+        );
+        let cancels = session.consumer_tags.iter().map(|tag| {
+            session
+                .consume_channel
+                .basic_cancel(tag.clone(), BasicCancelOptions::default())
+        });
+        match tokio::time::timeout(GOODBYE_TIMEOUT, futures::future::join_all(cancels)).await {
+            Ok(results) => {
+                for error in results.into_iter().filter_map(Result::err) {
+                    debug!(error = %error, "cancelling a consumer failed");
+                }
+            }
+            Err(_) => debug!("cancelling the consumers timed out"),
+        }
+        // Deliveries the broker sent before the cancel and no job took stay unacked; the close
+        // below hands them back to the queue.
+        jobs.close();
+        if tokio::time::timeout(self.shutdown_grace, jobs.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                abandoned = jobs.len(),
+                grace_ms = self.shutdown_grace.as_millis(),
+                "shutdown grace period expired; abandoning the jobs in flight to the broker's requeue"
+            );
+            session.abort_jobs.cancel();
+            if tokio::time::timeout(ABANDON_TIMEOUT, jobs.wait())
+                .await
+                .is_err()
+            {
+                debug!("abandoned jobs still winding down");
+            }
+        }
+        close_connection(&session.connection, "worker shutting down").await;
+        info!("worker stopped");
+    }
+}
+
+impl Session {
+    /// Ends a lost session: its jobs stop, and the connection is closed if it still can be.
+    async fn abandon(self) {
+        self.abort_jobs.cancel();
+        close_connection(&self.connection, "worker reconnecting").await;
+    }
+}
+
+/// Waits for the event that ends the session, logging the others.
+async fn next_connection_error(events: &mut BoxStream<'static, Event>) -> SessionLost {
+    while let Some(event) = events.next().await {
+        match event {
+            Event::Error(error) => return SessionLost::Connection(error),
+            Event::ConnectionBlocked(reason) => {
+                warn!(%reason, "the broker blocked the connection; replies wait until it unblocks");
+            }
+            Event::ConnectionUnblocked => info!("the broker unblocked the connection"),
+            _ => {}
+        }
+    }
+    SessionLost::EventsEnded
+}
+
+async fn close_connection(connection: &Connection, reason: &str) {
+    match tokio::time::timeout(
+        GOODBYE_TIMEOUT,
+        connection.close(REPLY_SUCCESS, reason.into()),
+    )
+    .await
+    {
+        Ok(Ok(())) => debug!("connection closed"),
+        // Expected when the connection is already gone.
+        Ok(Err(error)) => debug!(error = %error, "closing the connection failed"),
+        Err(_) => debug!("closing the connection timed out"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const URI: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+    fn echo(builder: WorkerBuilder, method: &str) -> WorkerBuilder {
+        builder.method(method, |request: Request| async move { Ok(request.params) })
+    }
+
+    #[test]
+    fn build_names_each_queue_prefix_then_method() {
+        let worker = echo(
+            echo(Worker::builder(URI).queue_prefix("t1."), "echo"),
+            "fib",
+        )
+        .build()
+        .expect("valid configuration");
+        assert_eq!(
+            worker.queue_names().collect::<Vec<_>>(),
+            ["t1.echo", "t1.fib"]
+        );
+    }
+
+    #[test]
+    fn build_refuses_a_bad_uri() {
+        let built = echo(Worker::builder("http://nope"), "echo").build();
+        assert!(
+            matches!(built, Err(BuildError::InvalidUri { .. })),
+            "{built:?}"
+        );
+    }
+
+    #[test]
+    fn build_refuses_zero_concurrency() {
+        let built = echo(Worker::builder(URI).concurrency(0), "echo").build();
+        assert!(
+            matches!(built, Err(BuildError::ZeroConcurrency)),
+            "{built:?}"
+        );
+    }
+
+    #[test]
+    fn build_refuses_a_worker_without_methods() {
+        let built = Worker::builder(URI).build();
+        assert!(matches!(built, Err(BuildError::NoMethods)), "{built:?}");
+    }
+
+    #[test]
+    fn build_refuses_a_method_registered_twice() {
+        let built = echo(echo(Worker::builder(URI), "echo"), "echo").build();
+        assert!(
+            matches!(&built, Err(BuildError::DuplicateMethod { method }) if method == "echo"),
+            "{built:?}"
+        );
+    }
+
+    #[test]
+    fn build_refuses_an_empty_method_name() {
+        let built = echo(Worker::builder(URI), "").build();
+        assert!(
+            matches!(built, Err(BuildError::EmptyMethodName)),
+            "{built:?}"
+        );
+    }
+
+    #[test]
+    fn build_refuses_a_queue_name_over_255_bytes() {
+        let prefix = "p".repeat(250);
+        let fits = echo(Worker::builder(URI).queue_prefix(&prefix), "12345").build();
+        assert!(fits.is_ok(), "{fits:?}");
+        let built = echo(Worker::builder(URI).queue_prefix(&prefix), "123456").build();
+        assert!(
+            matches!(built, Err(BuildError::QueueNameTooLong { len: 256, .. })),
+            "{built:?}"
+        );
+    }
+
+    #[test]
+    fn build_refuses_the_reserved_amq_prefix() {
+        let built = echo(Worker::builder(URI).queue_prefix("amq."), "echo").build();
+        assert!(
+            matches!(built, Err(BuildError::ReservedQueueName { .. })),
+            "{built:?}"
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let worker = echo(Worker::builder("amqp://user:s3cret@host:5672/%2f"), "echo")
+            .build()
+            .expect("valid configuration");
+        let shown = format!("{worker:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("host"), "{shown}");
+    }
+}
