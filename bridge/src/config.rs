@@ -48,6 +48,10 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// Used when `RUST_LOG` is unset. lapin logs every unroutable message at warn; those are
+/// answered -32601 and need no log line of their own.
+const DEFAULT_LOG_FILTER: &str = "info,lapin::returned_messages=error";
+
 /// How log lines are written (to stderr; the filter comes from `RUST_LOG`, default `info`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -59,7 +63,7 @@ impl LogFormat {
     /// Installs the global tracing subscriber.
     pub fn init(self) {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
         let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr);

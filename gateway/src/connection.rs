@@ -1,0 +1,250 @@
+//! One websocket client, from upgrade to close.
+//!
+//! The connection task owns its socket, its outbound queue and the batches it is assembling;
+//! it is generic over the socket's `Stream`/`Sink` so tests can drive it with channels. Bad
+//! input is answered on the spot and never reaches the router; everything else goes to the
+//! router, and the router's answers come back on the bounded outbound queue. If that queue
+//! fills (the client is not reading), the router lets go of it and this task closes the
+//! socket with 1008.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, close_code};
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::jsonrpc::{self, Entry, FrameRejected, Incoming};
+use crate::router::{ClientId, Outbound, RouterHandle};
+
+/// Responses waiting to be written to one client. Full means the client is not reading; the
+/// router then disconnects it rather than buffer more.
+pub(crate) const OUTBOUND_CAPACITY: usize = 512;
+
+/// How a connection behaves; fixed for the gateway's life.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnectionConfig {
+    /// On shutdown, how long to keep delivering responses to calls already made.
+    pub(crate) drain: Duration,
+}
+
+/// A batch whose responses are still arriving.
+struct PendingBatch {
+    remaining: usize,
+    parts: Vec<String>,
+}
+
+/// Serves one client until it leaves, is too slow, or the gateway shuts down.
+pub(crate) async fn serve<S>(
+    socket: S,
+    client: ClientId,
+    router: RouterHandle,
+    config: ConnectionConfig,
+    shutdown: CancellationToken,
+) where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    if router.connect(client, tx).await.is_err() {
+        return;
+    }
+    let mut conn = Connection {
+        client,
+        router: router.clone(),
+        socket,
+        batches: HashMap::new(),
+        next_batch: 0,
+        awaiting: 0,
+    };
+    let close = conn.run(rx, config, shutdown).await;
+    if let Some(frame) = close {
+        debug!(code = frame.code, reason = %frame.reason, "closing websocket");
+        // Best effort: the client may be gone already.
+        let _ = conn.socket.send(Message::Close(Some(frame))).await;
+    }
+    let _ = conn.socket.close().await;
+    let _ = router.disconnect(client).await;
+}
+
+struct Connection<S> {
+    client: ClientId,
+    router: RouterHandle,
+    socket: S,
+    batches: HashMap<u64, PendingBatch>,
+    next_batch: u64,
+    /// Calls sent to the router that still owe a response.
+    awaiting: usize,
+}
+
+fn close_frame(code: u16, reason: &'static str) -> Option<CloseFrame> {
+    Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    })
+}
+
+impl<S> Connection<S>
+where
+    S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
+{
+    /// Returns the close frame to send, if any.
+    async fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<Outbound>,
+        config: ConnectionConfig,
+        shutdown: CancellationToken,
+    ) -> Option<CloseFrame> {
+        let drain_deadline = tokio::time::sleep(Duration::MAX);
+        tokio::pin!(drain_deadline);
+        let mut draining = false;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled(), if !draining => {
+                    draining = true;
+                    if self.awaiting == 0 {
+                        return close_frame(close_code::AWAY, "server shutting down");
+                    }
+                    drain_deadline.as_mut().reset(tokio::time::Instant::now() + config.drain);
+                }
+                () = &mut drain_deadline, if draining => {
+                    warn!(awaiting = self.awaiting, "drain timeout: closing with calls unanswered");
+                    return close_frame(close_code::AWAY, "server shutting down");
+                }
+                msg = self.socket.next(), if !draining => match msg {
+                    Some(Ok(Message::Text(text))) => {
+                        if let Err(close) = self.on_text(text.as_str()).await {
+                            return close;
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        let text = jsonrpc::error_response(None, jsonrpc::PARSE_ERROR, "Parse error", Some("binary frames are not supported; send JSON-RPC as text"));
+                        if self.write(text).await.is_err() {
+                            return None;
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | None => {
+                        debug!("client closed the connection");
+                        return None;
+                    }
+                    // tungstenite answers pings itself.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Err(e)) => return on_socket_error(e),
+                },
+                out = rx.recv() => match out {
+                    Some(out) => {
+                        self.awaiting = self.awaiting.saturating_sub(1);
+                        if self.deliver(out).await.is_err() {
+                            return None;
+                        }
+                        if draining && self.awaiting == 0 {
+                            return close_frame(close_code::AWAY, "server shutting down");
+                        }
+                    }
+                    None => return close_frame(close_code::POLICY, "too slow reading responses"),
+                },
+            }
+        }
+    }
+
+    async fn on_text(&mut self, text: &str) -> Result<(), Option<CloseFrame>> {
+        match jsonrpc::parse(text) {
+            Err(FrameRejected(error)) => self.write(error).await.map_err(|()| None),
+            Ok(Incoming::Single(entry)) => match self.submit(entry, None).await? {
+                Some(error) => self.write(error).await.map_err(|()| None),
+                None => Ok(()),
+            },
+            Ok(Incoming::Batch(entries)) => {
+                let batch = self.next_batch;
+                self.next_batch += 1;
+                let mut parts = Vec::new();
+                let mut remaining = 0;
+                for entry in entries {
+                    let expects_reply = matches!(&entry, Entry::Call(c) if c.id.is_some());
+                    match self.submit(entry, Some(batch)).await? {
+                        Some(error) => parts.push(error),
+                        None if expects_reply => remaining += 1,
+                        None => {}
+                    }
+                }
+                if remaining > 0 {
+                    self.batches.insert(batch, PendingBatch { remaining, parts });
+                    Ok(())
+                } else if parts.is_empty() {
+                    Ok(())
+                } else {
+                    self.write(jsonrpc::batch_response(&parts)).await.map_err(|()| None)
+                }
+            }
+        }
+    }
+
+    /// Hands a call to the router, or returns the error to answer it with at once.
+    async fn submit(&mut self, entry: Entry, batch: Option<u64>) -> Result<Option<String>, Option<CloseFrame>> {
+        let call = match entry {
+            Entry::Invalid(error) => return Ok(Some(error)),
+            Entry::Call(call) => call,
+        };
+        if jsonrpc::is_reserved_method(&call.method) {
+            return Ok(call.id.as_deref().map(|id| {
+                jsonrpc::error_response(Some(id), jsonrpc::METHOD_NOT_FOUND, "Method not found", Some("reserved method name"))
+            }));
+        }
+        let expects_reply = call.id.is_some();
+        if self.router.call(self.client, call, batch).await.is_err() {
+            return Err(close_frame(close_code::AWAY, "server shutting down"));
+        }
+        if expects_reply {
+            self.awaiting += 1;
+        }
+        Ok(None)
+    }
+
+    async fn deliver(&mut self, out: Outbound) -> Result<(), ()> {
+        let Some(batch) = out.batch else {
+            return self.write(out.text).await;
+        };
+        let Some(pending) = self.batches.get_mut(&batch) else {
+            // Unreachable: a batch stays until its last response.
+            warn!(batch, "response for an unknown batch dropped");
+            return Ok(());
+        };
+        pending.parts.push(out.text);
+        pending.remaining -= 1;
+        if pending.remaining > 0 {
+            return Ok(());
+        }
+        match self.batches.remove(&batch) {
+            Some(done) => self.write(jsonrpc::batch_response(&done.parts)).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn write(&mut self, text: String) -> Result<(), ()> {
+        self.socket.send(Message::Text(text.into())).await.map_err(|e| {
+            debug!(error = %e, "websocket write failed");
+        })
+    }
+}
+
+/// Decides how to end a connection whose socket reported an error.
+fn on_socket_error(e: axum::Error) -> Option<CloseFrame> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let inner = e.into_inner();
+    match inner.downcast_ref::<WsError>() {
+        Some(WsError::Capacity(cap)) => {
+            info!(error = %cap, "client sent a message over the size limit; closing with 1009");
+            close_frame(close_code::SIZE, "message too big")
+        }
+        Some(WsError::Protocol(p)) => {
+            info!(error = %p, "websocket protocol violation; closing with 1002");
+            close_frame(close_code::PROTOCOL, "protocol error")
+        }
+        Some(WsError::Utf8(_)) => close_frame(close_code::INVALID, "invalid UTF-8"),
+        _ => {
+            debug!(error = %inner, "websocket read failed");
+            None
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! HTTP routes on the gateway's port: the websocket upgrade at `/ws` and `/healthz`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, info_span, warn};
+
+use crate::connection::{self, ConnectionConfig};
+use crate::router::{Health, RouterHandle};
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) router: RouterHandle,
+    pub(crate) health: watch::Receiver<Health>,
+    /// One permit per open websocket.
+    pub(crate) connections: Arc<Semaphore>,
+    pub(crate) next_client: Arc<AtomicU64>,
+    /// Websocket tasks, so shutdown can wait for them to drain.
+    pub(crate) tracker: TaskTracker,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) connection: ConnectionConfig,
+    pub(crate) max_message_bytes: usize,
+}
+
+pub(crate) fn routes(state: AppState) -> Router {
+    Router::new()
+        .route("/ws", get(websocket))
+        .route("/healthz", get(healthz))
+        .with_state(state)
+}
+
+async fn websocket(
+    State(app): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if app.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    let Ok(permit) = app.connections.clone().try_acquire_owned() else {
+        warn!(%peer, "connection limit reached; upgrade refused");
+        return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
+    };
+    let client = app.next_client.fetch_add(1, Ordering::Relaxed);
+    let span = info_span!("client", id = client, %peer);
+    let ws_frame_limit = app.max_message_bytes;
+    upgrade
+        .max_message_size(ws_frame_limit)
+        .max_frame_size(ws_frame_limit)
+        // Writes are flushed one message at a time, so this only has to hold the largest one.
+        .max_write_buffer_size(wsmq_ipc_proto::MAX_FRAME_LEN * 2)
+        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
+        .on_upgrade(move |socket| {
+            let task = async move {
+                tracing::debug!("connected");
+                connection::serve(socket, client, app.router, app.connection, app.shutdown).await;
+                tracing::debug!("disconnected");
+                drop(permit);
+            };
+            app.tracker.track_future(task.instrument(span))
+        })
+}
+
+async fn healthz(State(app): State<AppState>) -> Response {
+    let health = *app.health.borrow();
+    let word = |up: bool| if up { "up" } else { "down" };
+    let ok = health.bridge && health.broker;
+    let body = serde_json::json!({
+        "status": if ok { "ok" } else { "unavailable" },
+        "bridge": word(health.bridge),
+        "broker": word(health.broker),
+    });
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(body)).into_response()
+}

@@ -1,0 +1,386 @@
+//! JSON-RPC 2.0 as clients speak it: parsing text frames into calls, and writing responses.
+//!
+//! Parsing is strict about what the spec requires (`"jsonrpc": "2.0"`, a string `method`,
+//! structured `params`, a scalar `id`) and keeps `id` and `params` as raw JSON text: ids come
+//! back byte for byte as the client sent them, and params go to the worker without a round
+//! trip through a JSON tree.
+
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::value::RawValue;
+
+/// Invalid JSON was received.
+pub(crate) const PARSE_ERROR: i64 = -32700;
+/// The JSON sent is not a valid request object.
+pub(crate) const INVALID_REQUEST: i64 = -32600;
+/// No worker serves the method.
+pub(crate) const METHOD_NOT_FOUND: i64 = -32601;
+/// Internal JSON-RPC error (and workers' unreadable replies).
+pub(crate) const INTERNAL_ERROR: i64 = -32603;
+/// The bridge or RabbitMQ is unavailable, or backed up. Retryable.
+pub(crate) const BROKER_UNAVAILABLE: i64 = -32000;
+/// The client or the gateway has too many calls in flight. Retryable.
+pub(crate) const TOO_MANY_IN_FLIGHT: i64 = -32003;
+
+/// Most members a batch may have; a longer one is refused whole.
+pub(crate) const MAX_BATCH_LEN: usize = 1000;
+
+/// One call, as parsed from a request object.
+#[derive(Debug)]
+pub(crate) struct Call {
+    /// `None` for a notification. `Some("null")` for an explicit null id.
+    pub(crate) id: Option<Box<RawValue>>,
+    pub(crate) method: String,
+    /// Raw JSON of `params`; `None` when the member is absent.
+    pub(crate) params: Option<Box<RawValue>>,
+}
+
+/// One member of what the client sent: a call, or an error to answer with at once.
+#[derive(Debug)]
+pub(crate) enum Entry {
+    Call(Call),
+    Invalid(String),
+}
+
+/// A text frame, parsed.
+#[derive(Debug)]
+pub(crate) enum Incoming {
+    Single(Entry),
+    Batch(Vec<Entry>),
+}
+
+/// The frame cannot be handled at all; answer with this one response.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct FrameRejected(pub(crate) String);
+
+/// Parses one websocket text frame.
+pub(crate) fn parse(text: &str) -> Result<Incoming, FrameRejected> {
+    let raw: &RawValue = serde_json::from_str(text).map_err(|e| {
+        FrameRejected(error_response(None, PARSE_ERROR, "Parse error", Some(&e.to_string())))
+    })?;
+    let json = raw.get();
+    if json.starts_with('[') {
+        let members: Vec<&RawValue> = serde_json::from_str(json).map_err(|e| {
+            FrameRejected(error_response(None, PARSE_ERROR, "Parse error", Some(&e.to_string())))
+        })?;
+        if members.is_empty() {
+            return Err(FrameRejected(error_response(
+                None,
+                INVALID_REQUEST,
+                "Invalid Request",
+                Some("empty batch"),
+            )));
+        }
+        if members.len() > MAX_BATCH_LEN {
+            return Err(FrameRejected(error_response(
+                None,
+                INVALID_REQUEST,
+                "Invalid Request",
+                Some(&format!("batch of {} calls; at most {MAX_BATCH_LEN}", members.len())),
+            )));
+        }
+        Ok(Incoming::Batch(members.into_iter().map(parse_entry).collect()))
+    } else {
+        Ok(Incoming::Single(parse_entry(raw)))
+    }
+}
+
+/// Distinguishes an absent member (`None` via `default`) from an explicit `null` (`Some`).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+#[derive(Deserialize)]
+struct RawRequest<'a> {
+    #[serde(borrow, default, deserialize_with = "present")]
+    jsonrpc: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    method: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    params: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+}
+
+fn parse_entry(raw: &RawValue) -> Entry {
+    let invalid = |id: Option<&RawValue>, why: &str| {
+        Entry::Invalid(error_response(id, INVALID_REQUEST, "Invalid Request", Some(why)))
+    };
+    if !raw.get().starts_with('{') {
+        return invalid(None, "a request must be a JSON object");
+    }
+    let req: RawRequest<'_> = match serde_json::from_str(raw.get()) {
+        Ok(req) => req,
+        Err(e) => return invalid(None, &e.to_string()),
+    };
+    // The id is echoed in the error when it is usable, so the client can match it up.
+    let id = match req.id {
+        None => None,
+        Some(id) if is_valid_id(id) => Some(id),
+        Some(_) => return invalid(None, "id must be a string, a number or null"),
+    };
+    if req.jsonrpc.map(RawValue::get) != Some("\"2.0\"") {
+        return invalid(id, r#"jsonrpc must be exactly "2.0""#);
+    }
+    let method = match req.method.map(|m| serde_json::from_str::<String>(m.get())) {
+        Some(Ok(method)) => method,
+        _ => return invalid(id, "method must be a string"),
+    };
+    if method.is_empty() {
+        return invalid(id, "method must not be empty");
+    }
+    if let Some(params) = req.params {
+        if !(params.get().starts_with('{') || params.get().starts_with('[')) {
+            return invalid(id, "params must be an object or an array");
+        }
+    }
+    Entry::Call(Call {
+        id: id.map(ToOwned::to_owned),
+        method,
+        params: req.params.map(ToOwned::to_owned),
+    })
+}
+
+fn is_valid_id(id: &RawValue) -> bool {
+    let first = id.get().as_bytes().first().copied();
+    matches!(first, Some(b'"' | b'-' | b'0'..=b'9')) || id.get() == "null"
+}
+
+/// Methods clients may not call: `rpc.` is reserved by the spec, `$/` for wsmq's own.
+pub(crate) fn is_reserved_method(method: &str) -> bool {
+    method.starts_with("rpc.") || method.starts_with("$/")
+}
+
+#[derive(Serialize)]
+struct Response<'a> {
+    jsonrpc: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorObject<'a>>,
+    id: &'a RawValue,
+}
+
+#[derive(Serialize)]
+struct ErrorObject<'a> {
+    code: i64,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a RawValue>,
+}
+
+fn null() -> &'static RawValue {
+    // A valid literal: this cannot fail.
+    #[allow(clippy::unwrap_used)]
+    serde_json::from_str("null").unwrap()
+}
+
+fn to_text(response: &Response<'_>) -> String {
+    // Serialising borrowed, already-valid JSON cannot fail; keep a valid fallback regardless.
+    serde_json::to_string(response).unwrap_or_else(|_| {
+        r#"{"jsonrpc":"2.0","error":{"code":-32603,"message":"Internal error"},"id":null}"#.into()
+    })
+}
+
+/// A success response carrying `result` (valid JSON text).
+pub(crate) fn result_response(id: &RawValue, result: &RawValue) -> String {
+    to_text(&Response {
+        jsonrpc: "2.0",
+        result: Some(result),
+        error: None,
+        id,
+    })
+}
+
+/// An error response; `data` is a plain string, sent as a JSON string.
+pub(crate) fn error_response(id: Option<&RawValue>, code: i64, message: &str, data: Option<&str>) -> String {
+    let data = data.and_then(|d| serde_json::value::to_raw_value(d).ok());
+    error_response_raw(id, code, message, data.as_deref())
+}
+
+/// An error response whose `data` is already JSON.
+pub(crate) fn error_response_raw(
+    id: Option<&RawValue>,
+    code: i64,
+    message: &str,
+    data: Option<&RawValue>,
+) -> String {
+    to_text(&Response {
+        jsonrpc: "2.0",
+        result: None,
+        error: Some(ErrorObject {
+            code,
+            message,
+            data,
+        }),
+        id: match id {
+            Some(id) => id,
+            None => null(),
+        },
+    })
+}
+
+/// Joins the responses of a batch into one array.
+pub(crate) fn batch_response(parts: &[String]) -> String {
+    let mut out = String::with_capacity(parts.iter().map(|p| p.len() + 1).sum::<usize>() + 2);
+    out.push('[');
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(part);
+    }
+    out.push(']');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn value(text: &str) -> Value {
+        serde_json::from_str(text).expect("valid JSON")
+    }
+
+    fn single(text: &str) -> Entry {
+        match parse(text).expect("frame accepted") {
+            Incoming::Single(e) => e,
+            Incoming::Batch(_) => panic!("not a batch"),
+        }
+    }
+
+    fn call(text: &str) -> Call {
+        match single(text) {
+            Entry::Call(c) => c,
+            Entry::Invalid(e) => panic!("invalid: {e}"),
+        }
+    }
+
+    fn invalid(text: &str) -> Value {
+        match single(text) {
+            Entry::Invalid(e) => value(&e),
+            Entry::Call(c) => panic!("accepted: {c:?}"),
+        }
+    }
+
+    #[test]
+    fn request_keeps_id_and_params_verbatim() {
+        let c = call(r#"{"jsonrpc":"2.0","method":"sum","params":[1, 2.50],"id":"a\"b"}"#);
+        assert_eq!(c.method, "sum");
+        assert_eq!(c.id.as_deref().map(RawValue::get), Some(r#""a\"b""#));
+        assert_eq!(c.params.as_deref().map(RawValue::get), Some("[1, 2.50]"));
+    }
+
+    #[test]
+    fn missing_id_is_a_notification_but_null_id_is_a_request() {
+        assert!(call(r#"{"jsonrpc":"2.0","method":"m"}"#).id.is_none());
+        let c = call(r#"{"jsonrpc":"2.0","method":"m","id":null}"#);
+        assert_eq!(c.id.as_deref().map(RawValue::get), Some("null"));
+    }
+
+    #[test]
+    fn big_and_fractional_numeric_ids_survive_unchanged() {
+        let c = call(r#"{"jsonrpc":"2.0","method":"m","id":123456789012345678901234567890}"#);
+        assert_eq!(
+            c.id.as_deref().map(RawValue::get),
+            Some("123456789012345678901234567890")
+        );
+    }
+
+    #[test]
+    fn garbage_is_a_parse_error_with_null_id() {
+        let FrameRejected(text) = parse("{nope").expect_err("rejected");
+        let v = value(&text);
+        assert_eq!(v["error"]["code"], PARSE_ERROR);
+        assert_eq!(v["id"], Value::Null);
+        assert_eq!(v["jsonrpc"], "2.0");
+    }
+
+    #[test]
+    fn wrong_shapes_are_invalid_requests() {
+        for bad in [
+            r#"{"jsonrpc":"1.0","method":"m","id":1}"#,
+            r#"{"method":"m","id":1}"#,
+            r#"{"jsonrpc":"2.0","method":5,"id":1}"#,
+            r#"{"jsonrpc":"2.0","id":1}"#,
+            r#"{"jsonrpc":"2.0","method":"","id":1}"#,
+            r#"{"jsonrpc":"2.0","method":"m","params":3,"id":1}"#,
+            r#"{"jsonrpc":"2.0","method":"m","params":"x","id":1}"#,
+            r#"{"jsonrpc":"2.0","method":"m","id":{"a":1}}"#,
+            r#"{"jsonrpc":"2.0","method":"m","id":[1]}"#,
+            r#"{"jsonrpc":"2.0","method":"m","id":true}"#,
+            r#"1"#,
+            r#""text""#,
+        ] {
+            let v = invalid(bad);
+            assert_eq!(v["error"]["code"], INVALID_REQUEST, "{bad}");
+        }
+    }
+
+    #[test]
+    fn invalid_request_echoes_a_usable_id() {
+        let v = invalid(r#"{"jsonrpc":"1.0","method":"m","id":"x7"}"#);
+        assert_eq!(v["id"], "x7");
+        let v = invalid(r#"{"jsonrpc":"2.0","method":"m","id":{"no":1}}"#);
+        assert_eq!(v["id"], Value::Null);
+    }
+
+    #[test]
+    fn empty_batch_is_one_invalid_request() {
+        let FrameRejected(text) = parse("[]").expect_err("rejected");
+        let v = value(&text);
+        assert_eq!(v["error"]["code"], INVALID_REQUEST);
+        assert_eq!(v["id"], Value::Null);
+    }
+
+    #[test]
+    fn batch_members_are_parsed_independently() {
+        let text = r#"[{"jsonrpc":"2.0","method":"a","id":1}, 1, {"jsonrpc":"2.0","method":"b"}]"#;
+        let Incoming::Batch(entries) = parse(text).expect("accepted") else {
+            panic!("not a batch");
+        };
+        assert!(matches!(&entries[0], Entry::Call(c) if c.method == "a"));
+        assert!(matches!(&entries[1], Entry::Invalid(_)));
+        assert!(matches!(&entries[2], Entry::Call(c) if c.id.is_none()));
+    }
+
+    #[test]
+    fn oversized_batch_is_refused_whole() {
+        let one = r#"{"jsonrpc":"2.0","method":"a"}"#;
+        let text = format!("[{}]", vec![one; MAX_BATCH_LEN + 1].join(","));
+        let FrameRejected(e) = parse(&text).expect_err("rejected");
+        assert_eq!(value(&e)["error"]["code"], INVALID_REQUEST);
+    }
+
+    #[test]
+    fn reserved_method_names_are_recognised() {
+        assert!(is_reserved_method("rpc.discover"));
+        assert!(is_reserved_method("$/cancel"));
+        assert!(!is_reserved_method("rpcx"));
+    }
+
+    #[test]
+    fn responses_are_well_formed() {
+        let id = serde_json::value::to_raw_value(&7).expect("raw");
+        let result = serde_json::value::to_raw_value(&json!({"x": [1]})).expect("raw");
+        assert_eq!(
+            value(&result_response(&id, &result)),
+            json!({"jsonrpc":"2.0","id":7,"result":{"x":[1]}})
+        );
+        let data = serde_json::value::to_raw_value(&json!({"d": 1})).expect("raw");
+        assert_eq!(
+            value(&error_response_raw(Some(&id), 4000, "boom", Some(&data))),
+            json!({"jsonrpc":"2.0","id":7,"error":{"code":4000,"message":"boom","data":{"d":1}}})
+        );
+        assert_eq!(
+            value(&error_response(None, -32000, "m", None)),
+            json!({"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"m"}})
+        );
+    }
+
+    #[test]
+    fn batch_response_is_a_json_array_of_its_parts() {
+        let parts = vec![r#"{"a":1}"#.to_string(), r#"{"b":2}"#.to_string()];
+        assert_eq!(value(&batch_response(&parts)), json!([{"a":1},{"b":2}]));
+    }
+}

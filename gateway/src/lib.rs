@@ -1,0 +1,126 @@
+//! `wsmq-gateway`: the websocket side of wsmq.
+//!
+//! Clients send JSON-RPC 2.0 over websockets; the gateway gives each call a job id, hands it
+//! to the bridge over a Unix socket, and routes the worker's reply back to the one client and
+//! call id that asked. It never talks to RabbitMQ itself, so a broker outage or a bridge
+//! restart costs clients a -32000 "broker unavailable" at most, never their connection.
+//!
+//! Tasks and who owns what:
+//! - one task per websocket ([`connection`]): its socket, outbound queue and batches;
+//! - the router ([`router`]): the table of calls in flight and the client registry;
+//! - the link ([`link`]): the Unix socket to the bridge, reconnecting as needed.
+
+mod config;
+mod connection;
+mod http;
+mod jsonrpc;
+mod link;
+mod router;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+use wsmq_ipc_proto::MAX_UNTAKEN_REPLIES;
+
+pub use config::{Config, ConfigError, LogFormat};
+
+/// Jobs queued for the IPC writer. Full means the bridge is not keeping up: new calls are
+/// answered -32000 at once instead of queueing without bound.
+const JOBS_CAPACITY: usize = 4096;
+/// Messages from the IPC reader to the router (the router never blocks, so this drains).
+const LINK_EVENTS_CAPACITY: usize = 1024;
+
+/// Runs the gateway until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    run_until(config, shutdown).await
+}
+
+/// Runs the gateway until `shutdown` is cancelled, then drains.
+pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let addr = listener.local_addr().context("listener has no address")?;
+    info!(%addr, ipc = %config.ipc.display(), "gateway listening");
+
+    let (health_tx, health) = watch::channel(router::Health::default());
+    let (events_tx, events_rx) = mpsc::channel(LINK_EVENTS_CAPACITY);
+    let (jobs_tx, jobs_rx) = mpsc::channel(JOBS_CAPACITY);
+    let (taken_tx, taken_rx) = mpsc::channel(MAX_UNTAKEN_REPLIES);
+    let link_shutdown = CancellationToken::new();
+    let link = tokio::spawn(
+        link::Link {
+            path: config.ipc.clone(),
+            events: events_tx,
+            jobs: jobs_rx,
+            taken: taken_rx,
+            shutdown: link_shutdown.clone(),
+        }
+        .run(),
+    );
+    let limits = router::Limits {
+        per_client: config.max_inflight_per_client,
+        global: config.max_inflight,
+    };
+    let to_link = router::ToLink {
+        jobs: jobs_tx,
+        taken: taken_tx,
+    };
+    let (router_handle, router_task) = router::spawn(limits, events_rx, to_link, health_tx);
+
+    let tracker = TaskTracker::new();
+    let drain = Duration::from_secs(config.drain_timeout);
+    let state = http::AppState {
+        router: router_handle,
+        health,
+        connections: Arc::new(Semaphore::new(config.max_connections)),
+        next_client: Arc::new(AtomicU64::new(1)),
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+        connection: connection::ConnectionConfig { drain },
+        max_message_bytes: config.max_message_bytes,
+    };
+    let app = http::routes(state).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await
+        .context("http server failed")?;
+
+    // No new connections now; the open ones answer what they can within `drain`, then close.
+    tracker.close();
+    if tokio::time::timeout(drain + Duration::from_secs(2), tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("websocket connections still open after the drain timeout");
+    }
+    // Every router handle is gone with the connections and the HTTP app: the router stops.
+    router_task.await.context("router panicked")?;
+    link_shutdown.cancel();
+    link.await.context("ipc link panicked")?;
+    info!("gateway stopped");
+    Ok(())
+}
+
+async fn cancel_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM: shutting down"),
+        _ = int.recv() => info!("SIGINT: shutting down"),
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,409 @@
+//! The table of calls in flight, and the only place a worker's reply is matched to a client.
+//!
+//! One task owns the table of pending jobs (job id → client, JSON-RPC id, method) and the
+//! registry of connected clients with their outbound queues; connections and the IPC link
+//! reach it through channels (the actor/handle pattern), so no lock is shared anywhere.
+//!
+//! The router never waits on anything: it hands jobs to the IPC writer and responses to
+//! clients with `try_send`. That is what keeps one slow client, or a backed-up bridge, from
+//! stalling anyone else, and what rules out a read/write deadlock on the Unix socket. A client
+//! whose queue is full is disconnected; a job the bridge cannot take right now is answered
+//! -32000 at once.
+
+use std::collections::HashMap;
+
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+use wsmq_ipc_proto::{BrokerState, Job, JobId, Rejection, Reply, ReplyBody, ReplySeq, ToBridge, ToGateway};
+
+use crate::jsonrpc::{self, Call};
+use crate::link::{LinkEvent, Outgoing};
+
+/// Identifies one websocket connection for as long as the gateway runs.
+pub(crate) type ClientId = u64;
+
+/// Commands from connections. Connections wait for room here, which slows only themselves.
+const COMMAND_CAPACITY: usize = 1024;
+
+/// A response (or error) for one call of one client.
+#[derive(Debug)]
+pub(crate) struct Outbound {
+    /// The batch the call belonged to, as the connection numbered it.
+    pub(crate) batch: Option<u64>,
+    pub(crate) text: String,
+}
+
+#[derive(Debug)]
+enum Command {
+    Connect {
+        client: ClientId,
+        tx: mpsc::Sender<Outbound>,
+    },
+    Disconnect {
+        client: ClientId,
+    },
+    Call {
+        client: ClientId,
+        call: Call,
+        batch: Option<u64>,
+    },
+}
+
+/// Cloneable handle the connections use to reach the router.
+#[derive(Debug, Clone)]
+pub(crate) struct RouterHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+/// The router stopped; only happens during shutdown.
+#[derive(Debug, thiserror::Error)]
+#[error("the router has stopped")]
+pub(crate) struct RouterGone;
+
+impl RouterHandle {
+    /// Registers a client; its responses arrive on `tx`. Dropping the router's side of `tx`
+    /// (the receiver sees `None`) means the client was too slow and must be closed.
+    pub(crate) async fn connect(&self, client: ClientId, tx: mpsc::Sender<Outbound>) -> Result<(), RouterGone> {
+        self.send(Command::Connect { client, tx }).await
+    }
+
+    pub(crate) async fn disconnect(&self, client: ClientId) -> Result<(), RouterGone> {
+        self.send(Command::Disconnect { client }).await
+    }
+
+    /// Starts a call. Every call with an id gets exactly one [`Outbound`].
+    pub(crate) async fn call(&self, client: ClientId, call: Call, batch: Option<u64>) -> Result<(), RouterGone> {
+        self.send(Command::Call { client, call, batch }).await
+    }
+
+    async fn send(&self, cmd: Command) -> Result<(), RouterGone> {
+        self.tx.send(cmd).await.map_err(|_| RouterGone)
+    }
+}
+
+/// What `/healthz` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Health {
+    pub(crate) bridge: bool,
+    pub(crate) broker: bool,
+}
+
+/// Caps on calls in flight.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) per_client: usize,
+    pub(crate) global: usize,
+}
+
+/// Where the router sends what the bridge must hear.
+#[derive(Debug)]
+pub(crate) struct ToLink {
+    /// Jobs; full means the bridge is backed up.
+    pub(crate) jobs: mpsc::Sender<Outgoing>,
+    /// Confirmations that replies were taken; sized so it is never full (see
+    /// `MAX_UNTAKEN_REPLIES`).
+    pub(crate) taken: mpsc::Sender<Outgoing>,
+}
+
+/// Counts of things that went wrong without being anyone's error to see.
+#[derive(Debug, Default)]
+struct Counters {
+    /// Replies for clients that had disconnected.
+    dropped_client_gone: u64,
+    /// Replies for jobs that were already answered (at-least-once delivery) or never known.
+    dropped_unknown_job: u64,
+    /// Clients disconnected because their outbound queue was full.
+    slow_clients_closed: u64,
+}
+
+struct Pending {
+    client: ClientId,
+    id: Option<Box<RawValue>>,
+    method: String,
+    batch: Option<u64>,
+    /// RabbitMQ confirmed it; its reply will come even across a bridge restart.
+    published: bool,
+}
+
+struct ClientEntry {
+    tx: mpsc::Sender<Outbound>,
+    in_flight: usize,
+}
+
+/// Starts the router; it runs until every [`RouterHandle`] is dropped.
+pub(crate) fn spawn(
+    limits: Limits,
+    link_events: mpsc::Receiver<LinkEvent>,
+    to_link: ToLink,
+    health: watch::Sender<Health>,
+) -> (RouterHandle, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(COMMAND_CAPACITY);
+    let router = Router {
+        limits,
+        to_link,
+        health,
+        pending: HashMap::new(),
+        clients: HashMap::new(),
+        epoch: None,
+        broker: BrokerState::Down,
+        counters: Counters::default(),
+    };
+    (RouterHandle { tx }, tokio::spawn(router.run(rx, link_events)))
+}
+
+struct Router {
+    limits: Limits,
+    to_link: ToLink,
+    health: watch::Sender<Health>,
+    pending: HashMap<JobId, Pending>,
+    clients: HashMap<ClientId, ClientEntry>,
+    /// The current IPC session, if the bridge is connected.
+    epoch: Option<u64>,
+    broker: BrokerState,
+    counters: Counters,
+}
+
+impl Router {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut link_events: mpsc::Receiver<LinkEvent>) {
+        let mut link_open = true;
+        loop {
+            tokio::select! {
+                // Replies first: they free capacity that new calls want.
+                biased;
+                event = link_events.recv(), if link_open => match event {
+                    Some(event) => self.on_link(event),
+                    None => link_open = false,
+                },
+                cmd = commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => break,
+                },
+            }
+        }
+        info!(
+            pending = self.pending.len(),
+            dropped_client_gone = self.counters.dropped_client_gone,
+            dropped_unknown_job = self.counters.dropped_unknown_job,
+            slow_clients_closed = self.counters.slow_clients_closed,
+            "router stopped"
+        );
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Connect { client, tx } => {
+                self.clients.insert(client, ClientEntry { tx, in_flight: 0 });
+            }
+            Command::Disconnect { client } => {
+                // Its pending jobs stay: their replies must still be taken (and dropped).
+                self.clients.remove(&client);
+            }
+            Command::Call { client, call, batch } => self.on_call(client, call, batch),
+        }
+    }
+
+    fn on_call(&mut self, client: ClientId, call: Call, batch: Option<u64>) {
+        let refuse = |this: &mut Self, call: &Call, code: i64, message: &str, data: &str| {
+            match &call.id {
+                Some(id) => {
+                    let text = jsonrpc::error_response(Some(id), code, message, Some(data));
+                    this.respond_to(client, batch, text);
+                }
+                None => debug!(client, method = %call.method, message, "notification dropped"),
+            }
+        };
+        let Some(epoch) = self.epoch else {
+            return refuse(self, &call, jsonrpc::BROKER_UNAVAILABLE, "broker unavailable", "the bridge is not connected");
+        };
+        if self.broker == BrokerState::Down {
+            return refuse(self, &call, jsonrpc::BROKER_UNAVAILABLE, "broker unavailable", "RabbitMQ is not connected");
+        }
+        let in_flight = self.clients.get(&client).map_or(0, |c| c.in_flight);
+        if in_flight >= self.limits.per_client {
+            let data = format!("at most {} calls in flight per connection", self.limits.per_client);
+            return refuse(self, &call, jsonrpc::TOO_MANY_IN_FLIGHT, "too many calls in flight", &data);
+        }
+        if self.pending.len() >= self.limits.global {
+            return refuse(self, &call, jsonrpc::TOO_MANY_IN_FLIGHT, "too many calls in flight", "the gateway is at capacity");
+        }
+
+        let job_id = JobId(uuid::Uuid::new_v4().as_u128());
+        let job = Job {
+            id: job_id,
+            method: call.method.clone(),
+            params: call.params.as_deref().map_or("null", RawValue::get).to_owned(),
+            client,
+        };
+        let out = Outgoing {
+            epoch,
+            msg: ToBridge::Submit(job),
+        };
+        if self.to_link.jobs.try_send(out).is_err() {
+            return refuse(self, &call, jsonrpc::BROKER_UNAVAILABLE, "broker unavailable", "the bridge is backed up");
+        }
+        debug!(client, job = %job_id, method = %call.method, "call submitted");
+        if let Some(c) = self.clients.get_mut(&client) {
+            c.in_flight += 1;
+        }
+        self.pending.insert(
+            job_id,
+            Pending {
+                client,
+                id: call.id,
+                method: call.method,
+                batch,
+                published: false,
+            },
+        );
+    }
+
+    fn on_link(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Up { epoch, broker } => {
+                self.epoch = Some(epoch);
+                self.broker = broker;
+                info!(broker = ?broker, "bridge connected");
+            }
+            LinkEvent::Down => {
+                self.epoch = None;
+                self.broker = BrokerState::Down;
+                // Jobs the broker never confirmed may or may not have been published; answer
+                // them now (retryable) rather than leave clients waiting on a maybe. Confirmed
+                // jobs keep waiting: their replies sit in the durable reply queue.
+                let unconfirmed: Vec<JobId> =
+                    self.pending.iter().filter(|(_, p)| !p.published).map(|(id, _)| *id).collect();
+                warn!(unconfirmed = unconfirmed.len(), waiting = self.pending.len() - unconfirmed.len(), "bridge disconnected");
+                for job in unconfirmed {
+                    self.finish_with_error(job, jsonrpc::BROKER_UNAVAILABLE, "broker unavailable", "the bridge disconnected before the job was confirmed");
+                }
+            }
+            LinkEvent::Message { epoch, msg } => self.on_bridge_message(epoch, msg),
+        }
+        self.health.send_if_modified(|h| {
+            let now = Health {
+                bridge: self.epoch.is_some(),
+                broker: self.epoch.is_some() && self.broker == BrokerState::Up,
+            };
+            std::mem::replace(h, now) != now
+        });
+    }
+
+    fn on_bridge_message(&mut self, epoch: u64, msg: ToGateway) {
+        match msg {
+            ToGateway::Broker(state) => {
+                if self.epoch == Some(epoch) {
+                    info!(broker = ?state, "broker state changed");
+                    self.broker = state;
+                }
+            }
+            ToGateway::Published { job } => {
+                if let Some(p) = self.pending.get_mut(&job) {
+                    p.published = true;
+                }
+            }
+            ToGateway::Rejected { job, reason } => {
+                let method = self.pending.get(&job).map(|p| p.method.clone()).unwrap_or_default();
+                let (code, message, data) = match reason {
+                    Rejection::NoRoute => (jsonrpc::METHOD_NOT_FOUND, "Method not found", format!("no worker serves {method:?}")),
+                    Rejection::InvalidMethod => (jsonrpc::METHOD_NOT_FOUND, "Method not found", "method name too long".to_owned()),
+                    Rejection::BrokerUnavailable => (jsonrpc::BROKER_UNAVAILABLE, "broker unavailable", "RabbitMQ did not take the job".to_owned()),
+                    Rejection::Nacked => (jsonrpc::BROKER_UNAVAILABLE, "broker unavailable", "RabbitMQ refused the job".to_owned()),
+                };
+                self.finish_with_error(job, code, message, &data);
+            }
+            ToGateway::Reply(reply) => self.on_reply(epoch, reply),
+            ToGateway::Welcome(_) | ToGateway::Refused(_) => {
+                warn!("unexpected handshake message mid-session; ignored");
+            }
+        }
+    }
+
+    fn on_reply(&mut self, epoch: u64, Reply { seq, job, body }: Reply) {
+        self.taken(epoch, seq);
+        let Some(pending) = self.take_pending(job) else {
+            self.counters.dropped_unknown_job += 1;
+            debug!(%job, "reply for a job already answered or unknown; dropped");
+            return;
+        };
+        let Some(id) = pending.id.as_deref() else {
+            debug!(%job, method = %pending.method, "notification finished");
+            return;
+        };
+        let text = match body {
+            ReplyBody::Result(json) => match RawValue::from_string(json) {
+                Ok(result) => jsonrpc::result_response(id, &result),
+                Err(e) => invalid_reply(id, &pending.method, &e.to_string()),
+            },
+            ReplyBody::Error(err) => {
+                let data = err.data.and_then(|d| RawValue::from_string(d).ok());
+                jsonrpc::error_response_raw(Some(id), err.code, &err.message, data.as_deref())
+            }
+            ReplyBody::Invalid { reason } => {
+                warn!(%job, method = %pending.method, %reason, "worker replied something unreadable");
+                invalid_reply(id, &pending.method, &reason)
+            }
+        };
+        self.respond_to(pending.client, pending.batch, text);
+    }
+
+    /// Tells the bridge it may ack the reply. The queue is sized so this cannot be full.
+    fn taken(&mut self, epoch: u64, seq: ReplySeq) {
+        let out = Outgoing {
+            epoch,
+            msg: ToBridge::Taken { reply: seq },
+        };
+        if self.to_link.taken.try_send(out).is_err() {
+            // The bridge will redeliver it; the duplicate is then dropped as already answered.
+            warn!(seq = seq.0, "could not confirm a reply to the bridge");
+        }
+    }
+
+    fn take_pending(&mut self, job: JobId) -> Option<Pending> {
+        let pending = self.pending.remove(&job)?;
+        if let Some(c) = self.clients.get_mut(&pending.client) {
+            c.in_flight = c.in_flight.saturating_sub(1);
+        }
+        Some(pending)
+    }
+
+    fn finish_with_error(&mut self, job: JobId, code: i64, message: &str, data: &str) {
+        let Some(pending) = self.take_pending(job) else {
+            return;
+        };
+        match pending.id.as_deref() {
+            Some(id) => {
+                let text = jsonrpc::error_response(Some(id), code, message, Some(data));
+                self.respond_to(pending.client, pending.batch, text);
+            }
+            None => debug!(%job, method = %pending.method, message, "notification failed"),
+        }
+    }
+
+    fn respond_to(&mut self, client: ClientId, batch: Option<u64>, text: String) {
+        let Some(entry) = self.clients.get(&client) else {
+            self.counters.dropped_client_gone += 1;
+            debug!(client, "response for a disconnected client dropped");
+            return;
+        };
+        match entry.tx.try_send(Outbound { batch, text }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // Dropping its sender closes the connection: buffering more would let one slow
+                // reader eat the gateway's memory.
+                self.counters.slow_clients_closed += 1;
+                warn!(client, "client is not reading its responses; disconnecting it");
+                self.clients.remove(&client);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.counters.dropped_client_gone += 1;
+                self.clients.remove(&client);
+            }
+        }
+    }
+}
+
+fn invalid_reply(id: &RawValue, method: &str, reason: &str) -> String {
+    let message = format!("Internal error: the worker for method {method:?} sent an invalid reply");
+    jsonrpc::error_response(Some(id), jsonrpc::INTERNAL_ERROR, &message, Some(reason))
+}
