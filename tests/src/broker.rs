@@ -1,7 +1,8 @@
 //! Direct RabbitMQ access for the tests: cleanup, and tests that play a worker themselves.
 
 use anyhow::{Context, Result};
-use lapin::options::QueueDeleteOptions;
+use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 
 use crate::CLEANUP_TIMEOUT;
@@ -34,4 +35,26 @@ pub async fn delete_queues(url: &str, queues: &[String]) -> Result<()> {
     })
     .await
     .with_context(|| format!("deleting the test's queues took over {CLEANUP_TIMEOUT:?}"))?
+}
+
+/// How many ready messages `queue` holds (a passive declare, on a channel of its own since a
+/// missing queue closes the channel).
+pub async fn queue_depth(conn: &Connection, queue: &str) -> Result<u32> {
+    let channel = conn
+        .create_channel()
+        .await
+        .context("cannot open a channel")?;
+    let declared = channel
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .with_context(|| format!("cannot inspect queue {queue}"))?;
+    let _ = channel.close(200, "done".into()).await;
+    Ok(declared.message_count())
 }

@@ -15,12 +15,14 @@ use std::time::Duration;
 pub mod binaries;
 pub mod broker;
 pub mod client;
+pub mod fake_worker;
 pub mod http;
 pub mod process;
 pub mod rpc;
 pub mod system;
 
-pub use client::WsClient;
+pub use client::{Incoming, WsClient};
+pub use fake_worker::{FakeJob, FakeWorker};
 pub use process::{LogLine, Service};
 pub use system::{System, SystemBuilder};
 

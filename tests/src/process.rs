@@ -199,15 +199,27 @@ impl Service {
             .map_err(|_| anyhow!("[{}] log task is gone", self.name))
     }
 
+    /// Sends `signal` to the process without waiting for anything.
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        kill(self.pid()?, signal)
+            .with_context(|| format!("cannot send {signal} to [{}]", self.name))
+    }
+
+    /// Waits (up to [`SHUTDOWN_TIMEOUT`]) for the process to exit by itself.
+    pub async fn wait_exit(mut self) -> Result<ExitStatus> {
+        match tokio::time::timeout(SHUTDOWN_TIMEOUT, self.child.wait()).await {
+            Ok(status) => status.with_context(|| format!("cannot wait for [{}]", self.name)),
+            Err(_) => bail!("[{}] did not exit within {SHUTDOWN_TIMEOUT:?}", self.name),
+        }
+    }
+
     /// Sends SIGTERM and waits (up to [`SHUTDOWN_TIMEOUT`]) for the process to exit. If it does
     /// not, it is killed and this is an error: every binary must shut down on SIGTERM.
     pub async fn terminate(mut self) -> Result<ExitStatus> {
         if let Some(status) = self.child.try_wait().context("cannot poll child")? {
             return Ok(status);
         }
-        let pid = self.pid()?;
-        kill(pid, Signal::SIGTERM)
-            .with_context(|| format!("cannot send SIGTERM to [{}]", self.name))?;
+        self.signal(Signal::SIGTERM)?;
         match tokio::time::timeout(SHUTDOWN_TIMEOUT, self.child.wait()).await {
             Ok(status) => status.with_context(|| format!("cannot wait for [{}]", self.name)),
             Err(_) => {

@@ -228,6 +228,34 @@ impl System {
         self.bridge.as_mut().context("the bridge is not running")
     }
 
+    /// Takes the gateway process out of the system (to signal it and await its exit).
+    pub fn take_gateway(&mut self) -> Result<Service> {
+        self.addr = None;
+        self.gateway.take().context("the gateway is not running")
+    }
+
+    /// Polls the broker until `queue` holds at least `n` ready messages, within
+    /// [`HEALTH_TIMEOUT`]; returns the count seen.
+    pub async fn wait_queue_depth(&self, queue: &str, n: u32) -> Result<u32> {
+        let deadline = tokio::time::Instant::now() + HEALTH_TIMEOUT;
+        let conn = broker::connect(&self.amqp_url).await?;
+        let result = loop {
+            let last = match broker::queue_depth(&conn, queue).await {
+                Ok(depth) if depth >= n => break Ok(depth),
+                Ok(depth) => format!("{depth} messages"),
+                Err(e) => format!("{e:#}"),
+            };
+            if tokio::time::Instant::now() >= deadline {
+                break Err(anyhow::anyhow!(
+                    "{queue} did not reach {n} messages within {HEALTH_TIMEOUT:?}; last: {last}"
+                ));
+            }
+            tokio::time::sleep(HEALTH_POLL_INTERVAL).await;
+        };
+        let _ = conn.close(200, "done".into()).await;
+        result
+    }
+
     /// A new websocket client connected to the gateway.
     pub async fn client(&self) -> Result<WsClient> {
         WsClient::connect(self.gateway_addr()?).await

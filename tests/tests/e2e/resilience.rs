@@ -1,0 +1,184 @@
+//! Restarts and shutdowns: websocket clients outlive the bridge; SIGTERM is a clean exit.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use serde_json::{Value, json};
+use wsmq_tests::rpc::{self, BROKER_UNAVAILABLE, check_envelope, error_code};
+use wsmq_tests::{Incoming, RECV_TIMEOUT, System};
+
+/// How fast a call must be refused while the bridge is down: it must not wait for a timeout.
+const OUTAGE_ANSWER_LIMIT: Duration = Duration::from_secs(2);
+
+/// A call long enough to be in flight across the bridge's death and restart.
+const SLOW_CALL_MS: u64 = 1500;
+
+/// Time for a submitted call to be published and confirmed before the bridge is killed.
+/// Nothing the test can observe marks that moment (the worker takes the job off the queue at
+/// once), so this one pause is deliberate; the call takes [`SLOW_CALL_MS`], far longer.
+const PUBLISH_GRACE: Duration = Duration::from_millis(200);
+
+fn all_up() -> Value {
+    json!({"status": "ok", "bridge": "up", "broker": "up"})
+}
+
+#[tokio::test]
+async fn bridge_restart_keeps_clients_connected() {
+    let mut system = System::start().await.expect("system starts");
+    let (status, body) = system.healthz().await.expect("healthz answers");
+    assert_eq!((status, &body), (200, &all_up()), "healthy at start");
+    let mut client = system.client().await.expect("client connects");
+    let response = client
+        .call("echo", json!("before"))
+        .await
+        .expect("echo works");
+    assert_eq!(rpc::result(&response), Some(&json!("before")));
+
+    client
+        .send_json(&rpc::request("slow", "sleep", json!({"ms": SLOW_CALL_MS})))
+        .await
+        .expect("sends the slow call");
+    tokio::time::sleep(PUBLISH_GRACE).await;
+    system.kill_bridge().await.expect("bridge is killed");
+
+    let (_, body) = system
+        .wait_health("503 with the bridge down", |status, body| {
+            status == 503 && body["bridge"] == "down"
+        })
+        .await
+        .expect("healthz notices the bridge is gone");
+    assert_eq!(body["status"], "unavailable", "{body}");
+
+    client
+        .send_json(&rpc::request("during", "echo", json!({"during": "outage"})))
+        .await
+        .expect("the websocket is still open during the outage");
+    let response = client
+        .recv_json_within(OUTAGE_ANSWER_LIMIT)
+        .await
+        .expect("a call during the outage is answered at once");
+    check_envelope(&response).expect("well-formed response");
+    assert_ne!(
+        response["id"], "slow",
+        "the in-flight call was answered while its job still runs: {response}"
+    );
+    assert_eq!(response["id"], "during", "{response}");
+    assert_eq!(
+        error_code(&response),
+        Some(BROKER_UNAVAILABLE),
+        "{response}"
+    );
+
+    // Restart only once the slow call's reply waits in the durable reply queue: it must reach
+    // the client through the new bridge.
+    system
+        .wait_queue_depth(&system.reply_queue(), 1)
+        .await
+        .expect("the worker's reply waits in the reply queue while the bridge is down");
+    system.start_bridge().await.expect("bridge restarts");
+    let (_, body) = system
+        .wait_health("200 again", |status, _| status == 200)
+        .await
+        .expect("healthz recovers");
+    assert_eq!(body, all_up());
+
+    client
+        .send_json(&rpc::request("after", "echo", json!({"after": "restart"})))
+        .await
+        .expect("the same websocket still sends");
+    let mut responses = HashMap::new();
+    while responses.len() < 2 {
+        let response = client
+            .recv_json()
+            .await
+            .unwrap_or_else(|e| panic!("responses so far {responses:?}: {e:#}"));
+        check_envelope(&response).expect("well-formed response");
+        let id = response["id"].as_str().unwrap_or_default().to_owned();
+        assert!(
+            matches!(id.as_str(), "slow" | "after") && !responses.contains_key(&id),
+            "unexpected response {response}"
+        );
+        responses.insert(id, response);
+    }
+    assert_eq!(
+        rpc::result(&responses["slow"]),
+        Some(&json!({"slept_ms": SLOW_CALL_MS})),
+        "the call in flight across the restart completes: {}",
+        responses["slow"]
+    );
+    assert_eq!(
+        rpc::result(&responses["after"]),
+        Some(&json!({"after": "restart"})),
+        "{}",
+        responses["after"]
+    );
+
+    system.cleanup().await;
+}
+
+#[tokio::test]
+async fn every_binary_exits_cleanly_on_sigterm() {
+    let mut system = System::start().await.expect("system starts");
+    let mut client = system.client().await.expect("client connects");
+    client.call("echo", json!(1)).await.expect("echo works");
+
+    let status = system
+        .stop_gateway()
+        .await
+        .expect("gateway stops on SIGTERM");
+    assert!(status.success(), "gateway exit status on SIGTERM: {status}");
+    for status in system
+        .stop_workers()
+        .await
+        .expect("worker stops on SIGTERM")
+    {
+        assert!(status.success(), "worker exit status on SIGTERM: {status}");
+    }
+    let status = system.stop_bridge().await.expect("bridge stops on SIGTERM");
+    assert!(status.success(), "bridge exit status on SIGTERM: {status}");
+
+    system.cleanup().await;
+}
+
+#[tokio::test]
+async fn gateway_sigterm_finishes_calls_in_flight() {
+    let mut system = System::start().await.expect("system starts");
+    let mut client = system.client().await.expect("client connects");
+
+    client
+        .send_json(&rpc::request("slow", "sleep", json!({"ms": 500})))
+        .await
+        .expect("sends");
+    // The echo's answer proves the gateway has read the slow call before the signal.
+    let response = client
+        .call("echo", json!("read"))
+        .await
+        .expect("echo works");
+    assert_eq!(rpc::result(&response), Some(&json!("read")));
+
+    let gateway = system.take_gateway().expect("gateway runs");
+    gateway.signal(Signal::SIGTERM).expect("SIGTERM sent");
+    let response = client
+        .recv_json()
+        .await
+        .expect("the call in flight is answered during shutdown");
+    assert_eq!(response["id"], "slow", "{response}");
+    assert_eq!(
+        rpc::result(&response),
+        Some(&json!({"slept_ms": 500})),
+        "{response}"
+    );
+    match client
+        .next_incoming(RECV_TIMEOUT)
+        .await
+        .expect("the gateway closes")
+    {
+        Incoming::Close(_) | Incoming::Ended(_) => {}
+        other => panic!("expected the websocket to close, got {other:?}"),
+    }
+    let status = gateway.wait_exit().await.expect("gateway exits");
+    assert!(status.success(), "gateway exit status: {status}");
+
+    system.cleanup().await;
+}
