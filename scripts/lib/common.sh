@@ -1,0 +1,61 @@
+# Shared by scripts/run and scripts/test: make sure what wsmq needs on this machine is there.
+# shellcheck shell=bash
+
+AMQP_HOST=${AMQP_HOST:-127.0.0.1}
+AMQP_PORT=${AMQP_PORT:-5672}
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+amqp_port_open() {
+  (exec 3<>"/dev/tcp/${AMQP_HOST}/${AMQP_PORT}") 2>/dev/null
+}
+
+# Starts the local RabbitMQ if it is not answering, installing it first (Debian, as root) if
+# it is missing. Waits until the AMQP port accepts connections.
+ensure_rabbitmq() {
+  if amqp_port_open; then
+    return 0
+  fi
+  if ! command -v rabbitmq-server >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+      log "installing rabbitmq-server (apt-get)"
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server
+    else
+      log "RabbitMQ is not installed: run 'sudo apt-get install rabbitmq-server' (Debian/Ubuntu)"
+      return 1
+    fi
+  fi
+  if ! amqp_port_open; then
+    log "starting RabbitMQ (rabbitmq-server -detached)"
+    rabbitmq-server -detached || true
+  fi
+  for _ in $(seq 1 120); do
+    if amqp_port_open; then
+      # The port opens a moment before the node accepts logins; let it finish booting.
+      rabbitmqctl await_startup >/dev/null 2>&1 || sleep 1
+      log "RabbitMQ is up on ${AMQP_HOST}:${AMQP_PORT}"
+      return 0
+    fi
+    sleep 1
+  done
+  log "RabbitMQ did not come up on ${AMQP_HOST}:${AMQP_PORT} within 120 s"
+  return 1
+}
+
+# The Python worker in the test suite uses pika.
+ensure_pika() {
+  if python3 -c 'import pika' 2>/dev/null; then
+    return 0
+  fi
+  log "installing pika for the Python worker test"
+  python3 -m pip install --quiet --disable-pip-version-check pika 2>/dev/null \
+    || { [ "$(id -u)" -eq 0 ] && apt-get install -y -qq python3-pika; }
+}
+
+ensure_nextest() {
+  if cargo nextest --version >/dev/null 2>&1; then
+    return 0
+  fi
+  log "installing cargo-nextest"
+  cargo install --locked cargo-nextest
+}
