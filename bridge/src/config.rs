@@ -13,10 +13,11 @@ pub struct Config {
     #[arg(long, env = "WSMQ_IPC", default_value = "/run/wsmq/bridge.sock")]
     pub ipc: PathBuf,
 
-    /// RabbitMQ URL.
+    /// RabbitMQ URL. (Its environment value is hidden from --help: it holds the password.)
     #[arg(
         long,
         env = "WSMQ_AMQP",
+        hide_env_values = true,
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     pub amqp: String,
