@@ -118,7 +118,9 @@ impl Supervisor {
             .without_max_times();
         let mut delays = backoff.build();
         loop {
-            let outcome = self.connect_and_serve(&mut || delays = backoff.build()).await;
+            let outcome = self
+                .connect_and_serve(&mut || delays = backoff.build())
+                .await;
             self.publisher_tx.send_replace(None);
             self.state_tx.send_replace(BrokerState::Down);
             match outcome {
@@ -137,7 +139,8 @@ impl Supervisor {
     /// One connection's life. Returns `Ok` only on shutdown.
     async fn connect_and_serve(&self, reset_backoff: &mut impl FnMut()) -> Result<(), BrokerError> {
         let s = &self.settings;
-        let props = ConnectionProperties::default().with_connection_name(s.connection_name.clone().into());
+        let props =
+            ConnectionProperties::default().with_connection_name(s.connection_name.clone().into());
         let connection = tokio::select! {
             () = self.shutdown.cancelled() => return Ok(()),
             c = Connection::connect(&s.url, props) => c.map_err(BrokerError::Connect)?,
@@ -213,7 +216,10 @@ impl Supervisor {
         self.state_tx.send_replace(BrokerState::Down);
         if result.is_ok() {
             // Unacked replies go back to the queue for the next bridge.
-            if let Err(e) = connection.close(200, "wsmq-bridge shutting down".into()).await {
+            if let Err(e) = connection
+                .close(200, "wsmq-bridge shutting down".into())
+                .await
+            {
                 debug!(error = %e, "closing the RabbitMQ connection");
             }
             info!("broker connection closed");
@@ -271,7 +277,13 @@ pub(crate) async fn publish(
         ..BasicPublishOptions::default()
     };
     let confirm = channel
-        .basic_publish("".into(), key.as_str().into(), options, job.params.as_bytes(), props)
+        .basic_publish(
+            "".into(),
+            key.as_str().into(),
+            options,
+            job.params.as_bytes(),
+            props,
+        )
         .await
         .map_err(|e| {
             debug!(job = %job.id, error = %e, "publish failed");

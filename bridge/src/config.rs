@@ -69,9 +69,7 @@ impl LogFormat {
             .with_env_filter(filter)
             .with_writer(std::io::stderr);
         match self {
-            LogFormat::Plain => builder
-                .with_ansi(std::io::stderr().is_terminal())
-                .init(),
+            LogFormat::Plain => builder.with_ansi(std::io::stderr().is_terminal()).init(),
             LogFormat::Json => builder.json().init(),
         }
     }
@@ -159,6 +157,10 @@ mod tests {
 
     #[test]
     fn zero_prefetch_is_refused() {
-        assert!(parse(&["--instance", "a", "--prefetch", "0"]).validate().is_err());
+        assert!(
+            parse(&["--instance", "a", "--prefetch", "0"])
+                .validate()
+                .is_err()
+        );
     }
 }

@@ -123,7 +123,10 @@ mod tests {
     #[test]
     fn error_without_data_has_none() {
         let got = classify(Some(&headers("error")), br#"{"code":1,"message":"m"}"#);
-        assert!(matches!(got, ReplyBody::Error(WorkerError { data: None, .. })));
+        assert!(matches!(
+            got,
+            ReplyBody::Error(WorkerError { data: None, .. })
+        ));
     }
 
     #[test]
@@ -146,7 +149,10 @@ mod tests {
     fn error_reply_that_is_not_an_error_object_is_invalid() {
         for body in [&br#"{"message":"no code"}"#[..], b"[1]", b"\"text\""] {
             assert!(
-                matches!(classify(Some(&headers("error")), body), ReplyBody::Invalid { .. }),
+                matches!(
+                    classify(Some(&headers("error")), body),
+                    ReplyBody::Invalid { .. }
+                ),
                 "{}",
                 String::from_utf8_lossy(body)
             );

@@ -37,8 +37,9 @@ pub(crate) fn bind(path: &Path) -> anyhow::Result<Listener> {
                     .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
             }
             Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("{} exists and is not a usable socket", path.display()));
+                return Err(e).with_context(|| {
+                    format!("{} exists and is not a usable socket", path.display())
+                });
             }
         }
     }

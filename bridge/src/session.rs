@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use wsmq_ipc_proto::{
-    IpcCodec, Job, MAX_UNTAKEN_REPLIES, PROTOCOL_VERSION, Refusal, Rejection, Reply,
-    ReplySeq, ToBridge, ToGateway, Welcome,
+    IpcCodec, Job, MAX_UNTAKEN_REPLIES, PROTOCOL_VERSION, Refusal, Rejection, Reply, ReplySeq,
+    ToBridge, ToGateway, Welcome,
 };
 
 use crate::broker::{self, BrokerHandle};
@@ -77,7 +77,11 @@ pub(crate) async fn refuse<W: AsyncWrite + Unpin>(write: W, reason: String) {
 }
 
 /// Runs one gateway session to its end.
-pub(crate) async fn run<R, W>(read: R, write: W, mut ctx: SessionContext<'_>) -> Result<(), SessionError>
+pub(crate) async fn run<R, W>(
+    read: R,
+    write: W,
+    mut ctx: SessionContext<'_>,
+) -> Result<(), SessionError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -151,8 +155,18 @@ impl Session {
         ctx: &mut SessionContext<'_>,
     ) -> Result<(), SessionError> {
         let mut state = ctx.broker.state.clone();
-        let BrokerHandle { publisher, replies, queue_prefix, reply_queue, .. } = &mut *ctx.broker;
-        let target = PublishTarget { publisher, queue_prefix, reply_queue };
+        let BrokerHandle {
+            publisher,
+            replies,
+            queue_prefix,
+            reply_queue,
+            ..
+        } = &mut *ctx.broker;
+        let target = PublishTarget {
+            publisher,
+            queue_prefix,
+            reply_queue,
+        };
         let mut replies_open = true;
         loop {
             tokio::select! {
@@ -177,7 +191,11 @@ impl Session {
         }
     }
 
-    async fn handle(&mut self, msg: ToBridge, target: &PublishTarget<'_>) -> Result<(), SessionError> {
+    async fn handle(
+        &mut self,
+        msg: ToBridge,
+        target: &PublishTarget<'_>,
+    ) -> Result<(), SessionError> {
         match msg {
             ToBridge::Hello(_) => Err(SessionError::RepeatedHello),
             ToBridge::Submit(job) => {
@@ -260,14 +278,20 @@ impl Session {
     }
 
     async fn send(&self, msg: ToGateway) -> Result<(), SessionError> {
-        self.out.send(msg).await.map_err(|_| SessionError::WriterGone)
+        self.out
+            .send(msg)
+            .await
+            .map_err(|_| SessionError::WriterGone)
     }
 
     /// Lets publishes in flight finish (they tell the gateway if it is still there), then
     /// returns every untaken reply to its queue.
     async fn finish(&mut self, grace: Duration) {
         self.publishes.close();
-        if tokio::time::timeout(grace, self.publishes.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.publishes.wait())
+            .await
+            .is_err()
+        {
             warn!(?grace, "publishes still unconfirmed after the grace period");
         }
         for (_, (acker, _permit)) in self.untaken.drain() {
@@ -320,9 +344,14 @@ mod tests {
         let permits = Arc::new(Semaphore::new(1));
         let (_tx, mut rx) = mpsc::channel::<Delivery>(1);
         let held = permits.clone().acquire_owned().await.expect("permit");
-        let waiting = tokio::time::timeout(Duration::from_millis(20), next_reply(&permits, &mut rx));
+        let waiting =
+            tokio::time::timeout(Duration::from_millis(20), next_reply(&permits, &mut rx));
         assert!(waiting.await.is_err(), "must not proceed without a permit");
         drop(held);
-        assert_eq!(permits.available_permits(), 1, "a cancelled wait returns nothing it took");
+        assert_eq!(
+            permits.available_permits(),
+            1,
+            "a cancelled wait returns nothing it took"
+        );
     }
 }

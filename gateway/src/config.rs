@@ -118,13 +118,21 @@ mod tests {
 
     #[test]
     fn zero_limits_are_refused() {
-        assert!(parse(&["--max-inflight-per-client", "0"]).validate().is_err());
+        assert!(
+            parse(&["--max-inflight-per-client", "0"])
+                .validate()
+                .is_err()
+        );
         assert!(parse(&["--max-connections", "0"]).validate().is_err());
     }
 
     #[test]
     fn message_limit_must_fit_an_ipc_frame() {
         let too_big = (wsmq_ipc_proto::MAX_FRAME_LEN).to_string();
-        assert!(parse(&["--max-message-bytes", &too_big]).validate().is_err());
+        assert!(
+            parse(&["--max-message-bytes", &too_big])
+                .validate()
+                .is_err()
+        );
     }
 }

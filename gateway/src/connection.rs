@@ -169,26 +169,38 @@ where
                     }
                 }
                 if remaining > 0 {
-                    self.batches.insert(batch, PendingBatch { remaining, parts });
+                    self.batches
+                        .insert(batch, PendingBatch { remaining, parts });
                     Ok(())
                 } else if parts.is_empty() {
                     Ok(())
                 } else {
-                    self.write(jsonrpc::batch_response(&parts)).await.map_err(|()| None)
+                    self.write(jsonrpc::batch_response(&parts))
+                        .await
+                        .map_err(|()| None)
                 }
             }
         }
     }
 
     /// Hands a call to the router, or returns the error to answer it with at once.
-    async fn submit(&mut self, entry: Entry, batch: Option<u64>) -> Result<Option<String>, Option<CloseFrame>> {
+    async fn submit(
+        &mut self,
+        entry: Entry,
+        batch: Option<u64>,
+    ) -> Result<Option<String>, Option<CloseFrame>> {
         let call = match entry {
             Entry::Invalid(error) => return Ok(Some(error)),
             Entry::Call(call) => call,
         };
         if jsonrpc::is_reserved_method(&call.method) {
             return Ok(call.id.as_deref().map(|id| {
-                jsonrpc::error_response(Some(id), jsonrpc::METHOD_NOT_FOUND, "Method not found", Some("reserved method name"))
+                jsonrpc::error_response(
+                    Some(id),
+                    jsonrpc::METHOD_NOT_FOUND,
+                    "Method not found",
+                    Some("reserved method name"),
+                )
             }));
         }
         let expects_reply = call.id.is_some();
@@ -222,9 +234,12 @@ where
     }
 
     async fn write(&mut self, text: String) -> Result<(), ()> {
-        self.socket.send(Message::Text(text.into())).await.map_err(|e| {
-            debug!(error = %e, "websocket write failed");
-        })
+        self.socket
+            .send(Message::Text(text.into()))
+            .await
+            .map_err(|e| {
+                debug!(error = %e, "websocket write failed");
+            })
     }
 }
 

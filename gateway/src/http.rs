@@ -81,6 +81,10 @@ async fn healthz(State(app): State<AppState>) -> Response {
         "bridge": word(health.bridge),
         "broker": word(health.broker),
     });
-    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, axum::Json(body)).into_response()
 }

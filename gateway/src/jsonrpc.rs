@@ -55,12 +55,22 @@ pub(crate) struct FrameRejected(pub(crate) String);
 /// Parses one websocket text frame.
 pub(crate) fn parse(text: &str) -> Result<Incoming, FrameRejected> {
     let raw: &RawValue = serde_json::from_str(text).map_err(|e| {
-        FrameRejected(error_response(None, PARSE_ERROR, "Parse error", Some(&e.to_string())))
+        FrameRejected(error_response(
+            None,
+            PARSE_ERROR,
+            "Parse error",
+            Some(&e.to_string()),
+        ))
     })?;
     let json = raw.get();
     if json.starts_with('[') {
         let members: Vec<&RawValue> = serde_json::from_str(json).map_err(|e| {
-            FrameRejected(error_response(None, PARSE_ERROR, "Parse error", Some(&e.to_string())))
+            FrameRejected(error_response(
+                None,
+                PARSE_ERROR,
+                "Parse error",
+                Some(&e.to_string()),
+            ))
         })?;
         if members.is_empty() {
             return Err(FrameRejected(error_response(
@@ -75,10 +85,15 @@ pub(crate) fn parse(text: &str) -> Result<Incoming, FrameRejected> {
                 None,
                 INVALID_REQUEST,
                 "Invalid Request",
-                Some(&format!("batch of {} calls; at most {MAX_BATCH_LEN}", members.len())),
+                Some(&format!(
+                    "batch of {} calls; at most {MAX_BATCH_LEN}",
+                    members.len()
+                )),
             )));
         }
-        Ok(Incoming::Batch(members.into_iter().map(parse_entry).collect()))
+        Ok(Incoming::Batch(
+            members.into_iter().map(parse_entry).collect(),
+        ))
     } else {
         Ok(Incoming::Single(parse_entry(raw)))
     }
@@ -103,7 +118,12 @@ struct RawRequest<'a> {
 
 fn parse_entry(raw: &RawValue) -> Entry {
     let invalid = |id: Option<&RawValue>, why: &str| {
-        Entry::Invalid(error_response(id, INVALID_REQUEST, "Invalid Request", Some(why)))
+        Entry::Invalid(error_response(
+            id,
+            INVALID_REQUEST,
+            "Invalid Request",
+            Some(why),
+        ))
     };
     if !raw.get().starts_with('{') {
         return invalid(None, "a request must be a JSON object");
@@ -128,10 +148,10 @@ fn parse_entry(raw: &RawValue) -> Entry {
     if method.is_empty() {
         return invalid(id, "method must not be empty");
     }
-    if let Some(params) = req.params {
-        if !(params.get().starts_with('{') || params.get().starts_with('[')) {
-            return invalid(id, "params must be an object or an array");
-        }
+    if let Some(params) = req.params
+        && !(params.get().starts_with('{') || params.get().starts_with('['))
+    {
+        return invalid(id, "params must be an object or an array");
     }
     Entry::Call(Call {
         id: id.map(ToOwned::to_owned),
@@ -192,7 +212,12 @@ pub(crate) fn result_response(id: &RawValue, result: &RawValue) -> String {
 }
 
 /// An error response; `data` is a plain string, sent as a JSON string.
-pub(crate) fn error_response(id: Option<&RawValue>, code: i64, message: &str, data: Option<&str>) -> String {
+pub(crate) fn error_response(
+    id: Option<&RawValue>,
+    code: i64,
+    message: &str,
+    data: Option<&str>,
+) -> String {
     let data = data.and_then(|d| serde_json::value::to_raw_value(d).ok());
     error_response_raw(id, code, message, data.as_deref())
 }

@@ -20,7 +20,9 @@ use tokio::sync::mpsc;
 use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
-use wsmq_ipc_proto::{BrokerState, FrameError, Hello, IpcCodec, PROTOCOL_VERSION, ToBridge, ToGateway};
+use wsmq_ipc_proto::{
+    BrokerState, FrameError, Hello, IpcCodec, PROTOCOL_VERSION, ToBridge, ToGateway,
+};
 
 /// How long the bridge has to answer our hello.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,7 +55,9 @@ enum LinkError {
     Connect(#[source] std::io::Error),
     #[error("bridge did not answer the hello within {0:?}")]
     HandshakeTimeout(Duration),
-    #[error("bridge refused this gateway: {reason} (bridge protocol version {version}, ours {PROTOCOL_VERSION})")]
+    #[error(
+        "bridge refused this gateway: {reason} (bridge protocol version {version}, ours {PROTOCOL_VERSION})"
+    )]
     Refused { version: u16, reason: String },
     #[error("bridge speaks protocol version {0}, ours is {PROTOCOL_VERSION}")]
     VersionMismatch(u16),
@@ -96,7 +100,9 @@ impl Link {
                     failures = 0;
                     delays = backoff.build();
                     let outcome = self.serve(stream, epoch).await;
-                    if self.events.send(LinkEvent::Down).await.is_err() || self.shutdown.is_cancelled() {
+                    if self.events.send(LinkEvent::Down).await.is_err()
+                        || self.shutdown.is_cancelled()
+                    {
                         return;
                     }
                     match outcome {
@@ -142,7 +148,11 @@ impl Link {
 
         let hello = ToBridge::Hello(Hello {
             version: PROTOCOL_VERSION,
-            peer: format!("wsmq-gateway {} pid {}", env!("CARGO_PKG_VERSION"), std::process::id()),
+            peer: format!(
+                "wsmq-gateway {} pid {}",
+                env!("CARGO_PKG_VERSION"),
+                std::process::id()
+            ),
         });
         writer.send(hello).await?;
         let welcome = match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next()).await {
@@ -164,7 +174,12 @@ impl Link {
             }
             _ => return Err(LinkError::BadHandshake),
         };
-        if self.events.send(LinkEvent::Up { epoch, broker }).await.is_err() {
+        if self
+            .events
+            .send(LinkEvent::Up { epoch, broker })
+            .await
+            .is_err()
+        {
             return Ok(());
         }
 
@@ -172,7 +187,11 @@ impl Link {
         let read_loop = async {
             while let Some(frame) = reader.next().await {
                 let msg = frame?;
-                if events.send(LinkEvent::Message { epoch, msg }).await.is_err() {
+                if events
+                    .send(LinkEvent::Message { epoch, msg })
+                    .await
+                    .is_err()
+                {
                     return Ok(());
                 }
             }

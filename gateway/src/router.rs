@@ -15,7 +15,9 @@ use std::collections::HashMap;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
-use wsmq_ipc_proto::{BrokerState, Job, JobId, Rejection, Reply, ReplyBody, ReplySeq, ToBridge, ToGateway};
+use wsmq_ipc_proto::{
+    BrokerState, Job, JobId, Rejection, Reply, ReplyBody, ReplySeq, ToBridge, ToGateway,
+};
 
 use crate::jsonrpc::{self, Call};
 use crate::link::{LinkEvent, Outgoing};
@@ -64,7 +66,11 @@ pub(crate) struct RouterGone;
 impl RouterHandle {
     /// Registers a client; its responses arrive on `tx`. Dropping the router's side of `tx`
     /// (the receiver sees `None`) means the client was too slow and must be closed.
-    pub(crate) async fn connect(&self, client: ClientId, tx: mpsc::Sender<Outbound>) -> Result<(), RouterGone> {
+    pub(crate) async fn connect(
+        &self,
+        client: ClientId,
+        tx: mpsc::Sender<Outbound>,
+    ) -> Result<(), RouterGone> {
         self.send(Command::Connect { client, tx }).await
     }
 
@@ -73,8 +79,18 @@ impl RouterHandle {
     }
 
     /// Starts a call. Every call with an id gets exactly one [`Outbound`].
-    pub(crate) async fn call(&self, client: ClientId, call: Call, batch: Option<u64>) -> Result<(), RouterGone> {
-        self.send(Command::Call { client, call, batch }).await
+    pub(crate) async fn call(
+        &self,
+        client: ClientId,
+        call: Call,
+        batch: Option<u64>,
+    ) -> Result<(), RouterGone> {
+        self.send(Command::Call {
+            client,
+            call,
+            batch,
+        })
+        .await
     }
 
     async fn send(&self, cmd: Command) -> Result<(), RouterGone> {
@@ -149,7 +165,10 @@ pub(crate) fn spawn(
         broker: BrokerState::Down,
         counters: Counters::default(),
     };
-    (RouterHandle { tx }, tokio::spawn(router.run(rx, link_events)))
+    (
+        RouterHandle { tx },
+        tokio::spawn(router.run(rx, link_events)),
+    )
 }
 
 struct Router {
@@ -165,7 +184,11 @@ struct Router {
 }
 
 impl Router {
-    async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut link_events: mpsc::Receiver<LinkEvent>) {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut link_events: mpsc::Receiver<LinkEvent>,
+    ) {
         let mut link_open = true;
         loop {
             tokio::select! {
@@ -193,46 +216,81 @@ impl Router {
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Connect { client, tx } => {
-                self.clients.insert(client, ClientEntry { tx, in_flight: 0 });
+                self.clients
+                    .insert(client, ClientEntry { tx, in_flight: 0 });
             }
             Command::Disconnect { client } => {
                 // Its pending jobs stay: their replies must still be taken (and dropped).
                 self.clients.remove(&client);
             }
-            Command::Call { client, call, batch } => self.on_call(client, call, batch),
+            Command::Call {
+                client,
+                call,
+                batch,
+            } => self.on_call(client, call, batch),
         }
     }
 
     fn on_call(&mut self, client: ClientId, call: Call, batch: Option<u64>) {
-        let refuse = |this: &mut Self, call: &Call, code: i64, message: &str, data: &str| {
-            match &call.id {
+        let refuse =
+            |this: &mut Self, call: &Call, code: i64, message: &str, data: &str| match &call.id {
                 Some(id) => {
                     let text = jsonrpc::error_response(Some(id), code, message, Some(data));
                     this.respond_to(client, batch, text);
                 }
                 None => debug!(client, method = %call.method, message, "notification dropped"),
-            }
-        };
+            };
         let Some(epoch) = self.epoch else {
-            return refuse(self, &call, jsonrpc::BROKER_UNAVAILABLE, "broker unavailable", "the bridge is not connected");
+            return refuse(
+                self,
+                &call,
+                jsonrpc::BROKER_UNAVAILABLE,
+                "broker unavailable",
+                "the bridge is not connected",
+            );
         };
         if self.broker == BrokerState::Down {
-            return refuse(self, &call, jsonrpc::BROKER_UNAVAILABLE, "broker unavailable", "RabbitMQ is not connected");
+            return refuse(
+                self,
+                &call,
+                jsonrpc::BROKER_UNAVAILABLE,
+                "broker unavailable",
+                "RabbitMQ is not connected",
+            );
         }
         let in_flight = self.clients.get(&client).map_or(0, |c| c.in_flight);
         if in_flight >= self.limits.per_client {
-            let data = format!("at most {} calls in flight per connection", self.limits.per_client);
-            return refuse(self, &call, jsonrpc::TOO_MANY_IN_FLIGHT, "too many calls in flight", &data);
+            let data = format!(
+                "at most {} calls in flight per connection",
+                self.limits.per_client
+            );
+            return refuse(
+                self,
+                &call,
+                jsonrpc::TOO_MANY_IN_FLIGHT,
+                "too many calls in flight",
+                &data,
+            );
         }
         if self.pending.len() >= self.limits.global {
-            return refuse(self, &call, jsonrpc::TOO_MANY_IN_FLIGHT, "too many calls in flight", "the gateway is at capacity");
+            return refuse(
+                self,
+                &call,
+                jsonrpc::TOO_MANY_IN_FLIGHT,
+                "too many calls in flight",
+                "the gateway is at capacity",
+            );
         }
 
         let job_id = JobId(uuid::Uuid::new_v4().as_u128());
         let job = Job {
             id: job_id,
             method: call.method.clone(),
-            params: call.params.as_deref().map_or("null", RawValue::get).to_owned(),
+            params: call
+                .params
+                .as_deref()
+                .map_or("null", RawValue::get)
+                .to_owned(),
             client,
         };
         let out = Outgoing {
@@ -240,7 +298,13 @@ impl Router {
             msg: ToBridge::Submit(job),
         };
         if self.to_link.jobs.try_send(out).is_err() {
-            return refuse(self, &call, jsonrpc::BROKER_UNAVAILABLE, "broker unavailable", "the bridge is backed up");
+            return refuse(
+                self,
+                &call,
+                jsonrpc::BROKER_UNAVAILABLE,
+                "broker unavailable",
+                "the bridge is backed up",
+            );
         }
         debug!(client, job = %job_id, method = %call.method, "call submitted");
         if let Some(c) = self.clients.get_mut(&client) {
@@ -271,11 +335,24 @@ impl Router {
                 // Jobs the broker never confirmed may or may not have been published; answer
                 // them now (retryable) rather than leave clients waiting on a maybe. Confirmed
                 // jobs keep waiting: their replies sit in the durable reply queue.
-                let unconfirmed: Vec<JobId> =
-                    self.pending.iter().filter(|(_, p)| !p.published).map(|(id, _)| *id).collect();
-                warn!(unconfirmed = unconfirmed.len(), waiting = self.pending.len() - unconfirmed.len(), "bridge disconnected");
+                let unconfirmed: Vec<JobId> = self
+                    .pending
+                    .iter()
+                    .filter(|(_, p)| !p.published)
+                    .map(|(id, _)| *id)
+                    .collect();
+                warn!(
+                    unconfirmed = unconfirmed.len(),
+                    waiting = self.pending.len() - unconfirmed.len(),
+                    "bridge disconnected"
+                );
                 for job in unconfirmed {
-                    self.finish_with_error(job, jsonrpc::BROKER_UNAVAILABLE, "broker unavailable", "the bridge disconnected before the job was confirmed");
+                    self.finish_with_error(
+                        job,
+                        jsonrpc::BROKER_UNAVAILABLE,
+                        "broker unavailable",
+                        "the bridge disconnected before the job was confirmed",
+                    );
                 }
             }
             LinkEvent::Message { epoch, msg } => self.on_bridge_message(epoch, msg),
@@ -303,12 +380,32 @@ impl Router {
                 }
             }
             ToGateway::Rejected { job, reason } => {
-                let method = self.pending.get(&job).map(|p| p.method.clone()).unwrap_or_default();
+                let method = self
+                    .pending
+                    .get(&job)
+                    .map(|p| p.method.clone())
+                    .unwrap_or_default();
                 let (code, message, data) = match reason {
-                    Rejection::NoRoute => (jsonrpc::METHOD_NOT_FOUND, "Method not found", format!("no worker serves {method:?}")),
-                    Rejection::InvalidMethod => (jsonrpc::METHOD_NOT_FOUND, "Method not found", "method name too long".to_owned()),
-                    Rejection::BrokerUnavailable => (jsonrpc::BROKER_UNAVAILABLE, "broker unavailable", "RabbitMQ did not take the job".to_owned()),
-                    Rejection::Nacked => (jsonrpc::BROKER_UNAVAILABLE, "broker unavailable", "RabbitMQ refused the job".to_owned()),
+                    Rejection::NoRoute => (
+                        jsonrpc::METHOD_NOT_FOUND,
+                        "Method not found",
+                        format!("no worker serves {method:?}"),
+                    ),
+                    Rejection::InvalidMethod => (
+                        jsonrpc::METHOD_NOT_FOUND,
+                        "Method not found",
+                        "method name too long".to_owned(),
+                    ),
+                    Rejection::BrokerUnavailable => (
+                        jsonrpc::BROKER_UNAVAILABLE,
+                        "broker unavailable",
+                        "RabbitMQ did not take the job".to_owned(),
+                    ),
+                    Rejection::Nacked => (
+                        jsonrpc::BROKER_UNAVAILABLE,
+                        "broker unavailable",
+                        "RabbitMQ refused the job".to_owned(),
+                    ),
                 };
                 self.finish_with_error(job, code, message, &data);
             }
@@ -392,7 +489,10 @@ impl Router {
                 // Dropping its sender closes the connection: buffering more would let one slow
                 // reader eat the gateway's memory.
                 self.counters.slow_clients_closed += 1;
-                warn!(client, "client is not reading its responses; disconnecting it");
+                warn!(
+                    client,
+                    "client is not reading its responses; disconnecting it"
+                );
                 self.clients.remove(&client);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {

@@ -195,7 +195,11 @@ mod tests {
             Err(FrameError::TooLarge { max: _ }) => {}
             other => panic!("expected TooLarge, got {other:?}"),
         }
-        assert!(buf.capacity() <= before.max(64), "buffer grew to {}", buf.capacity());
+        assert!(
+            buf.capacity() <= before.max(64),
+            "buffer grew to {}",
+            buf.capacity()
+        );
     }
 
     #[test]
@@ -220,10 +224,7 @@ mod tests {
 
     #[test]
     fn trailing_bytes_after_a_message_are_an_error() {
-        let body = postcard::to_allocvec(&ToBridge::Taken {
-            reply: ReplySeq(1),
-        })
-        .expect("encodes");
+        let body = postcard::to_allocvec(&ToBridge::Taken { reply: ReplySeq(1) }).expect("encodes");
         let mut buf = BytesMut::new();
         buf.put_u32(body.len() as u32 + 2);
         buf.extend_from_slice(&body);
@@ -258,13 +259,11 @@ mod tests {
     fn arb_to_gateway() -> impl Strategy<Value = ToGateway> {
         let job = any::<u128>().prop_map(JobId);
         prop_oneof![
-            (any::<u16>(), ".{0,16}").prop_map(|(version, instance)| ToGateway::Welcome(
-                Welcome {
-                    version,
-                    instance,
-                    broker: BrokerState::Up
-                }
-            )),
+            (any::<u16>(), ".{0,16}").prop_map(|(version, instance)| ToGateway::Welcome(Welcome {
+                version,
+                instance,
+                broker: BrokerState::Up
+            })),
             job.clone().prop_map(|job| ToGateway::Published { job }),
             job.clone().prop_map(|job| ToGateway::Rejected {
                 job,

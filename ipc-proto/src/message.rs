@@ -44,13 +44,18 @@ impl std::str::FromStr for JobId {
         let lens = [8, 4, 4, 4, 12];
         if groups.len() != lens.len()
             || groups.iter().zip(lens).any(|(g, len)| {
-                g.len() != len || !g.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                g.len() != len
+                    || !g
+                        .bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
             })
         {
             return Err(InvalidJobId);
         }
         let hex: String = groups.concat();
-        u128::from_str_radix(&hex, 16).map(JobId).map_err(|_| InvalidJobId)
+        u128::from_str_radix(&hex, 16)
+            .map(JobId)
+            .map_err(|_| InvalidJobId)
     }
 }
 
