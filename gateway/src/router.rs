@@ -507,3 +507,342 @@ fn invalid_reply(id: &RawValue, method: &str, reason: &str) -> String {
     let message = format!("Internal error: the worker for method {method:?} sent an invalid reply");
     jsonrpc::error_response(Some(id), jsonrpc::INTERNAL_ERROR, &message, Some(reason))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+    use wsmq_ipc_proto::WorkerError;
+
+    struct Harness {
+        handle: RouterHandle,
+        events: mpsc::Sender<LinkEvent>,
+        jobs: mpsc::Receiver<Outgoing>,
+        taken: mpsc::Receiver<Outgoing>,
+        health: watch::Receiver<Health>,
+        next_seq: u64,
+    }
+
+    fn harness(per_client: usize) -> Harness {
+        let (events, events_rx) = mpsc::channel(64);
+        let (jobs_tx, jobs) = mpsc::channel(64);
+        let (taken_tx, taken) = mpsc::channel(64);
+        let (health_tx, health) = watch::channel(Health::default());
+        let limits = Limits {
+            per_client,
+            global: 1000,
+        };
+        let to_link = ToLink {
+            jobs: jobs_tx,
+            taken: taken_tx,
+        };
+        let (handle, _task) = spawn(limits, events_rx, to_link, health_tx);
+        Harness {
+            handle,
+            events,
+            jobs,
+            taken,
+            health,
+            next_seq: 0,
+        }
+    }
+
+    fn call(id: Option<Value>, method: &str, params: Value) -> Call {
+        Call {
+            id: id.map(|v| serde_json::value::to_raw_value(&v).expect("raw")),
+            method: method.into(),
+            params: Some(serde_json::value::to_raw_value(&params).expect("raw")),
+        }
+    }
+
+    impl Harness {
+        async fn link_up(&self, epoch: u64) {
+            self.events
+                .send(LinkEvent::Up {
+                    epoch,
+                    broker: BrokerState::Up,
+                })
+                .await
+                .expect("router alive");
+        }
+
+        async fn client(&self, id: ClientId) -> mpsc::Receiver<Outbound> {
+            let (tx, rx) = mpsc::channel(4);
+            self.handle.connect(id, tx).await.expect("router alive");
+            rx
+        }
+
+        /// Sends a call and returns the job the bridge would receive.
+        async fn submit(&mut self, client: ClientId, call: Call) -> Job {
+            self.handle
+                .call(client, call, None)
+                .await
+                .expect("router alive");
+            match self.jobs.recv().await.expect("a job").msg {
+                ToBridge::Submit(job) => job,
+                other => panic!("expected a job, got {other:?}"),
+            }
+        }
+
+        async fn bridge_says(&self, epoch: u64, msg: ToGateway) {
+            self.events
+                .send(LinkEvent::Message { epoch, msg })
+                .await
+                .expect("router alive");
+        }
+
+        async fn reply(&mut self, epoch: u64, job: JobId, body: ReplyBody) -> ReplySeq {
+            self.next_seq += 1;
+            let seq = ReplySeq(self.next_seq);
+            self.bridge_says(epoch, ToGateway::Reply(Reply { seq, job, body }))
+                .await;
+            seq
+        }
+    }
+
+    async fn response(rx: &mut mpsc::Receiver<Outbound>) -> Value {
+        let out = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a response in time")
+            .expect("client still registered");
+        serde_json::from_str(&out.text).expect("valid JSON")
+    }
+
+    fn assert_silent(rx: &mut mpsc::Receiver<Outbound>) {
+        assert!(rx.try_recv().is_err(), "unexpected response");
+    }
+
+    #[tokio::test]
+    async fn reply_reaches_only_the_client_that_called() {
+        let mut h = harness(10);
+        h.link_up(1).await;
+        let mut a = h.client(1).await;
+        let mut b = h.client(2).await;
+        let job_a = h
+            .submit(1, call(Some(json!("same")), "echo", json!({"who": "a"})))
+            .await;
+        let job_b = h
+            .submit(2, call(Some(json!("same")), "echo", json!({"who": "b"})))
+            .await;
+        assert_ne!(job_a.id, job_b.id);
+        assert_eq!(job_a.params, r#"{"who":"a"}"#);
+
+        // Finish out of order: b first.
+        h.reply(1, job_b.id, ReplyBody::Result(r#"{"who":"b"}"#.into()))
+            .await;
+        h.reply(1, job_a.id, ReplyBody::Result(r#"{"who":"a"}"#.into()))
+            .await;
+        assert_eq!(
+            response(&mut b).await,
+            json!({"jsonrpc":"2.0","id":"same","result":{"who":"b"}})
+        );
+        assert_eq!(
+            response(&mut a).await,
+            json!({"jsonrpc":"2.0","id":"same","result":{"who":"a"}})
+        );
+        assert_silent(&mut a);
+        assert_silent(&mut b);
+    }
+
+    #[tokio::test]
+    async fn every_reply_is_confirmed_to_the_bridge_for_its_session() {
+        let mut h = harness(10);
+        h.link_up(3).await;
+        let _a = h.client(1).await;
+        let job = h.submit(1, call(Some(json!(1)), "echo", json!([]))).await;
+        let seq = h.reply(3, job.id, ReplyBody::Result("[]".into())).await;
+        let taken = h.taken.recv().await.expect("taken");
+        assert_eq!(taken.epoch, 3);
+        assert_eq!(taken.msg, ToBridge::Taken { reply: seq });
+    }
+
+    #[tokio::test]
+    async fn duplicate_reply_is_taken_but_answered_once() {
+        let mut h = harness(10);
+        h.link_up(1).await;
+        let mut a = h.client(1).await;
+        let job = h.submit(1, call(Some(json!(5)), "echo", json!({}))).await;
+        h.reply(1, job.id, ReplyBody::Result("1".into())).await;
+        h.reply(1, job.id, ReplyBody::Result("2".into())).await;
+        assert_eq!(response(&mut a).await["result"], 1);
+        assert!(h.taken.recv().await.is_some());
+        assert!(h.taken.recv().await.is_some(), "the duplicate is acked too");
+        assert_silent(&mut a);
+    }
+
+    #[tokio::test]
+    async fn calls_while_the_bridge_is_away_get_broker_unavailable() {
+        let mut h = harness(10);
+        let mut a = h.client(1).await;
+        h.handle
+            .call(1, call(Some(json!(1)), "echo", json!({})), None)
+            .await
+            .expect("router alive");
+        assert_eq!(
+            response(&mut a).await["error"]["code"],
+            jsonrpc::BROKER_UNAVAILABLE
+        );
+        assert!(
+            h.jobs.try_recv().is_err(),
+            "nothing sent to a bridge that is not there"
+        );
+        assert!(!h.health.borrow().bridge);
+    }
+
+    #[tokio::test]
+    async fn link_loss_answers_unconfirmed_calls_and_keeps_published_ones() {
+        let mut h = harness(10);
+        h.link_up(1).await;
+        let mut a = h.client(1).await;
+        let published = h
+            .submit(1, call(Some(json!("p")), "sleep", json!({})))
+            .await;
+        let _unconfirmed = h
+            .submit(1, call(Some(json!("u")), "sleep", json!({})))
+            .await;
+        h.bridge_says(1, ToGateway::Published { job: published.id })
+            .await;
+        h.events.send(LinkEvent::Down).await.expect("router alive");
+
+        let r = response(&mut a).await;
+        assert_eq!(r["id"], "u");
+        assert_eq!(r["error"]["code"], jsonrpc::BROKER_UNAVAILABLE);
+
+        // The published job's reply arrives through the next session.
+        h.link_up(2).await;
+        h.reply(2, published.id, ReplyBody::Result("\"done\"".into()))
+            .await;
+        let r = response(&mut a).await;
+        assert_eq!(
+            (r["id"].clone(), r["result"].clone()),
+            (json!("p"), json!("done"))
+        );
+    }
+
+    #[tokio::test]
+    async fn in_flight_cap_refuses_the_extra_call() {
+        let mut h = harness(1);
+        h.link_up(1).await;
+        let mut a = h.client(1).await;
+        let first = h.submit(1, call(Some(json!(1)), "sleep", json!({}))).await;
+        h.handle
+            .call(1, call(Some(json!(2)), "sleep", json!({})), None)
+            .await
+            .expect("router alive");
+        let r = response(&mut a).await;
+        assert_eq!(
+            (r["id"].clone(), r["error"]["code"].clone()),
+            (json!(2), json!(jsonrpc::TOO_MANY_IN_FLIGHT))
+        );
+        // Once the first finishes there is room again.
+        h.reply(1, first.id, ReplyBody::Result("0".into())).await;
+        assert_eq!(response(&mut a).await["id"], 1);
+        let again = h.submit(1, call(Some(json!(3)), "sleep", json!({}))).await;
+        assert_eq!(again.method, "sleep");
+    }
+
+    #[tokio::test]
+    async fn reply_for_a_departed_client_goes_to_nobody() {
+        let mut h = harness(10);
+        h.link_up(1).await;
+        let _gone = h.client(1).await;
+        let mut other = h.client(2).await;
+        let job = h.submit(1, call(Some(json!(1)), "echo", json!({}))).await;
+        h.handle.disconnect(1).await.expect("router alive");
+        h.reply(1, job.id, ReplyBody::Result("1".into())).await;
+        assert!(h.taken.recv().await.is_some(), "still acked to the bridge");
+        assert_silent(&mut other);
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_is_let_go_and_others_are_unaffected() {
+        let mut h = harness(100);
+        h.link_up(1).await;
+        let mut slow = h.client(1).await; // queue of 4, never read
+        let mut fine = h.client(2).await;
+        let mut jobs = Vec::new();
+        for i in 0..6 {
+            jobs.push(h.submit(1, call(Some(json!(i)), "echo", json!({}))).await);
+        }
+        let other = h.submit(2, call(Some(json!("x")), "echo", json!({}))).await;
+        for job in &jobs {
+            h.reply(1, job.id, ReplyBody::Result("0".into())).await;
+        }
+        h.reply(1, other.id, ReplyBody::Result("1".into())).await;
+        assert_eq!(response(&mut fine).await["id"], "x");
+        let mut delivered = 0;
+        while slow.recv().await.is_some() {
+            delivered += 1;
+        }
+        assert_eq!(delivered, 4, "the queue's worth, then the channel closes");
+    }
+
+    #[tokio::test]
+    async fn worker_errors_pass_through_and_garbage_names_the_method() {
+        let mut h = harness(10);
+        h.link_up(1).await;
+        let mut a = h.client(1).await;
+        let failing = h.submit(1, call(Some(json!(1)), "fail", json!({}))).await;
+        let garbled = h
+            .submit(1, call(Some(json!(2)), "garbled", json!({})))
+            .await;
+        let error = WorkerError {
+            code: 4000,
+            message: "requested failure".into(),
+            data: Some(r#"{"k":1}"#.into()),
+        };
+        h.reply(1, failing.id, ReplyBody::Error(error)).await;
+        h.reply(
+            1,
+            garbled.id,
+            ReplyBody::Invalid {
+                reason: "reply body is not valid JSON".into(),
+            },
+        )
+        .await;
+        assert_eq!(
+            response(&mut a).await["error"],
+            json!({"code": 4000, "message": "requested failure", "data": {"k": 1}})
+        );
+        let r = response(&mut a).await;
+        assert_eq!(r["error"]["code"], jsonrpc::INTERNAL_ERROR);
+        assert!(
+            r["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("garbled")),
+            "{r}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unroutable_job_is_method_not_found() {
+        let mut h = harness(10);
+        h.link_up(1).await;
+        let mut a = h.client(1).await;
+        let job = h.submit(1, call(Some(json!(9)), "nosuch", json!({}))).await;
+        h.bridge_says(
+            1,
+            ToGateway::Rejected {
+                job: job.id,
+                reason: Rejection::NoRoute,
+            },
+        )
+        .await;
+        let r = response(&mut a).await;
+        assert_eq!(
+            (r["id"].clone(), r["error"]["code"].clone()),
+            (json!(9), json!(jsonrpc::METHOD_NOT_FOUND))
+        );
+    }
+
+    #[tokio::test]
+    async fn notifications_run_but_never_answer() {
+        let mut h = harness(10);
+        h.link_up(1).await;
+        let mut a = h.client(1).await;
+        let job = h.submit(1, call(None, "echo", json!({}))).await;
+        h.reply(1, job.id, ReplyBody::Result("1".into())).await;
+        assert!(h.taken.recv().await.is_some());
+        assert_silent(&mut a);
+    }
+}
