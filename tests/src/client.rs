@@ -100,6 +100,16 @@ impl WsClient {
         self.call_within(method, params, RECV_TIMEOUT).await
     }
 
+    /// [`Self::call`], expecting success: returns the `result`, or an error showing the error
+    /// response.
+    pub async fn call_result(&mut self, method: &str, params: Value) -> Result<Value> {
+        let response = self.call(method, params).await?;
+        match response.get("result") {
+            Some(result) => Ok(result.clone()),
+            None => bail!("{method} failed: {response}"),
+        }
+    }
+
     /// [`Self::call`] with another response deadline.
     pub async fn call_within(
         &mut self,

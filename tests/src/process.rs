@@ -270,7 +270,7 @@ impl Service {
         let waited =
             tokio::time::timeout(std::time::Duration::from_millis(500), self.child.wait()).await;
         match waited {
-            Ok(Ok(status)) => format!("exit status: {status}"),
+            Ok(Ok(status)) => format!("{status}"),
             Ok(Err(e)) => format!("exit status unknown: {e}"),
             Err(_) => "still running".to_owned(),
         }

@@ -29,11 +29,11 @@ async fn bridge_restart_keeps_clients_connected() {
     let (status, body) = system.healthz().await.expect("healthz answers");
     assert_eq!((status, &body), (200, &all_up()), "healthy at start");
     let mut client = system.client().await.expect("client connects");
-    let response = client
-        .call("echo", json!("before"))
+    let result = client
+        .call_result("echo", json!({"when": "before"}))
         .await
         .expect("echo works");
-    assert_eq!(rpc::result(&response), Some(&json!("before")));
+    assert_eq!(result, json!({"when": "before"}));
 
     client
         .send_json(&rpc::request("slow", "sleep", json!({"ms": SLOW_CALL_MS})))
@@ -121,7 +121,10 @@ async fn bridge_restart_keeps_clients_connected() {
 async fn every_binary_exits_cleanly_on_sigterm() {
     let mut system = System::start().await.expect("system starts");
     let mut client = system.client().await.expect("client connects");
-    client.call("echo", json!(1)).await.expect("echo works");
+    client
+        .call_result("echo", json!([1]))
+        .await
+        .expect("echo works");
 
     let status = system
         .stop_gateway()
@@ -151,11 +154,11 @@ async fn gateway_sigterm_finishes_calls_in_flight() {
         .await
         .expect("sends");
     // The echo's answer proves the gateway has read the slow call before the signal.
-    let response = client
-        .call("echo", json!("read"))
+    let result = client
+        .call_result("echo", json!(["read"]))
         .await
         .expect("echo works");
-    assert_eq!(rpc::result(&response), Some(&json!("read")));
+    assert_eq!(result, json!(["read"]));
 
     let gateway = system.take_gateway().expect("gateway runs");
     gateway.signal(Signal::SIGTERM).expect("SIGTERM sent");
