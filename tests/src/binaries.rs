@@ -94,6 +94,15 @@ async fn build(profile_dir: &Path) -> Result<()> {
         .args(PACKAGES.iter().flat_map(|p| ["-p", p]))
         .stdin(Stdio::null())
         .kill_on_drop(true);
+    // Cargo gives this test process the variables it sets for a crate being built or tested
+    // (CARGO_MANIFEST_DIR, CARGO_PKG_*, ...). Passed on, they reach build scripts that declare
+    // `rerun-if-env-changed` on them (ring does), so this build and the next `cargo nextest`
+    // would rebuild those crates back and forth. Give the nested cargo a clean slate.
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(is_per_crate_cargo_var) {
+            cmd.env_remove(&name);
+        }
+    }
     let out = tokio::time::timeout(BUILD_TIMEOUT, cmd.output())
         .await
         .with_context(|| format!("building the wsmq binaries took over {BUILD_TIMEOUT:?}"))?
@@ -109,4 +118,19 @@ async fn build(profile_dir: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether `name` is one of the variables cargo sets for the crate it compiles or runs.
+fn is_per_crate_cargo_var(name: &str) -> bool {
+    const PREFIXES: [&str; 2] = ["CARGO_PKG_", "CARGO_BIN_"];
+    const NAMES: [&str; 7] = [
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_CRATE_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "OUT_DIR",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p)) || NAMES.contains(&name)
 }

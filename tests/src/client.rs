@@ -1,6 +1,7 @@
 //! A websocket JSON-RPC client for the tests.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -26,10 +27,20 @@ pub enum Incoming {
     Ended(Option<String>),
 }
 
+/// Frames longer than this are shortened in the transcript on stderr.
+const TRANSCRIPT_MAX_CHARS: usize = 300;
+
+/// Numbers the clients of a test process, for the transcript.
+static NEXT_CLIENT: AtomicU64 = AtomicU64::new(1);
+
 /// One websocket connection to the gateway.
+///
+/// Every frame sent and received is written to stderr as `[client N] -> ...` / `<- ...`, which
+/// nextest shows next to the processes' logs when a test fails.
 pub struct WsClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_id: u64,
+    number: u64,
 }
 
 impl WsClient {
@@ -40,12 +51,19 @@ impl WsClient {
             .await
             .with_context(|| format!("websocket handshake with {url} took over {RECV_TIMEOUT:?}"))?
             .with_context(|| format!("websocket handshake with {url} failed"))?;
-        Ok(Self { ws, next_id: 1 })
+        let number = NEXT_CLIENT.fetch_add(1, Ordering::Relaxed);
+        eprintln!("[client {number}] connected to {url}");
+        Ok(Self {
+            ws,
+            next_id: 1,
+            number,
+        })
     }
 
     /// Sends one text frame.
     pub async fn send_text(&mut self, text: impl Into<String>) -> Result<()> {
         let text: String = text.into();
+        eprintln!("[client {}] -> {}", self.number, shorten(&text));
         self.ws
             .send(Message::text(text))
             .await
@@ -74,9 +92,14 @@ impl WsClient {
                 return incoming;
             }
         };
-        tokio::time::timeout(limit, wait)
+        let incoming = tokio::time::timeout(limit, wait)
             .await
-            .with_context(|| format!("no websocket frame within {limit:?}"))
+            .with_context(|| format!("no websocket frame within {limit:?}"))?;
+        match &incoming {
+            Incoming::Text(text) => eprintln!("[client {}] <- {}", self.number, shorten(text)),
+            other => eprintln!("[client {}] <- {other:?}", self.number),
+        }
+        Ok(incoming)
     }
 
     /// The next text frame parsed as JSON, within [`RECV_TIMEOUT`].
@@ -140,5 +163,12 @@ impl WsClient {
         // Drain until the server's close arrives or the stream ends.
         let _ = self.next_incoming(RECV_TIMEOUT).await;
         Ok(())
+    }
+}
+
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(TRANSCRIPT_MAX_CHARS) {
+        Some((cut, _)) => format!("{}... ({} bytes)", &text[..cut], text.len()),
+        None => text.to_owned(),
     }
 }

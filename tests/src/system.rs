@@ -34,6 +34,7 @@ pub struct SystemBuilder {
     worker_concurrency: u32,
     gateway: bool,
     gateway_args: Vec<String>,
+    bridge_rust_log: String,
 }
 
 impl Default for SystemBuilder {
@@ -43,6 +44,7 @@ impl Default for SystemBuilder {
             worker_concurrency: DEFAULT_WORKER_CONCURRENCY,
             gateway: true,
             gateway_args: Vec::new(),
+            bridge_rust_log: rust_log(),
         }
     }
 }
@@ -80,6 +82,13 @@ impl SystemBuilder {
         self
     }
 
+    /// Adds a `RUST_LOG` directive for the bridge (e.g. `wsmq_bridge::session=debug`, so a test
+    /// can await its per-job "job published" line).
+    pub fn bridge_log_directive(mut self, directive: &str) -> Self {
+        self.bridge_rust_log = format!("{},{directive}", self.bridge_rust_log);
+        self
+    }
+
     /// Starts the bridge and the worker, waits until the bridge has its broker and the worker
     /// consumes, then starts the gateway and waits until `/healthz` says 200.
     pub async fn start(self) -> Result<System> {
@@ -105,6 +114,7 @@ impl SystemBuilder {
             socket,
             bins,
             gateway_args: self.gateway_args,
+            bridge_rust_log: self.bridge_rust_log,
             bridge: None,
             gateway: None,
             workers: Vec::new(),
@@ -155,6 +165,7 @@ pub struct System {
     socket: PathBuf,
     bins: &'static Binaries,
     gateway_args: Vec<String>,
+    bridge_rust_log: String,
     bridge: Option<Service>,
     gateway: Option<Service>,
     workers: Vec<Service>,
@@ -463,12 +474,11 @@ impl System {
             "--log-format",
             "json",
         ];
-        let rust_log = rust_log();
         Service::spawn(
             "bridge",
             &self.bins.bridge,
             args,
-            &[("RUST_LOG", rust_log.as_str())],
+            &[("RUST_LOG", self.bridge_rust_log.as_str())],
         )
     }
 
