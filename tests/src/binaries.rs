@@ -23,8 +23,11 @@ const PACKAGES: [&str; 3] = ["wsmq-gateway", "wsmq-bridge", "wsmq-worker"];
 /// Where the binaries are.
 #[derive(Debug, Clone)]
 pub struct Binaries {
+    /// `wsmq-gateway`.
     pub gateway: PathBuf,
+    /// `wsmq-bridge`.
     pub bridge: PathBuf,
+    /// `wsmq-worker`, the demo worker.
     pub worker: PathBuf,
 }
 

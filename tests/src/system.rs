@@ -93,6 +93,14 @@ impl SystemBuilder {
     /// consumes, then starts the gateway and waits until `/healthz` says 200.
     pub async fn start(self) -> Result<System> {
         let bins = binaries().await?;
+        let amqp_url = amqp_url();
+        // Fail with the real cause rather than as a bridge that never logs "broker connected".
+        broker::connect(&amqp_url)
+            .await
+            .context("RabbitMQ must run for the e2e tests (start it: `rabbitmq-server -detached`)")?
+            .close(200, "preflight done".into())
+            .await
+            .context("cannot close the preflight connection")?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let dir = tempfile::Builder::new()
             .prefix("wsmq-test-")
@@ -109,7 +117,7 @@ impl SystemBuilder {
         let mut system = System {
             prefix,
             instance,
-            amqp_url: amqp_url(),
+            amqp_url,
             _dir: dir,
             socket,
             bins,
