@@ -381,7 +381,7 @@ impl Worker {
         let jobs = TaskTracker::new();
         let mut backoff = Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX);
         let outcome = loop {
-            self.state.send_replace(WorkerState::Connecting);
+            self.set_state(WorkerState::Connecting);
             let opened = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
                 opened = tokio::time::timeout(SESSION_SETUP_TIMEOUT, self.open_session()) => {
@@ -397,7 +397,7 @@ impl Worker {
                         concurrency = self.concurrency,
                         "connected to the broker; consuming"
                     );
-                    self.state.send_replace(WorkerState::Ready);
+                    self.set_state(WorkerState::Ready);
                     backoff.reset();
                     match self.serve(&mut session, &shutdown, &slots, &jobs).await {
                         Served::Shutdown => {
@@ -405,6 +405,7 @@ impl Worker {
                             break Ok(());
                         }
                         Served::Lost(lost) => {
+                            self.set_state(WorkerState::Connecting);
                             session.abandon().await;
                             if let Some(e) = lost.lapin_error().filter(|e| is_unrecoverable(e)) {
                                 break Err(WorkerError::Unrecoverable(e.clone()));
@@ -427,8 +428,17 @@ impl Worker {
                 () = tokio::time::sleep(delay) => {}
             }
         };
-        self.state.send_replace(WorkerState::Stopped);
+        self.set_state(WorkerState::Stopped);
         outcome
+    }
+
+    /// Moves to `state`, waking the watchers only if it is a change.
+    fn set_state(&self, state: WorkerState) {
+        self.state.send_if_modified(|current| {
+            let changed = *current != state;
+            *current = state;
+            changed
+        });
     }
 
     /// Connects and sets up everything the worker needs on the broker.

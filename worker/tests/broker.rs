@@ -20,7 +20,10 @@ use lapin::{
     types::{AMQPValue, FieldTable, ShortString},
 };
 use serde_json::{Value, json};
-use tokio::{sync::Notify, task::JoinHandle};
+use tokio::{
+    sync::{Notify, watch},
+    task::JoinHandle,
+};
 use tokio_util::sync::CancellationToken;
 use wsmq_worker::{Request, RpcError, Worker, WorkerBuilder, WorkerError, WorkerState};
 
@@ -171,6 +174,18 @@ impl Bridge {
 async fn start(
     builder: WorkerBuilder,
 ) -> Result<(JoinHandle<Result<(), WorkerError>>, CancellationToken)> {
+    let (run, shutdown, _state) = start_watched(builder).await?;
+    Ok((run, shutdown))
+}
+
+/// [`start`], also returning the worker's state, already seen as `Ready`.
+async fn start_watched(
+    builder: WorkerBuilder,
+) -> Result<(
+    JoinHandle<Result<(), WorkerError>>,
+    CancellationToken,
+    watch::Receiver<WorkerState>,
+)> {
     let worker = builder.build()?;
     let mut state = worker.state();
     let shutdown = CancellationToken::new();
@@ -178,7 +193,7 @@ async fn start(
     tokio::time::timeout(WAIT, state.wait_for(|s| *s == WorkerState::Ready))
         .await
         .context("worker not ready in time")??;
-    Ok((run, shutdown))
+    Ok((run, shutdown, state))
 }
 
 async fn stop(run: JoinHandle<Result<(), WorkerError>>, shutdown: CancellationToken) -> Result<()> {
@@ -362,4 +377,33 @@ async fn no_more_handlers_run_at_once_than_the_concurrency() -> Result<()> {
 
     stop(run, shutdown).await?;
     bridge.delete_queues(&["work"]).await
+}
+
+#[tokio::test]
+async fn worker_reconnects_and_redeclares_after_its_queue_is_deleted() -> Result<()> {
+    let prefix = unique_prefix("redeclare");
+    let builder = Worker::builder(amqp_url())
+        .queue_prefix(&prefix)
+        .method("echo", |request: Request| async move { Ok(request.params) });
+    let (run, shutdown, mut state) = start_watched(builder).await?;
+    let mut bridge = Bridge::connect(&prefix).await?;
+
+    // The broker cancels the worker's consumer, which must end the session.
+    bridge.delete_queues(&["echo"]).await?;
+    tokio::time::timeout(WAIT, state.changed())
+        .await
+        .context("worker did not notice its consumer was cancelled")??;
+    tokio::time::timeout(WAIT, state.wait_for(|s| *s == WorkerState::Ready))
+        .await
+        .context("worker did not reconnect in time")??;
+
+    bridge
+        .publish("echo", "after-reconnect", &json!("again"))
+        .await?;
+    let reply = bridge.next_reply().await?;
+    assert_eq!(reply.correlation_id, Some("after-reconnect".into()));
+    assert_eq!(reply.body, json!("again"));
+
+    stop(run, shutdown).await?;
+    bridge.delete_queues(&["echo"]).await
 }
