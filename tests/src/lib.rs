@@ -46,7 +46,9 @@ pub const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 pub const RECV_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a process may take to exit after SIGTERM (or SIGKILL) before the harness gives up.
-pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Above the gateway's default drain (10 s for calls still in flight, then 2 s to close), so a
+/// test that leaves a call unanswered fails on that, not on a slow shutdown.
+pub const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long deleting the test's queues may take.
 pub const CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);

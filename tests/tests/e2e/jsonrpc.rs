@@ -261,3 +261,61 @@ async fn batch_answers_every_request_and_skips_notifications() {
 
     system.cleanup().await;
 }
+
+#[tokio::test]
+async fn method_not_found_goes_to_the_right_call_among_concurrent_ones() {
+    // RabbitMQ returns an unroutable message (basic.return) and then confirms it, often with one
+    // `multiple` ack covering other publishes in flight on the channel; the return must still
+    // be matched to the job it belongs to, not to whichever confirm completes next. Several
+    // bursts, since whether acks get batched depends on timing.
+    const ROUNDS: i64 = 3;
+    const CALLS: i64 = 100;
+    let system = System::builder()
+        .max_inflight_per_client(128)
+        .start()
+        .await
+        .expect("system starts");
+    let mut client = system.client().await.expect("client connects");
+
+    for round in 0..ROUNDS {
+        let ids = (0..CALLS).map(|i| round * 1000 + i);
+        for id in ids.clone() {
+            let method = if id % 2 == 0 {
+                "echo"
+            } else {
+                "no-such-method"
+            };
+            client
+                .send_json(&rpc::request(id, method, json!({"id": id})))
+                .await
+                .expect("sends");
+        }
+        let mut answered = std::collections::BTreeSet::new();
+        let mut wrong = Vec::new();
+        while answered.len() < CALLS as usize {
+            let Ok(response) = client.recv_json().await else {
+                break;
+            };
+            let Some(id) = response["id"].as_i64() else {
+                panic!("response without a numeric id: {response}");
+            };
+            assert!(answered.insert(id), "call {id} answered twice: {response}");
+            let right = if id % 2 == 0 {
+                rpc::result(&response) == Some(&json!({"id": id}))
+            } else {
+                error_code(&response) == Some(METHOD_NOT_FOUND)
+            };
+            if !right {
+                wrong.push(response);
+            }
+        }
+        let missing: Vec<i64> = ids.filter(|id| !answered.contains(id)).collect();
+        assert!(
+            wrong.is_empty() && missing.is_empty(),
+            "round {round}: wrong answers: {wrong:?}; never answered: {missing:?} \
+             (odd ids call no-such-method, even ids echo)"
+        );
+    }
+
+    system.cleanup().await;
+}
