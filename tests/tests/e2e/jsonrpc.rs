@@ -268,7 +268,7 @@ async fn method_not_found_goes_to_the_right_call_among_concurrent_ones() {
     // `multiple` ack covering other publishes in flight on the channel; the return must still
     // be matched to the job it belongs to, not to whichever confirm completes next. Several
     // bursts, since whether acks get batched depends on timing.
-    const ROUNDS: i64 = 3;
+    const ROUNDS: i64 = 8;
     const CALLS: i64 = 100;
     let system = System::builder()
         .max_inflight_per_client(128)
