@@ -97,21 +97,26 @@ impl fmt::Debug for Service {
 }
 
 impl Service {
-    /// Starts `program args...`; its output lines are forwarded with a `[name]` prefix.
-    pub fn spawn<I, S>(
+    /// Starts `program args...` with `envs` added to the environment, less any inherited
+    /// `RUST_LOG` (the test runner's filter is not the binaries'); its output lines are
+    /// forwarded with a `[name]` prefix.
+    pub fn spawn<I, S, K, V>(
         name: &str,
         program: impl AsRef<OsStr>,
         args: I,
-        envs: &[(&str, &str)],
+        envs: &[(K, V)],
     ) -> Result<Self>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
     {
         let program = program.as_ref();
         let mut cmd = Command::new(program);
         cmd.args(args)
-            .envs(envs.iter().copied())
+            .env_remove("RUST_LOG")
+            .envs(envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

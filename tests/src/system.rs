@@ -24,9 +24,6 @@ pub const DEMO_METHODS: [&str; 4] = ["echo", "sleep", "fib", "fail"];
 /// `sleep` calls do not queue behind each other.
 pub const DEFAULT_WORKER_CONCURRENCY: u32 = 8;
 
-/// The log level the binaries run with (`RUST_LOG`), unless `WSMQ_TEST_RUST_LOG` says otherwise.
-const DEFAULT_RUST_LOG: &str = "info";
-
 /// How to start a [`System`].
 #[derive(Debug, Clone)]
 pub struct SystemBuilder {
@@ -34,7 +31,6 @@ pub struct SystemBuilder {
     worker_concurrency: u32,
     gateway: bool,
     gateway_args: Vec<String>,
-    bridge_rust_log: String,
 }
 
 impl Default for SystemBuilder {
@@ -44,7 +40,6 @@ impl Default for SystemBuilder {
             worker_concurrency: DEFAULT_WORKER_CONCURRENCY,
             gateway: true,
             gateway_args: Vec::new(),
-            bridge_rust_log: rust_log(),
         }
     }
 }
@@ -82,13 +77,6 @@ impl SystemBuilder {
         self
     }
 
-    /// Adds a `RUST_LOG` directive for the bridge (e.g. `wsmq_bridge::session=debug`, so a test
-    /// can await its per-job "job published" line).
-    pub fn bridge_log_directive(mut self, directive: &str) -> Self {
-        self.bridge_rust_log = format!("{},{directive}", self.bridge_rust_log);
-        self
-    }
-
     /// Starts the bridge and the worker, waits until the bridge has its broker and the worker
     /// consumes, then starts the gateway and waits until `/healthz` says 200.
     pub async fn start(self) -> Result<System> {
@@ -122,7 +110,6 @@ impl SystemBuilder {
             socket,
             bins,
             gateway_args: self.gateway_args,
-            bridge_rust_log: self.bridge_rust_log,
             bridge: None,
             gateway: None,
             workers: Vec::new(),
@@ -173,7 +160,6 @@ pub struct System {
     socket: PathBuf,
     bins: &'static Binaries,
     gateway_args: Vec<String>,
-    bridge_rust_log: String,
     bridge: Option<Service>,
     gateway: Option<Service>,
     workers: Vec<Service>,
@@ -331,13 +317,7 @@ impl System {
         .map(|s| (*s).to_owned())
         .collect();
         args.extend(self.gateway_args.iter().cloned());
-        let rust_log = rust_log();
-        let mut gateway = Service::spawn(
-            "gateway",
-            &self.bins.gateway,
-            &args,
-            &[("RUST_LOG", rust_log.as_str())],
-        )?;
+        let mut gateway = Service::spawn("gateway", &self.bins.gateway, &args, &log_env())?;
         let listening = gateway.wait_for_message("gateway listening").await;
         self.gateway = Some(gateway);
         let addr = listening_addr(&listening?)?;
@@ -482,12 +462,7 @@ impl System {
             "--log-format",
             "json",
         ];
-        Service::spawn(
-            "bridge",
-            &self.bins.bridge,
-            args,
-            &[("RUST_LOG", self.bridge_rust_log.as_str())],
-        )
+        Service::spawn("bridge", &self.bins.bridge, args, &log_env())
     }
 
     async fn await_bridge_ready(bridge: &mut Service) -> Result<()> {
@@ -508,13 +483,7 @@ impl System {
             "--log-format",
             "json",
         ];
-        let rust_log = rust_log();
-        Service::spawn(
-            "worker",
-            &self.bins.worker,
-            args,
-            &[("RUST_LOG", rust_log.as_str())],
-        )
+        Service::spawn("worker", &self.bins.worker, args, &log_env())
     }
 
     async fn await_worker_ready(worker: &mut Service) -> Result<()> {
@@ -580,6 +549,10 @@ fn path_arg(path: &Path) -> Result<&str> {
         .with_context(|| format!("{} is not UTF-8", path.display()))
 }
 
-fn rust_log() -> String {
-    std::env::var("WSMQ_TEST_RUST_LOG").unwrap_or_else(|_| DEFAULT_RUST_LOG.to_owned())
+/// `RUST_LOG` for the binaries: `WSMQ_TEST_RUST_LOG` if set, else none, so they run with their
+/// own default filter (info, which has every line the harness waits for).
+fn log_env() -> Vec<(&'static str, String)> {
+    std::env::var("WSMQ_TEST_RUST_LOG")
+        .map(|filter| vec![("RUST_LOG", filter)])
+        .unwrap_or_default()
 }
