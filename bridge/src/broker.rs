@@ -11,16 +11,15 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
-    QueueDeclareOptions,
-};
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Event};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{Connection, ConnectionProperties, Event};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
-use wsmq_ipc_proto::{BrokerState, Job, Rejection};
+use wsmq_ipc_proto::BrokerState;
+
+use crate::publisher::Publishers;
 
 /// Reply deliveries waiting for the gateway session. When full (no gateway, or a slow one) the
 /// supervisor stops taking deliveries from lapin; RabbitMQ keeps the rest, bounded by prefetch.
@@ -31,9 +30,6 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// First wait after a failed connection attempt.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 
-/// AMQP 0-9-1 short strings (routing keys, queue names) hold at most 255 bytes.
-const MAX_ROUTING_KEY: usize = 255;
-
 /// Everything the supervisor needs to (re)build its topology.
 #[derive(Debug, Clone)]
 pub(crate) struct BrokerSettings {
@@ -41,6 +37,8 @@ pub(crate) struct BrokerSettings {
     pub(crate) reply_queue: String,
     pub(crate) queue_prefix: String,
     pub(crate) prefetch: u16,
+    /// Confirm-mode channels to publish on (each carries one unconfirmed job at a time).
+    pub(crate) publish_channels: usize,
     /// Shown in RabbitMQ's management UI as the connection name.
     pub(crate) connection_name: String,
 }
@@ -68,8 +66,8 @@ enum BrokerError {
 #[derive(Debug)]
 pub(crate) struct BrokerHandle {
     pub(crate) state: watch::Receiver<BrokerState>,
-    /// The confirm-mode channel to publish on; `None` while disconnected.
-    pub(crate) publisher: watch::Receiver<Option<Channel>>,
+    /// Where to publish; `None` while disconnected.
+    pub(crate) publisher: watch::Receiver<Option<Publishers>>,
     /// Worker replies, unacknowledged: whoever takes one must ack or nack it.
     pub(crate) replies: mpsc::Receiver<Delivery>,
     pub(crate) queue_prefix: String,
@@ -104,7 +102,7 @@ pub(crate) fn spawn(
 struct Supervisor {
     settings: BrokerSettings,
     state_tx: watch::Sender<BrokerState>,
-    publisher_tx: watch::Sender<Option<Channel>>,
+    publisher_tx: watch::Sender<Option<Publishers>>,
     replies_tx: mpsc::Sender<Delivery>,
     shutdown: CancellationToken,
 }
@@ -151,9 +149,7 @@ impl Supervisor {
             source,
         };
 
-        let publisher = connection.create_channel().await.map_err(topology)?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
+        let (publishers, mut replace) = Publishers::open(&connection, s.publish_channels)
             .await
             .map_err(topology)?;
 
@@ -185,7 +181,7 @@ impl Supervisor {
 
         info!(reply_queue = %s.reply_queue, "broker connected");
         reset_backoff();
-        self.publisher_tx.send_replace(Some(publisher));
+        self.publisher_tx.send_replace(Some(publishers.clone()));
         self.state_tx.send_replace(BrokerState::Up);
 
         let result = loop {
@@ -197,6 +193,10 @@ impl Supervisor {
                     Some(Event::ConnectionUnblocked) => info!("RabbitMQ unblocked publishing"),
                     Some(other) => debug!(event = ?other, "connection event"),
                     None => break Err(BrokerError::ConsumerEnded),
+                },
+                Some(()) = replace.recv() => match crate::publisher::open_channel(&connection).await {
+                    Ok(channel) => publishers.give_back(channel),
+                    Err(e) => break Err(BrokerError::Connection(e)),
                 },
                 delivery = consumer.next() => match delivery {
                     Some(Ok(delivery)) => {
@@ -236,91 +236,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = err.source();
     }
     parts.join(": ")
-}
-
-/// The routing key for a method, or `None` if it would not fit in an AMQP short string.
-pub(crate) fn routing_key(prefix: &str, method: &str) -> Option<String> {
-    let key = format!("{prefix}{method}");
-    (key.len() <= MAX_ROUTING_KEY).then_some(key)
-}
-
-/// Header carrying the method name, so a worker serving several queues can tell them apart.
-pub(crate) const METHOD_HEADER: &str = "wsmq-method";
-
-/// Publishes one job and waits for RabbitMQ's confirm.
-///
-/// `Ok` means the message is safely in a queue; the error says how the call must be answered.
-pub(crate) async fn publish(
-    channel: &Channel,
-    prefix: &str,
-    reply_queue: &str,
-    job: &Job,
-) -> Result<(), Rejection> {
-    let Some(key) = routing_key(prefix, &job.method) else {
-        return Err(Rejection::InvalidMethod);
-    };
-    let id = job.id.to_string();
-    let mut headers = FieldTable::default();
-    headers.insert(
-        METHOD_HEADER.into(),
-        AMQPValue::LongString(job.method.as_str().into()),
-    );
-    let props = BasicProperties::default()
-        .with_correlation_id(id.as_str().into())
-        .with_message_id(id.as_str().into())
-        .with_reply_to(reply_queue.into())
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
-        .with_headers(headers);
-    let options = BasicPublishOptions {
-        mandatory: true,
-        ..BasicPublishOptions::default()
-    };
-    let confirm = channel
-        .basic_publish(
-            "".into(),
-            key.as_str().into(),
-            options,
-            job.params.as_bytes(),
-            props,
-        )
-        .await
-        .map_err(|e| {
-            debug!(job = %job.id, error = %e, "publish failed");
-            Rejection::BrokerUnavailable
-        })?;
-    match confirm.await {
-        Ok(Confirmation::Ack(None)) => Ok(()),
-        Ok(Confirmation::Ack(Some(returned))) => {
-            debug!(job = %job.id, code = returned.reply_code, text = %returned.reply_text, "job returned unroutable");
-            Err(Rejection::NoRoute)
-        }
-        Ok(Confirmation::Nack(_)) => Err(Rejection::Nacked),
-        Ok(Confirmation::NotRequested) => {
-            // Cannot happen on a confirm_select channel; never report an unconfirmed job as safe.
-            tracing::error!(job = %job.id, "publish channel is not in confirm mode");
-            Err(Rejection::BrokerUnavailable)
-        }
-        Err(e) => {
-            debug!(job = %job.id, error = %e, "publish confirm failed");
-            Err(Rejection::BrokerUnavailable)
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routing_key_is_prefix_then_method() {
-        assert_eq!(routing_key("t1.", "echo").as_deref(), Some("t1.echo"));
-        assert_eq!(routing_key("", "echo").as_deref(), Some("echo"));
-    }
-
-    #[test]
-    fn routing_key_longer_than_a_short_string_is_refused() {
-        assert!(routing_key("p.", &"m".repeat(253)).is_some());
-        assert!(routing_key("p.", &"m".repeat(254)).is_none());
-    }
 }

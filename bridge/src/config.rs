@@ -35,8 +35,14 @@ pub struct Config {
     #[arg(long, env = "WSMQ_PREFETCH", default_value_t = 256)]
     pub prefetch: u16,
 
-    /// Jobs published but not yet confirmed by RabbitMQ, at most; past it the bridge stops
-    /// reading from the gateway (which then answers new calls -32000).
+    /// Channels to publish on. Each carries one job awaiting its confirm at a time, so this
+    /// caps the publishes in flight to RabbitMQ.
+    #[arg(long, env = "WSMQ_PUBLISH_CHANNELS", default_value_t = 32)]
+    pub publish_channels: usize,
+
+    /// Jobs taken from the gateway and not yet confirmed by RabbitMQ (waiting for a channel or
+    /// for their confirm), at most; past it the bridge stops reading from the gateway, which
+    /// then answers new calls -32000.
     #[arg(long, env = "WSMQ_MAX_UNCONFIRMED", default_value_t = 1024)]
     pub max_unconfirmed: usize,
 
@@ -84,6 +90,8 @@ pub enum ConfigError {
     PrefixTooLong(usize),
     #[error("--prefetch must be at least 1")]
     ZeroPrefetch,
+    #[error("--publish-channels must be between 1 and 1000")]
+    PublishChannels,
     #[error("--max-unconfirmed must be at least 1")]
     ZeroUnconfirmed,
     #[error("cannot read the host name for the default --instance")]
@@ -107,6 +115,9 @@ impl Config {
         }
         if self.prefetch == 0 {
             return Err(ConfigError::ZeroPrefetch);
+        }
+        if !(1..=1000).contains(&self.publish_channels) {
+            return Err(ConfigError::PublishChannels);
         }
         if self.max_unconfirmed == 0 {
             return Err(ConfigError::ZeroUnconfirmed);

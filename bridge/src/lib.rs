@@ -8,6 +8,7 @@
 
 mod broker;
 mod config;
+mod publisher;
 mod reply;
 mod server;
 mod session;
@@ -39,6 +40,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
         reply_queue,
         queue_prefix: config.queue_prefix.clone(),
         prefetch: config.prefetch,
+        publish_channels: config.publish_channels,
         connection_name: format!("wsmq-bridge {instance} pid {}", std::process::id()),
     };
     let broker_shutdown = CancellationToken::new();

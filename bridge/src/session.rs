@@ -27,7 +27,8 @@ use wsmq_ipc_proto::{
     ToBridge, ToGateway, Welcome,
 };
 
-use crate::broker::{self, BrokerHandle};
+use crate::broker::BrokerHandle;
+use crate::publisher::Publishers;
 use crate::reply;
 
 /// Frames waiting for the writer. When full, publishes and replies wait for the gateway to read.
@@ -133,7 +134,7 @@ where
 
 /// Where the session's jobs go.
 struct PublishTarget<'a> {
-    publisher: &'a tokio::sync::watch::Receiver<Option<lapin::Channel>>,
+    publisher: &'a tokio::sync::watch::Receiver<Option<Publishers>>,
     queue_prefix: &'a String,
     reply_queue: &'a String,
 }
@@ -223,13 +224,13 @@ impl Session {
         let Ok(permit) = self.publish_permits.clone().acquire_owned().await else {
             return;
         };
-        let channel = target.publisher.borrow().clone();
+        let publishers = target.publisher.borrow().clone();
         let prefix = target.queue_prefix.clone();
         let reply_queue = target.reply_queue.clone();
         let out = self.out.clone();
         self.publishes.spawn(async move {
-            let outcome = match channel {
-                Some(channel) => broker::publish(&channel, &prefix, &reply_queue, &job).await,
+            let outcome = match publishers {
+                Some(p) => p.publish(&prefix, &reply_queue, &job).await,
                 None => Err(Rejection::BrokerUnavailable),
             };
             drop(permit);

@@ -351,7 +351,7 @@ impl Router {
                         job,
                         jsonrpc::BROKER_UNAVAILABLE,
                         "broker unavailable",
-                        "the bridge disconnected before the job was confirmed",
+                        "the bridge disconnected before RabbitMQ confirmed the job; it may or may not run",
                     );
                 }
             }

@@ -1,0 +1,173 @@
+//! Publishing jobs: a pool of confirm-mode channels, each with at most one publish unconfirmed.
+//!
+//! Why a pool and not one channel with many publishes in flight: RabbitMQ acknowledges
+//! publishes in batches (`multiple = true`), and lapin attaches a returned (unroutable) message
+//! to whichever confirm of the batch it completes first. With several jobs in flight on one
+//! channel, "no worker serves this method" could be reported for the wrong call, and the
+//! unroutable call counted as published and never answered. With one job in flight per
+//! channel, the return that precedes a confirm can only be that job's. Concurrency comes from
+//! the number of channels instead.
+//!
+//! The supervisor owns the connection, so it alone creates channels: the pool asks it for a
+//! replacement when a channel dies.
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use tokio::sync::mpsc;
+use tracing::{debug, error};
+use wsmq_ipc_proto::{Job, Rejection};
+
+/// AMQP 0-9-1 short strings (routing keys, queue names) hold at most 255 bytes.
+const MAX_ROUTING_KEY: usize = 255;
+
+/// Header carrying the method name, so a worker serving several queues can tell them apart.
+pub(crate) const METHOD_HEADER: &str = "wsmq-method";
+
+/// The channels of one broker connection. Cheap to clone.
+#[derive(Clone, Debug)]
+pub(crate) struct Publishers {
+    idle_tx: flume::Sender<Channel>,
+    idle_rx: flume::Receiver<Channel>,
+    /// Asks the supervisor for a new channel in place of a dead one.
+    replace: mpsc::Sender<()>,
+}
+
+/// Opens a channel in confirm mode.
+pub(crate) async fn open_channel(connection: &Connection) -> lapin::Result<Channel> {
+    let channel = connection.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+impl Publishers {
+    /// A pool of `size` channels; the receiver gets one message per channel to replace.
+    pub(crate) async fn open(
+        connection: &Connection,
+        size: usize,
+    ) -> lapin::Result<(Self, mpsc::Receiver<()>)> {
+        let (idle_tx, idle_rx) = flume::bounded(size);
+        let (replace, replace_rx) = mpsc::channel(size);
+        let pool = Self {
+            idle_tx,
+            idle_rx,
+            replace,
+        };
+        for _ in 0..size {
+            pool.give_back(open_channel(connection).await?);
+        }
+        Ok((pool, replace_rx))
+    }
+
+    /// Puts a (new or used) channel into the pool.
+    pub(crate) fn give_back(&self, channel: Channel) {
+        // The pool holds at most `size` channels and at most `size` exist, so it has room.
+        if self.idle_tx.try_send(channel).is_err() {
+            debug!("publisher pool full; extra channel dropped");
+        }
+    }
+
+    /// Publishes one job and waits for RabbitMQ's confirm.
+    ///
+    /// `Ok` means the message is safely in a queue; the error says how the call must be answered.
+    pub(crate) async fn publish(
+        &self,
+        prefix: &str,
+        reply_queue: &str,
+        job: &Job,
+    ) -> Result<(), Rejection> {
+        let Some(key) = routing_key(prefix, &job.method) else {
+            return Err(Rejection::InvalidMethod);
+        };
+        let Ok(channel) = self.idle_rx.recv_async().await else {
+            return Err(Rejection::BrokerUnavailable);
+        };
+        let outcome = publish_on(&channel, &key, reply_queue, job).await;
+        if channel.status().connected() {
+            self.give_back(channel);
+        } else {
+            debug!("publishing channel closed; asking for a replacement");
+            let _ = self.replace.try_send(());
+        }
+        outcome
+    }
+}
+
+/// The routing key for a method, or `None` if it would not fit in an AMQP short string.
+pub(crate) fn routing_key(prefix: &str, method: &str) -> Option<String> {
+    let key = format!("{prefix}{method}");
+    (key.len() <= MAX_ROUTING_KEY).then_some(key)
+}
+
+async fn publish_on(
+    channel: &Channel,
+    key: &str,
+    reply_queue: &str,
+    job: &Job,
+) -> Result<(), Rejection> {
+    let id = job.id.to_string();
+    let mut headers = FieldTable::default();
+    headers.insert(
+        METHOD_HEADER.into(),
+        AMQPValue::LongString(job.method.as_str().into()),
+    );
+    let props = BasicProperties::default()
+        .with_correlation_id(id.as_str().into())
+        .with_message_id(id.as_str().into())
+        .with_reply_to(reply_queue.into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    let options = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    let confirm = channel
+        .basic_publish("".into(), key.into(), options, job.params.as_bytes(), props)
+        .await
+        .map_err(|e| {
+            debug!(job = %job.id, error = %e, "publish failed");
+            Rejection::BrokerUnavailable
+        })?;
+    match confirm.await {
+        Ok(Confirmation::Ack(None)) => Ok(()),
+        Ok(Confirmation::Ack(Some(returned))) => {
+            // One publish in flight on this channel: the return is this job's. Check anyway.
+            let returned_id = returned.delivery.properties.correlation_id().clone();
+            if returned_id.as_ref().map(|s| s.as_str()) != Some(id.as_str()) {
+                error!(job = %job.id, ?returned_id, "returned message belongs to another job");
+            }
+            debug!(job = %job.id, code = returned.reply_code, text = %returned.reply_text, "job returned unroutable");
+            Err(Rejection::NoRoute)
+        }
+        Ok(Confirmation::Nack(_)) => Err(Rejection::Nacked),
+        Ok(Confirmation::NotRequested) => {
+            // Cannot happen on a confirm_select channel; never report an unconfirmed job as safe.
+            error!(job = %job.id, "publish channel is not in confirm mode");
+            Err(Rejection::BrokerUnavailable)
+        }
+        Err(e) => {
+            debug!(job = %job.id, error = %e, "publish confirm failed");
+            Err(Rejection::BrokerUnavailable)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_key_is_prefix_then_method() {
+        assert_eq!(routing_key("t1.", "echo").as_deref(), Some("t1.echo"));
+        assert_eq!(routing_key("", "echo").as_deref(), Some("echo"));
+    }
+
+    #[test]
+    fn routing_key_longer_than_a_short_string_is_refused() {
+        assert!(routing_key("p.", &"m".repeat(253)).is_some());
+        assert!(routing_key("p.", &"m".repeat(254)).is_none());
+    }
+}
