@@ -11,9 +11,11 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::options::{
+    BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions, QueueDeclareOptions,
+};
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, Event};
+use lapin::{Connection, ConnectionProperties, Event, ExchangeKind};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -154,6 +156,21 @@ impl Supervisor {
             .map_err(topology)?;
 
         let consuming = connection.create_channel().await.map_err(topology)?;
+        // Workers declare the same exchange, with the same settings, to hear cancellations.
+        consuming
+            .exchange_declare(
+                crate::publisher::cancel_exchange(&s.queue_prefix)
+                    .as_str()
+                    .into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(topology)?;
         consuming
             .basic_qos(s.prefetch, BasicQosOptions::default())
             .await
@@ -189,8 +206,14 @@ impl Supervisor {
                 () = self.shutdown.cancelled() => break Ok(()),
                 event = events.next() => match event {
                     Some(Event::Error(e)) => break Err(BrokerError::Connection(e)),
-                    Some(Event::ConnectionBlocked(reason)) => warn!(%reason, "RabbitMQ blocked publishing"),
-                    Some(Event::ConnectionUnblocked) => info!("RabbitMQ unblocked publishing"),
+                    Some(Event::ConnectionBlocked(reason)) => {
+                        warn!(%reason, "RabbitMQ blocked publishing");
+                        self.state_tx.send_replace(BrokerState::Blocked);
+                    }
+                    Some(Event::ConnectionUnblocked) => {
+                        info!("RabbitMQ unblocked publishing");
+                        self.state_tx.send_replace(BrokerState::Up);
+                    }
                     Some(other) => debug!(event = ?other, "connection event"),
                     None => break Err(BrokerError::ConsumerEnded),
                 },

@@ -16,13 +16,28 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::mpsc;
 use tracing::{debug, error};
-use wsmq_ipc_proto::{Job, Rejection};
+use wsmq_ipc_proto::{CancelReason, Job, JobId, Rejection};
 
 /// AMQP 0-9-1 short strings (routing keys, queue names) hold at most 255 bytes.
 const MAX_ROUTING_KEY: usize = 255;
 
 /// Header carrying the method name, so a worker serving several queues can tell them apart.
 pub(crate) const METHOD_HEADER: &str = "wsmq-method";
+/// Header carrying the job's deadline in unix milliseconds.
+pub(crate) const DEADLINE_HEADER: &str = "wsmq-deadline";
+/// Header on a cancellation broadcast saying why (`cancelled` or `timeout`).
+pub(crate) const REASON_HEADER: &str = "wsmq-reason";
+
+/// The fanout exchange cancellations are broadcast on, for a queue prefix.
+pub(crate) fn cancel_exchange(prefix: &str) -> String {
+    format!("{prefix}wsmq.cancel")
+}
+
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// The channels of one broker connection. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -81,17 +96,62 @@ impl Publishers {
         let Some(key) = routing_key(prefix, &job.method) else {
             return Err(Rejection::InvalidMethod);
         };
-        let Ok(channel) = self.idle_rx.recv_async().await else {
-            return Err(Rejection::BrokerUnavailable);
-        };
+        let channel = self.take().await?;
         let outcome = publish_on(&channel, &key, reply_queue, job).await;
+        self.put_back(channel);
+        outcome
+    }
+
+    /// Broadcasts a cancellation to every worker (fanout), and waits for its confirm.
+    pub(crate) async fn cancel(
+        &self,
+        exchange: &str,
+        job: JobId,
+        reason: CancelReason,
+    ) -> Result<(), Rejection> {
+        let channel = self.take().await?;
+        let mut headers = FieldTable::default();
+        headers.insert(
+            REASON_HEADER.into(),
+            AMQPValue::LongString(reason.as_str().into()),
+        );
+        let props = BasicProperties::default()
+            .with_correlation_id(job.to_string().into())
+            .with_headers(headers);
+        let confirm = channel
+            .basic_publish(
+                exchange.into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                b"",
+                props,
+            )
+            .await;
+        let outcome = match confirm {
+            Ok(confirm) => match confirm.await {
+                Ok(c) if c.is_ack() => Ok(()),
+                _ => Err(Rejection::Nacked),
+            },
+            Err(_) => Err(Rejection::BrokerUnavailable),
+        };
+        self.put_back(channel);
+        outcome
+    }
+
+    async fn take(&self) -> Result<Channel, Rejection> {
+        self.idle_rx
+            .recv_async()
+            .await
+            .map_err(|_| Rejection::BrokerUnavailable)
+    }
+
+    fn put_back(&self, channel: Channel) {
         if channel.status().connected() {
             self.give_back(channel);
         } else {
             debug!("publishing channel closed; asking for a replacement");
             let _ = self.replace.try_send(());
         }
-        outcome
     }
 }
 
@@ -107,19 +167,30 @@ async fn publish_on(
     reply_queue: &str,
     job: &Job,
 ) -> Result<(), Rejection> {
+    let remaining_ms = job.deadline_unix_ms.saturating_sub(unix_ms_now());
+    if remaining_ms == 0 {
+        return Err(Rejection::Expired);
+    }
     let id = job.id.to_string();
     let mut headers = FieldTable::default();
     headers.insert(
         METHOD_HEADER.into(),
         AMQPValue::LongString(job.method.as_str().into()),
     );
-    let props = BasicProperties::default()
+    let deadline = i64::try_from(job.deadline_unix_ms).unwrap_or(i64::MAX);
+    headers.insert(DEADLINE_HEADER.into(), AMQPValue::LongLongInt(deadline));
+    let mut props = BasicProperties::default()
+        // RabbitMQ discards the job if no worker has taken it by then.
+        .with_expiration(remaining_ms.to_string().into())
         .with_correlation_id(id.as_str().into())
         .with_message_id(id.as_str().into())
         .with_reply_to(reply_queue.into())
         .with_content_type("application/json".into())
         .with_delivery_mode(2)
         .with_headers(headers);
+    if let Some(priority) = job.priority {
+        props = props.with_priority(priority);
+    }
     let options = BasicPublishOptions {
         mandatory: true,
         ..BasicPublishOptions::default()

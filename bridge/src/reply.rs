@@ -17,6 +17,7 @@ pub(crate) const STATUS_HEADER: &str = "wsmq-status";
 enum Status {
     Ok,
     Error,
+    Progress,
 }
 
 fn status(headers: Option<&FieldTable>) -> Result<Status, String> {
@@ -32,6 +33,7 @@ fn status(headers: Option<&FieldTable>) -> Result<Status, String> {
     match text {
         b"ok" | b"result" => Ok(Status::Ok),
         b"error" => Ok(Status::Error),
+        b"progress" => Ok(Status::Progress),
         other => Err(format!(
             "header {STATUS_HEADER} has unknown value {:?}",
             String::from_utf8_lossy(other)
@@ -65,6 +67,12 @@ pub(crate) fn classify(headers: Option<&FieldTable>, body: &[u8]) -> ReplyBody {
                 reason: format!("reply body is not valid JSON: {e}"),
             },
         },
+        Status::Progress => match serde_json::from_str::<&RawValue>(text) {
+            Ok(raw) => ReplyBody::Progress(raw.get().to_owned()),
+            Err(e) => ReplyBody::Invalid {
+                reason: format!("progress report is not valid JSON: {e}"),
+            },
+        },
         Status::Error => match serde_json::from_str::<ErrorObject<'_>>(text) {
             Ok(obj) => ReplyBody::Error(WorkerError {
                 code: obj.code,
@@ -88,6 +96,22 @@ mod tests {
         let mut t = FieldTable::default();
         t.insert(STATUS_HEADER.into(), AMQPValue::LongString(status.into()));
         t
+    }
+
+    #[test]
+    fn progress_header_makes_a_progress_report() {
+        assert_eq!(
+            classify(Some(&headers("progress")), br#"{"step":1}"#),
+            ReplyBody::Progress(r#"{"step":1}"#.into())
+        );
+    }
+
+    #[test]
+    fn garbage_progress_is_invalid() {
+        assert!(matches!(
+            classify(Some(&headers("progress")), b"{"),
+            ReplyBody::Invalid { .. }
+        ));
     }
 
     #[test]

@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use wsmq_ipc_proto::{
-    IpcCodec, Job, MAX_UNTAKEN_REPLIES, PROTOCOL_VERSION, Refusal, Rejection, Reply, ReplySeq,
-    ToBridge, ToGateway, Welcome,
+    CancelReason, IpcCodec, Job, JobId, MAX_UNTAKEN_REPLIES, PROTOCOL_VERSION, Refusal, Rejection,
+    Reply, ReplySeq, ToBridge, ToGateway, Welcome,
 };
 
 use crate::broker::BrokerHandle;
@@ -203,6 +203,10 @@ impl Session {
                 self.submit(job, target).await;
                 Ok(())
             }
+            ToBridge::Cancel { job, reason } => {
+                self.cancel(job, reason, target).await;
+                Ok(())
+            }
             ToBridge::Taken { reply } => {
                 match self.untaken.remove(&reply) {
                     Some((acker, _permit)) => {
@@ -247,6 +251,24 @@ impl Session {
             // If the gateway is gone it will not wait for this answer; the job (if published)
             // still runs and its reply waits in the reply queue.
             let _ = out.send(msg).await;
+        });
+    }
+
+    async fn cancel(&mut self, job: JobId, reason: CancelReason, target: &PublishTarget<'_>) {
+        let Ok(permit) = self.publish_permits.clone().acquire_owned().await else {
+            return;
+        };
+        let Some(publishers) = target.publisher.borrow().clone() else {
+            // No broker: the job's message expires at its deadline anyway.
+            debug!(%job, "cancellation not broadcast: broker down");
+            return;
+        };
+        let exchange = crate::publisher::cancel_exchange(target.queue_prefix);
+        self.publishes.spawn(async move {
+            if let Err(e) = publishers.cancel(&exchange, job, reason).await {
+                debug!(%job, error = ?e, "cancellation broadcast failed");
+            }
+            drop(permit);
         });
     }
 

@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
@@ -31,6 +32,15 @@ pub struct Config {
     /// Calls the whole gateway may have in flight; past it, calls are answered -32003.
     #[arg(long, env = "WSMQ_MAX_INFLIGHT", default_value_t = 65536)]
     pub max_inflight: usize,
+
+    /// Deadline of a call that names none in `wsmq.timeout_ms` (e.g. `30s`, `500ms`, `2m`).
+    /// When it passes the call is answered -32001 and the workers are told to stop.
+    #[arg(long, env = "WSMQ_CALL_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub call_timeout: Duration,
+
+    /// Longest deadline a call may ask for; longer requests are cut to it.
+    #[arg(long, env = "WSMQ_MAX_CALL_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10m")]
+    pub max_call_timeout: Duration,
 
     /// Websocket connections at once; past it, upgrades get HTTP 503.
     #[arg(long, env = "WSMQ_MAX_CONNECTIONS", default_value_t = 10_000)]
@@ -76,6 +86,8 @@ impl LogFormat {
 pub enum ConfigError {
     #[error("--{0} must be at least 1")]
     Zero(&'static str),
+    #[error("--call-timeout must be at least 1ms and at most --max-call-timeout")]
+    CallTimeout,
     #[error("--max-message-bytes {0} is above the IPC frame limit of {max} bytes", max = wsmq_ipc_proto::MAX_FRAME_LEN / 2)]
     MessageTooLarge(usize),
 }
@@ -92,6 +104,10 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
             }
+        }
+        if self.call_timeout < Duration::from_millis(1) || self.call_timeout > self.max_call_timeout
+        {
+            return Err(ConfigError::CallTimeout);
         }
         // Params travel inside one IPC frame, with room to spare for the envelope.
         if self.max_message_bytes > wsmq_ipc_proto::MAX_FRAME_LEN / 2 {
@@ -124,6 +140,20 @@ mod tests {
                 .is_err()
         );
         assert!(parse(&["--max-connections", "0"]).validate().is_err());
+    }
+
+    #[test]
+    fn timeouts_read_as_human_durations() {
+        let c = parse(&["--call-timeout", "1500ms", "--max-call-timeout", "2m"]);
+        assert_eq!(c.call_timeout, Duration::from_millis(1500));
+        assert_eq!(c.max_call_timeout, Duration::from_secs(120));
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn default_timeout_above_the_maximum_is_refused() {
+        let c = parse(&["--call-timeout", "5m", "--max-call-timeout", "1m"]);
+        assert!(c.validate().is_err());
     }
 
     #[test]

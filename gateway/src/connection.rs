@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::jsonrpc::{self, Entry, FrameRejected, Incoming};
-use crate::router::{ClientId, Outbound, RouterHandle};
+use crate::router::{ClientId, Outbound, OutboundKind, RouterHandle};
 
 /// Responses waiting to be written to one client. Full means the client is not reading; the
 /// router then disconnects it rather than buffer more.
@@ -134,7 +134,9 @@ where
                 },
                 out = rx.recv() => match out {
                     Some(out) => {
-                        self.awaiting = self.awaiting.saturating_sub(1);
+                        if out.kind == OutboundKind::Response {
+                            self.awaiting = self.awaiting.saturating_sub(1);
+                        }
                         if self.deliver(out).await.is_err() {
                             return None;
                         }
@@ -193,6 +195,9 @@ where
             Entry::Invalid(error) => return Ok(Some(error)),
             Entry::Call(call) => call,
         };
+        if call.method == jsonrpc::CANCEL_METHOD {
+            return self.cancel(&call).await;
+        }
         if jsonrpc::is_reserved_method(&call.method) {
             return Ok(call.id.as_deref().map(|id| {
                 jsonrpc::error_response(
@@ -209,6 +214,28 @@ where
         }
         if expects_reply {
             self.awaiting += 1;
+        }
+        Ok(None)
+    }
+
+    /// `$/cancel`: a notification naming one of this client's own calls.
+    async fn cancel(&mut self, call: &jsonrpc::Call) -> Result<Option<String>, Option<CloseFrame>> {
+        if let Some(id) = call.id.as_deref() {
+            return Ok(Some(jsonrpc::error_response(
+                Some(id),
+                jsonrpc::INVALID_REQUEST,
+                "Invalid Request",
+                Some("$/cancel is a notification: send it without an id"),
+            )));
+        }
+        match jsonrpc::cancel_target(call) {
+            Ok(target) => {
+                if self.router.cancel(self.client, target).await.is_err() {
+                    return Err(close_frame(close_code::AWAY, "server shutting down"));
+                }
+            }
+            // A notification gets no answer, not even an error.
+            Err(why) => debug!(why, "malformed $/cancel ignored"),
         }
         Ok(None)
     }

@@ -21,6 +21,19 @@ pub(crate) const BROKER_UNAVAILABLE: i64 = -32000;
 /// The client or the gateway has too many calls in flight. Retryable.
 pub(crate) const TOO_MANY_IN_FLIGHT: i64 = -32003;
 
+/// The call's deadline passed before its result came.
+pub(crate) const TIMEOUT: i64 = -32001;
+/// The client cancelled the call with `$/cancel`.
+pub(crate) const CANCELLED: i64 = -32002;
+
+/// Highest AMQP priority a call may ask for.
+pub(crate) const MAX_PRIORITY: u8 = 9;
+
+/// The notification a client sends to cancel one of its calls.
+pub(crate) const CANCEL_METHOD: &str = "$/cancel";
+/// The notification the gateway sends for each progress report.
+pub(crate) const PROGRESS_METHOD: &str = "$/progress";
+
 /// Most members a batch may have; a longer one is refused whole.
 pub(crate) const MAX_BATCH_LEN: usize = 1000;
 
@@ -32,6 +45,41 @@ pub(crate) struct Call {
     pub(crate) method: String,
     /// Raw JSON of `params`; `None` when the member is absent.
     pub(crate) params: Option<Box<RawValue>>,
+    /// What the `wsmq` member asked for.
+    pub(crate) options: CallOptions,
+}
+
+/// Per-call options from the request's `wsmq` member; `None` means "the gateway's default".
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CallOptions {
+    pub(crate) timeout_ms: Option<u64>,
+    pub(crate) priority: Option<u8>,
+}
+
+impl CallOptions {
+    fn parse(raw: &RawValue) -> Result<Self, String> {
+        if !raw.get().starts_with('{') {
+            return Err("wsmq must be an object".into());
+        }
+        let options: CallOptions = serde_json::from_str(raw.get()).map_err(|e| {
+            let text = e.to_string();
+            // serde names the key: "unknown field `x`, expected ...".
+            match text.split('`').nth(1) {
+                Some(key) if text.starts_with("unknown field") => {
+                    format!("unknown wsmq option {key:?}")
+                }
+                _ => format!("bad wsmq options: {text}"),
+            }
+        })?;
+        if options.timeout_ms == Some(0) {
+            return Err("wsmq.timeout_ms must be at least 1".into());
+        }
+        if options.priority.is_some_and(|p| p > MAX_PRIORITY) {
+            return Err(format!("wsmq.priority must be 0-{MAX_PRIORITY}"));
+        }
+        Ok(options)
+    }
 }
 
 /// One member of what the client sent: a call, or an error to answer with at once.
@@ -114,6 +162,8 @@ struct RawRequest<'a> {
     params: Option<&'a RawValue>,
     #[serde(borrow, default, deserialize_with = "present")]
     id: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    wsmq: Option<&'a RawValue>,
 }
 
 fn parse_entry(raw: &RawValue) -> Entry {
@@ -153,16 +203,58 @@ fn parse_entry(raw: &RawValue) -> Entry {
     {
         return invalid(id, "params must be an object or an array");
     }
+    let options = match req.wsmq.map(CallOptions::parse).transpose() {
+        Ok(options) => options.unwrap_or_default(),
+        Err(why) => return invalid(id, &why),
+    };
     Entry::Call(Call {
         id: id.map(ToOwned::to_owned),
         method,
         params: req.params.map(ToOwned::to_owned),
+        options,
     })
 }
 
 fn is_valid_id(id: &RawValue) -> bool {
     let first = id.get().as_bytes().first().copied();
     matches!(first, Some(b'"' | b'-' | b'0'..=b'9')) || id.get() == "null"
+}
+
+/// The id a `$/cancel` names, as raw JSON text, or why the cancel is malformed.
+pub(crate) fn cancel_target(call: &Call) -> Result<Box<RawValue>, &'static str> {
+    #[derive(Deserialize)]
+    struct CancelParams {
+        id: Box<RawValue>,
+    }
+    let params = call
+        .params
+        .as_deref()
+        .filter(|p| p.get().starts_with('{'))
+        .ok_or("$/cancel needs params {\"id\": <call id>}")?;
+    let parsed: CancelParams = serde_json::from_str(params.get())
+        .map_err(|_| "$/cancel needs params {\"id\": <call id>}")?;
+    Ok(parsed.id)
+}
+
+/// The `$/progress` notification for one progress report of call `id`.
+pub(crate) fn progress_notification(id: &RawValue, value: &RawValue) -> String {
+    #[derive(Serialize)]
+    struct Params<'a> {
+        id: &'a RawValue,
+        value: &'a RawValue,
+    }
+    #[derive(Serialize)]
+    struct Notification<'a> {
+        jsonrpc: &'static str,
+        method: &'static str,
+        params: Params<'a>,
+    }
+    serde_json::to_string(&Notification {
+        jsonrpc: "2.0",
+        method: PROGRESS_METHOD,
+        params: Params { id, value },
+    })
+    .unwrap_or_default()
 }
 
 /// Methods clients may not call: `rpc.` is reserved by the spec, `$/` for wsmq's own.
@@ -375,6 +467,76 @@ mod tests {
         let text = format!("[{}]", vec![one; MAX_BATCH_LEN + 1].join(","));
         let FrameRejected(e) = parse(&text).expect_err("rejected");
         assert_eq!(value(&e)["error"]["code"], INVALID_REQUEST);
+    }
+
+    #[test]
+    fn wsmq_options_are_parsed() {
+        let c =
+            call(r#"{"jsonrpc":"2.0","method":"m","id":1,"wsmq":{"timeout_ms":500,"priority":9}}"#);
+        assert_eq!(
+            c.options,
+            CallOptions {
+                timeout_ms: Some(500),
+                priority: Some(9)
+            }
+        );
+        assert_eq!(
+            call(r#"{"jsonrpc":"2.0","method":"m","id":1}"#).options,
+            CallOptions::default()
+        );
+    }
+
+    #[test]
+    fn unknown_wsmq_option_is_invalid_and_named() {
+        let v = invalid(r#"{"jsonrpc":"2.0","method":"m","id":1,"wsmq":{"timeout":5}}"#);
+        assert_eq!(v["error"]["code"], INVALID_REQUEST);
+        assert!(
+            v["error"]["data"]
+                .as_str()
+                .is_some_and(|d| d.contains("\"timeout\"")),
+            "{v}"
+        );
+        assert_eq!(v["id"], 1);
+    }
+
+    #[test]
+    fn out_of_range_wsmq_options_are_invalid() {
+        for bad in [
+            r#"{"priority":10}"#,
+            r#"{"priority":-1}"#,
+            r#"{"timeout_ms":0}"#,
+            r#"{"timeout_ms":"5"}"#,
+            r#"[]"#,
+            r#"5"#,
+        ] {
+            let text = format!(r#"{{"jsonrpc":"2.0","method":"m","id":1,"wsmq":{bad}}}"#);
+            assert_eq!(invalid(&text)["error"]["code"], INVALID_REQUEST, "{bad}");
+        }
+    }
+
+    #[test]
+    fn cancel_names_the_target_id_verbatim() {
+        let c = call(r#"{"jsonrpc":"2.0","method":"$/cancel","params":{"id":"a1"}}"#);
+        assert_eq!(
+            cancel_target(&c).map(|id| id.get().to_owned()),
+            Ok(r#""a1""#.to_owned())
+        );
+        let c = call(r#"{"jsonrpc":"2.0","method":"$/cancel","params":[1]}"#);
+        assert!(cancel_target(&c).is_err());
+    }
+
+    #[test]
+    fn progress_notification_carries_the_call_id_and_value() {
+        let id = serde_json::value::to_raw_value(&"c7").expect("raw");
+        let value = serde_json::value::to_raw_value(&json!({"step": 1})).expect("raw");
+        assert_eq!(
+            value_of(&progress_notification(&id, &value)),
+            json!({"jsonrpc":"2.0","method":"$/progress","params":{"id":"c7","value":{"step":1}}})
+        );
+    }
+
+    fn value_of(text: &str) -> Value {
+        value(text)
     }
 
     #[test]

@@ -70,6 +70,8 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     let limits = router::Limits {
         per_client: config.max_inflight_per_client,
         global: config.max_inflight,
+        default_timeout: config.call_timeout,
+        max_timeout: config.max_call_timeout,
     };
     let to_link = router::ToLink {
         jobs: jobs_tx,

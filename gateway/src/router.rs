@@ -1,22 +1,31 @@
 //! The table of calls in flight, and the only place a worker's reply is matched to a client.
 //!
-//! One task owns the table of pending jobs (job id → client, JSON-RPC id, method) and the
-//! registry of connected clients with their outbound queues; connections and the IPC link
-//! reach it through channels (the actor/handle pattern), so no lock is shared anywhere.
+//! One task owns the table of pending jobs (job id → client, JSON-RPC id, method, deadline),
+//! the registry of connected clients with their outbound queues, and the timers of every
+//! call's deadline; connections and the IPC link reach it through channels (the actor/handle
+//! pattern), so no lock is shared anywhere.
 //!
 //! The router never waits on anything: it hands jobs to the IPC writer and responses to
 //! clients with `try_send`. That is what keeps one slow client, or a backed-up bridge, from
 //! stalling anyone else, and what rules out a read/write deadlock on the Unix socket. A client
 //! whose queue is full is disconnected; a job the bridge cannot take right now is answered
 //! -32000 at once.
+//!
+//! Every call ends exactly once — result, error, timeout or cancel — when its entry leaves the
+//! table; whatever arrives for it afterwards (a late result, a duplicate delivery, progress
+//! after the end) finds no entry and is dropped and counted, so it can never reach a client.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures::StreamExt;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
+use tokio_util::time::{DelayQueue, delay_queue};
 use tracing::{debug, info, warn};
 use wsmq_ipc_proto::{
-    BrokerState, Job, JobId, Rejection, Reply, ReplyBody, ReplySeq, ToBridge, ToGateway,
+    BrokerState, CancelReason, Job, JobId, Rejection, Reply, ReplyBody, ReplySeq, ToBridge,
+    ToGateway,
 };
 
 use crate::jsonrpc::{self, Call};
@@ -28,12 +37,24 @@ pub(crate) type ClientId = u64;
 /// Commands from connections. Connections wait for room here, which slows only themselves.
 const COMMAND_CAPACITY: usize = 1024;
 
-/// A response (or error) for one call of one client.
+/// How many ended calls the router remembers, to tell a late result from a duplicate or an
+/// unknown one in its counters. Oldest forgotten first.
+const REMEMBERED_ENDINGS: usize = 65_536;
+
+/// Something for one client: a response, or a progress notification.
 #[derive(Debug)]
 pub(crate) struct Outbound {
-    /// The batch the call belonged to, as the connection numbered it.
+    /// The batch the call belonged to, as the connection numbered it (responses only).
     pub(crate) batch: Option<u64>,
+    pub(crate) kind: OutboundKind,
     pub(crate) text: String,
+}
+
+/// Whether an [`Outbound`] ends its call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OutboundKind {
+    Response,
+    Progress,
 }
 
 #[derive(Debug)]
@@ -49,6 +70,10 @@ enum Command {
         client: ClientId,
         call: Call,
         batch: Option<u64>,
+    },
+    Cancel {
+        client: ClientId,
+        id: Box<RawValue>,
     },
 }
 
@@ -78,7 +103,7 @@ impl RouterHandle {
         self.send(Command::Disconnect { client }).await
     }
 
-    /// Starts a call. Every call with an id gets exactly one [`Outbound`].
+    /// Starts a call. Every call with an id gets exactly one [`OutboundKind::Response`].
     pub(crate) async fn call(
         &self,
         client: ClientId,
@@ -93,6 +118,15 @@ impl RouterHandle {
         .await
     }
 
+    /// Cancels the client's own call with JSON-RPC id `id` (raw JSON), if it is still running.
+    pub(crate) async fn cancel(
+        &self,
+        client: ClientId,
+        id: Box<RawValue>,
+    ) -> Result<(), RouterGone> {
+        self.send(Command::Cancel { client, id }).await
+    }
+
     async fn send(&self, cmd: Command) -> Result<(), RouterGone> {
         self.tx.send(cmd).await.map_err(|_| RouterGone)
     }
@@ -105,29 +139,47 @@ pub(crate) struct Health {
     pub(crate) broker: bool,
 }
 
-/// Caps on calls in flight.
+/// Caps and defaults for calls.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
     pub(crate) per_client: usize,
     pub(crate) global: usize,
+    /// Deadline of a call that names none.
+    pub(crate) default_timeout: Duration,
+    /// Longest deadline a call may ask for (longer requests are cut to this).
+    pub(crate) max_timeout: Duration,
 }
 
 /// Where the router sends what the bridge must hear.
 #[derive(Debug)]
 pub(crate) struct ToLink {
-    /// Jobs; full means the bridge is backed up.
+    /// Jobs and cancellations; full means the bridge is backed up.
     pub(crate) jobs: mpsc::Sender<Outgoing>,
     /// Confirmations that replies were taken; sized so it is never full (see
     /// `MAX_UNTAKEN_REPLIES`).
     pub(crate) taken: mpsc::Sender<Outgoing>,
 }
 
-/// Counts of things that went wrong without being anyone's error to see.
+/// How a call ended, remembered for a while to classify what arrives after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    Answered,
+    TimedOut,
+    Cancelled,
+}
+
+/// Counts of replies that reached nobody, and why.
 #[derive(Debug, Default)]
 struct Counters {
     /// Replies for clients that had disconnected.
     dropped_client_gone: u64,
-    /// Replies for jobs that were already answered (at-least-once delivery) or never known.
+    /// Results that came after the call's deadline.
+    dropped_late: u64,
+    /// Results of calls the client had cancelled.
+    dropped_cancelled: u64,
+    /// Second deliveries of a reply (at-least-once delivery).
+    dropped_duplicate: u64,
+    /// Replies for jobs this gateway does not know (or no longer remembers).
     dropped_unknown_job: u64,
     /// Clients disconnected because their outbound queue was full.
     slow_clients_closed: u64,
@@ -140,10 +192,13 @@ struct Pending {
     batch: Option<u64>,
     /// RabbitMQ confirmed it; its reply will come even across a bridge restart.
     published: bool,
+    deadline: delay_queue::Key,
 }
 
 struct ClientEntry {
     tx: mpsc::Sender<Outbound>,
+    /// The client's calls in flight that have an id, by the id's JSON text (for `$/cancel`).
+    calls: HashMap<Box<str>, JobId>,
     in_flight: usize,
 }
 
@@ -161,6 +216,8 @@ pub(crate) fn spawn(
         health,
         pending: HashMap::new(),
         clients: HashMap::new(),
+        deadlines: DelayQueue::new(),
+        endings: Endings::default(),
         epoch: None,
         broker: BrokerState::Down,
         counters: Counters::default(),
@@ -177,10 +234,41 @@ struct Router {
     health: watch::Sender<Health>,
     pending: HashMap<JobId, Pending>,
     clients: HashMap<ClientId, ClientEntry>,
+    /// One timer per pending call.
+    deadlines: DelayQueue<JobId>,
+    endings: Endings,
     /// The current IPC session, if the bridge is connected.
     epoch: Option<u64>,
     broker: BrokerState,
     counters: Counters,
+}
+
+/// A bounded memory of how recent calls ended.
+#[derive(Default)]
+struct Endings {
+    order: VecDeque<JobId>,
+    how: HashMap<JobId, Ending>,
+}
+
+impl Endings {
+    fn remember(&mut self, job: JobId, ending: Ending) {
+        if self.order.len() >= REMEMBERED_ENDINGS
+            && let Some(oldest) = self.order.pop_front()
+        {
+            self.how.remove(&oldest);
+        }
+        self.order.push_back(job);
+        self.how.insert(job, ending);
+    }
+
+    fn get(&self, job: &JobId) -> Option<Ending> {
+        self.how.get(job).copied()
+    }
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl Router {
@@ -198,17 +286,24 @@ impl Router {
                     Some(event) => self.on_link(event),
                     None => link_open = false,
                 },
+                Some(expired) = self.deadlines.next(), if !self.deadlines.is_empty() => {
+                    self.on_deadline(expired.into_inner());
+                }
                 cmd = commands.recv() => match cmd {
                     Some(cmd) => self.on_command(cmd),
                     None => break,
                 },
             }
         }
+        let c = &self.counters;
         info!(
             pending = self.pending.len(),
-            dropped_client_gone = self.counters.dropped_client_gone,
-            dropped_unknown_job = self.counters.dropped_unknown_job,
-            slow_clients_closed = self.counters.slow_clients_closed,
+            dropped_client_gone = c.dropped_client_gone,
+            dropped_late = c.dropped_late,
+            dropped_cancelled = c.dropped_cancelled,
+            dropped_duplicate = c.dropped_duplicate,
+            dropped_unknown_job = c.dropped_unknown_job,
+            slow_clients_closed = c.slow_clients_closed,
             "router stopped"
         );
     }
@@ -216,11 +311,17 @@ impl Router {
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Connect { client, tx } => {
-                self.clients
-                    .insert(client, ClientEntry { tx, in_flight: 0 });
+                self.clients.insert(
+                    client,
+                    ClientEntry {
+                        tx,
+                        calls: HashMap::new(),
+                        in_flight: 0,
+                    },
+                );
             }
             Command::Disconnect { client } => {
-                // Its pending jobs stay: their replies must still be taken (and dropped).
+                // Its pending jobs stay until they end: their replies must still be taken.
                 self.clients.remove(&client);
             }
             Command::Call {
@@ -228,6 +329,7 @@ impl Router {
                 call,
                 batch,
             } => self.on_call(client, call, batch),
+            Command::Cancel { client, id } => self.on_cancel(client, &id),
         }
     }
 
@@ -236,52 +338,65 @@ impl Router {
             |this: &mut Self, call: &Call, code: i64, message: &str, data: &str| match &call.id {
                 Some(id) => {
                     let text = jsonrpc::error_response(Some(id), code, message, Some(data));
-                    this.respond_to(client, batch, text);
+                    this.respond_to(client, batch, OutboundKind::Response, text);
                 }
                 None => debug!(client, method = %call.method, message, "notification dropped"),
             };
+        let unavailable = "broker unavailable";
         let Some(epoch) = self.epoch else {
             return refuse(
                 self,
                 &call,
                 jsonrpc::BROKER_UNAVAILABLE,
-                "broker unavailable",
+                unavailable,
                 "the bridge is not connected",
             );
         };
-        if self.broker == BrokerState::Down {
-            return refuse(
-                self,
-                &call,
-                jsonrpc::BROKER_UNAVAILABLE,
-                "broker unavailable",
-                "RabbitMQ is not connected",
-            );
+        match self.broker {
+            BrokerState::Up => {}
+            BrokerState::Down => {
+                return refuse(
+                    self,
+                    &call,
+                    jsonrpc::BROKER_UNAVAILABLE,
+                    unavailable,
+                    "RabbitMQ is not connected",
+                );
+            }
+            BrokerState::Blocked => {
+                return refuse(
+                    self,
+                    &call,
+                    jsonrpc::BROKER_UNAVAILABLE,
+                    unavailable,
+                    "RabbitMQ is blocking publishers (resource alarm)",
+                );
+            }
         }
+        let too_many = "too many calls in flight";
         let in_flight = self.clients.get(&client).map_or(0, |c| c.in_flight);
         if in_flight >= self.limits.per_client {
             let data = format!(
                 "at most {} calls in flight per connection",
                 self.limits.per_client
             );
-            return refuse(
-                self,
-                &call,
-                jsonrpc::TOO_MANY_IN_FLIGHT,
-                "too many calls in flight",
-                &data,
-            );
+            return refuse(self, &call, jsonrpc::TOO_MANY_IN_FLIGHT, too_many, &data);
         }
         if self.pending.len() >= self.limits.global {
             return refuse(
                 self,
                 &call,
                 jsonrpc::TOO_MANY_IN_FLIGHT,
-                "too many calls in flight",
+                too_many,
                 "the gateway is at capacity",
             );
         }
 
+        let timeout = call
+            .options
+            .timeout_ms
+            .map_or(self.limits.default_timeout, Duration::from_millis)
+            .min(self.limits.max_timeout);
         let job_id = JobId(uuid::Uuid::new_v4().as_u128());
         let job = Job {
             id: job_id,
@@ -292,6 +407,8 @@ impl Router {
                 .map_or("null", RawValue::get)
                 .to_owned(),
             client,
+            deadline_unix_ms: unix_ms(SystemTime::now() + timeout),
+            priority: call.options.priority,
         };
         let out = Outgoing {
             epoch,
@@ -302,14 +419,18 @@ impl Router {
                 self,
                 &call,
                 jsonrpc::BROKER_UNAVAILABLE,
-                "broker unavailable",
+                unavailable,
                 "the bridge is backed up",
             );
         }
-        debug!(client, job = %job_id, method = %call.method, "call submitted");
+        debug!(client, job = %job_id, method = %call.method, ?timeout, "call submitted");
         if let Some(c) = self.clients.get_mut(&client) {
             c.in_flight += 1;
+            if let Some(id) = &call.id {
+                c.calls.insert(id.get().into(), job_id);
+            }
         }
+        let deadline = self.deadlines.insert(job_id, timeout);
         self.pending.insert(
             job_id,
             Pending {
@@ -318,8 +439,54 @@ impl Router {
                 method: call.method,
                 batch,
                 published: false,
+                deadline,
             },
         );
+    }
+
+    fn on_cancel(&mut self, client: ClientId, id: &RawValue) {
+        // Looked up among this client's calls only: nobody can cancel another's.
+        let job = self
+            .clients
+            .get(&client)
+            .and_then(|c| c.calls.get(id.get()).copied());
+        let Some(job) = job else {
+            debug!(client, id = id.get(), "cancel for an unknown call ignored");
+            return;
+        };
+        debug!(client, %job, "call cancelled");
+        self.finish_with_error(
+            job,
+            Ending::Cancelled,
+            jsonrpc::CANCELLED,
+            "cancelled",
+            "cancelled by the client",
+        );
+        self.tell_workers(job, CancelReason::Cancelled);
+    }
+
+    fn on_deadline(&mut self, job: JobId) {
+        let Some(pending) = self.pending.get(&job) else {
+            return;
+        };
+        debug!(%job, method = %pending.method, "call timed out");
+        let data = format!(
+            "no result for {:?} before the call's deadline",
+            pending.method
+        );
+        self.finish_with_error(job, Ending::TimedOut, jsonrpc::TIMEOUT, "timeout", &data);
+        self.tell_workers(job, CancelReason::Timeout);
+    }
+
+    /// Broadcasts that nobody waits for `job` any more. Best effort: if the bridge is away or
+    /// backed up, the job's AMQP expiration and deadline header stop it anyway.
+    fn tell_workers(&mut self, job: JobId, reason: CancelReason) {
+        if let Some(epoch) = self.epoch {
+            let msg = ToBridge::Cancel { job, reason };
+            if self.to_link.jobs.try_send(Outgoing { epoch, msg }).is_err() {
+                debug!(%job, "cancellation not sent: bridge backed up");
+            }
+        }
     }
 
     fn on_link(&mut self, event: LinkEvent) {
@@ -349,6 +516,7 @@ impl Router {
                 for job in unconfirmed {
                     self.finish_with_error(
                         job,
+                        Ending::Answered,
                         jsonrpc::BROKER_UNAVAILABLE,
                         "broker unavailable",
                         "the bridge disconnected before RabbitMQ confirmed the job; it may or may not run",
@@ -360,7 +528,7 @@ impl Router {
         self.health.send_if_modified(|h| {
             let now = Health {
                 bridge: self.epoch.is_some(),
-                broker: self.epoch.is_some() && self.broker == BrokerState::Up,
+                broker: self.epoch.is_some() && self.broker != BrokerState::Down,
             };
             std::mem::replace(h, now) != now
         });
@@ -406,8 +574,13 @@ impl Router {
                         "broker unavailable",
                         "RabbitMQ refused the job".to_owned(),
                     ),
+                    Rejection::Expired => (
+                        jsonrpc::TIMEOUT,
+                        "timeout",
+                        "the deadline passed before the job could be published".to_owned(),
+                    ),
                 };
-                self.finish_with_error(job, code, message, &data);
+                self.finish_with_error(job, Ending::Answered, code, message, &data);
             }
             ToGateway::Reply(reply) => self.on_reply(epoch, reply),
             ToGateway::Welcome(_) | ToGateway::Refused(_) => {
@@ -418,10 +591,11 @@ impl Router {
 
     fn on_reply(&mut self, epoch: u64, Reply { seq, job, body }: Reply) {
         self.taken(epoch, seq);
-        let Some(pending) = self.take_pending(job) else {
-            self.counters.dropped_unknown_job += 1;
-            debug!(%job, "reply for a job already answered or unknown; dropped");
-            return;
+        if let ReplyBody::Progress(value) = body {
+            return self.on_progress(job, value);
+        }
+        let Some(pending) = self.end(job, Ending::Answered) else {
+            return self.count_orphan(job);
         };
         let Some(id) = pending.id.as_deref() else {
             debug!(%job, method = %pending.method, "notification finished");
@@ -440,8 +614,40 @@ impl Router {
                 warn!(%job, method = %pending.method, %reason, "worker replied something unreadable");
                 invalid_reply(id, &pending.method, &reason)
             }
+            ReplyBody::Progress(_) => return,
         };
-        self.respond_to(pending.client, pending.batch, text);
+        self.respond_to(pending.client, pending.batch, OutboundKind::Response, text);
+    }
+
+    fn on_progress(&mut self, job: JobId, value: String) {
+        let Some(pending) = self.pending.get(&job) else {
+            // The call has ended: progress never follows the final response.
+            return self.count_orphan(job);
+        };
+        let Some(id) = pending.id.as_deref() else {
+            return;
+        };
+        let text = match RawValue::from_string(value) {
+            Ok(value) => jsonrpc::progress_notification(id, &value),
+            Err(e) => {
+                warn!(%job, error = %e, "progress report is not JSON; dropped");
+                return;
+            }
+        };
+        let client = pending.client;
+        self.respond_to(client, None, OutboundKind::Progress, text);
+    }
+
+    /// Counts a reply that has no call to go to.
+    fn count_orphan(&mut self, job: JobId) {
+        let c = &mut self.counters;
+        match self.endings.get(&job) {
+            Some(Ending::Answered) => c.dropped_duplicate += 1,
+            Some(Ending::TimedOut) => c.dropped_late += 1,
+            Some(Ending::Cancelled) => c.dropped_cancelled += 1,
+            None => c.dropped_unknown_job += 1,
+        }
+        debug!(%job, ending = ?self.endings.get(&job), "reply for an ended call dropped");
     }
 
     /// Tells the bridge it may ack the reply. The queue is sized so this cannot be full.
@@ -456,34 +662,53 @@ impl Router {
         }
     }
 
-    fn take_pending(&mut self, job: JobId) -> Option<Pending> {
+    /// Ends a call: removes it from the table, its timer and its client's books.
+    fn end(&mut self, job: JobId, ending: Ending) -> Option<Pending> {
         let pending = self.pending.remove(&job)?;
+        self.deadlines.try_remove(&pending.deadline);
+        self.endings.remember(job, ending);
         if let Some(c) = self.clients.get_mut(&pending.client) {
             c.in_flight = c.in_flight.saturating_sub(1);
+            if let Some(id) = &pending.id {
+                c.calls.remove(id.get());
+            }
         }
         Some(pending)
     }
 
-    fn finish_with_error(&mut self, job: JobId, code: i64, message: &str, data: &str) {
-        let Some(pending) = self.take_pending(job) else {
+    fn finish_with_error(
+        &mut self,
+        job: JobId,
+        ending: Ending,
+        code: i64,
+        message: &str,
+        data: &str,
+    ) {
+        let Some(pending) = self.end(job, ending) else {
             return;
         };
         match pending.id.as_deref() {
             Some(id) => {
                 let text = jsonrpc::error_response(Some(id), code, message, Some(data));
-                self.respond_to(pending.client, pending.batch, text);
+                self.respond_to(pending.client, pending.batch, OutboundKind::Response, text);
             }
             None => debug!(%job, method = %pending.method, message, "notification failed"),
         }
     }
 
-    fn respond_to(&mut self, client: ClientId, batch: Option<u64>, text: String) {
+    fn respond_to(
+        &mut self,
+        client: ClientId,
+        batch: Option<u64>,
+        kind: OutboundKind,
+        text: String,
+    ) {
         let Some(entry) = self.clients.get(&client) else {
             self.counters.dropped_client_gone += 1;
             debug!(client, "response for a disconnected client dropped");
             return;
         };
-        match entry.tx.try_send(Outbound { batch, text }) {
+        match entry.tx.try_send(Outbound { batch, kind, text }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 // Dropping its sender closes the connection: buffering more would let one slow
@@ -531,6 +756,8 @@ mod tests {
         let limits = Limits {
             per_client,
             global: 1000,
+            default_timeout: Duration::from_secs(30),
+            max_timeout: Duration::from_secs(60),
         };
         let to_link = ToLink {
             jobs: jobs_tx,
@@ -552,7 +779,12 @@ mod tests {
             id: id.map(|v| serde_json::value::to_raw_value(&v).expect("raw")),
             method: method.into(),
             params: Some(serde_json::value::to_raw_value(&params).expect("raw")),
+            options: jsonrpc::CallOptions::default(),
         }
+    }
+
+    fn raw(v: Value) -> Box<RawValue> {
+        serde_json::value::to_raw_value(&v).expect("raw")
     }
 
     impl Harness {
@@ -601,11 +833,19 @@ mod tests {
     }
 
     async fn response(rx: &mut mpsc::Receiver<Outbound>) -> Value {
-        let out = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+        let out = tokio::time::timeout(Duration::from_secs(5), rx.recv())
             .await
             .expect("a response in time")
             .expect("client still registered");
         serde_json::from_str(&out.text).expect("valid JSON")
+    }
+
+    /// The next job-channel message, which must be a cancellation.
+    async fn cancellation(h: &mut Harness) -> (JobId, CancelReason) {
+        match h.jobs.recv().await.expect("a message").msg {
+            ToBridge::Cancel { job, reason } => (job, reason),
+            other => panic!("expected a cancellation, got {other:?}"),
+        }
     }
 
     fn assert_silent(rx: &mut mpsc::Receiver<Outbound>) {
@@ -844,5 +1084,149 @@ mod tests {
         h.reply(1, job.id, ReplyBody::Result("1".into())).await;
         assert!(h.taken.recv().await.is_some());
         assert_silent(&mut a);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn deadline_answers_timeout_and_drops_the_late_result() {
+        let mut h = harness(10);
+        h.link_up(1).await;
+        let mut a = h.client(1).await;
+        let mut c = call(Some(json!(1)), "sleep", json!({}));
+        c.options.timeout_ms = Some(200);
+        let job = h.submit(1, c).await;
+        let r = response(&mut a).await;
+        assert_eq!(
+            (r["id"].clone(), r["error"]["code"].clone()),
+            (json!(1), json!(jsonrpc::TIMEOUT))
+        );
+        assert_eq!(cancellation(&mut h).await, (job.id, CancelReason::Timeout));
+
+        h.reply(1, job.id, ReplyBody::Result("\"late\"".into()))
+            .await;
+        assert!(
+            h.taken.recv().await.is_some(),
+            "the late result is still acked"
+        );
+        assert_silent(&mut a);
+    }
+
+    #[tokio::test]
+    async fn requested_timeout_is_capped_and_becomes_the_jobs_deadline() {
+        let mut h = harness(10);
+        h.link_up(1).await;
+        let _a = h.client(1).await;
+        let mut c = call(Some(json!(1)), "sleep", json!({}));
+        c.options.timeout_ms = Some(10 * 60 * 1000);
+        c.options.priority = Some(7);
+        let before = unix_ms(SystemTime::now());
+        let job = h.submit(1, c).await;
+        let after = unix_ms(SystemTime::now());
+        assert!(job.deadline_unix_ms >= before + 60_000 && job.deadline_unix_ms <= after + 60_000);
+        assert_eq!(job.priority, Some(7));
+    }
+
+    #[tokio::test]
+    async fn cancel_answers_cancelled_once_and_tells_the_workers() {
+        let mut h = harness(10);
+        h.link_up(1).await;
+        let mut a = h.client(1).await;
+        let job = h
+            .submit(1, call(Some(json!("c1")), "sleep", json!({})))
+            .await;
+        h.handle
+            .cancel(1, raw(json!("c1")))
+            .await
+            .expect("router alive");
+        let r = response(&mut a).await;
+        assert_eq!(
+            (r["id"].clone(), r["error"]["code"].clone()),
+            (json!("c1"), json!(jsonrpc::CANCELLED))
+        );
+        assert_eq!(
+            cancellation(&mut h).await,
+            (job.id, CancelReason::Cancelled)
+        );
+
+        // A second cancel and the worker's late result both go nowhere.
+        h.handle
+            .cancel(1, raw(json!("c1")))
+            .await
+            .expect("router alive");
+        h.reply(1, job.id, ReplyBody::Result("1".into())).await;
+        assert!(h.taken.recv().await.is_some());
+        assert_silent(&mut a);
+        assert!(h.jobs.try_recv().is_err(), "no second broadcast");
+    }
+
+    #[tokio::test]
+    async fn a_client_cannot_cancel_another_clients_call() {
+        let mut h = harness(10);
+        h.link_up(1).await;
+        let mut a = h.client(1).await;
+        let mut b = h.client(2).await;
+        let job = h.submit(1, call(Some(json!(7)), "sleep", json!({}))).await;
+        h.handle
+            .cancel(2, raw(json!(7)))
+            .await
+            .expect("router alive");
+        h.reply(1, job.id, ReplyBody::Result("\"mine\"".into()))
+            .await;
+        assert_eq!(response(&mut a).await["result"], "mine");
+        assert_silent(&mut b);
+    }
+
+    #[tokio::test]
+    async fn progress_reaches_the_caller_in_order_and_never_after_the_result() {
+        let mut h = harness(10);
+        h.link_up(1).await;
+        let mut a = h.client(1).await;
+        let mut b = h.client(2).await;
+        let job = h
+            .submit(1, call(Some(json!("p")), "progress", json!({})))
+            .await;
+        for step in 1..=3 {
+            h.reply(
+                1,
+                job.id,
+                ReplyBody::Progress(format!("{{\"step\":{step}}}")),
+            )
+            .await;
+        }
+        h.reply(1, job.id, ReplyBody::Result("\"done\"".into()))
+            .await;
+        h.reply(1, job.id, ReplyBody::Progress("{\"step\":4}".into()))
+            .await;
+        for step in 1..=3 {
+            let out = a.recv().await.expect("progress");
+            assert_eq!(out.kind, OutboundKind::Progress);
+            let v: Value = serde_json::from_str(&out.text).expect("json");
+            assert_eq!(
+                v,
+                json!({"jsonrpc":"2.0","method":"$/progress","params":{"id":"p","value":{"step":step}}})
+            );
+        }
+        let out = a.recv().await.expect("result");
+        assert_eq!(out.kind, OutboundKind::Response);
+        for _ in 0..5 {
+            assert!(h.taken.recv().await.is_some());
+        }
+        assert_silent(&mut a);
+        assert_silent(&mut b);
+    }
+
+    #[tokio::test]
+    async fn blocked_broker_sheds_new_calls() {
+        let mut h = harness(10);
+        h.link_up(1).await;
+        let mut a = h.client(1).await;
+        h.bridge_says(1, ToGateway::Broker(BrokerState::Blocked))
+            .await;
+        h.handle
+            .call(1, call(Some(json!(1)), "echo", json!({})), None)
+            .await
+            .expect("router alive");
+        let r = response(&mut a).await;
+        assert_eq!(r["error"]["code"], jsonrpc::BROKER_UNAVAILABLE);
+        assert!(h.jobs.try_recv().is_err());
     }
 }

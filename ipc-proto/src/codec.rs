@@ -145,6 +145,8 @@ mod tests {
             method: "echo".into(),
             params: r#"{"a":[1,2,3]}"#.into(),
             client: 7,
+            deadline_unix_ms: 1_800_000_000_000,
+            priority: Some(9),
         })
     }
 
@@ -269,13 +271,19 @@ mod tests {
                 job,
                 reason: Rejection::NoRoute
             }),
-            (any::<u64>(), job.clone(), arb_json_text()).prop_map(|(seq, job, r)| {
-                ToGateway::Reply(Reply {
-                    seq: ReplySeq(seq),
-                    job,
-                    body: ReplyBody::Result(r),
-                })
-            }),
+            (any::<u64>(), job.clone(), arb_json_text(), any::<bool>()).prop_map(
+                |(seq, job, r, progress)| {
+                    ToGateway::Reply(Reply {
+                        seq: ReplySeq(seq),
+                        job,
+                        body: if progress {
+                            ReplyBody::Progress(r)
+                        } else {
+                            ReplyBody::Result(r)
+                        },
+                    })
+                }
+            ),
             (
                 any::<u64>(),
                 job,

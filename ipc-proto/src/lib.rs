@@ -9,7 +9,8 @@
 //! 1. The gateway connects and sends [`ToBridge::Hello`] with [`PROTOCOL_VERSION`].
 //! 2. The bridge answers [`ToGateway::Welcome`] (same version) or [`ToGateway::Refused`] and closes.
 //! 3. Then, in any order: the gateway sends [`ToBridge::Submit`] per job and
-//!    [`ToBridge::Taken`] per reply it has taken; the bridge sends [`ToGateway::Published`] or
+//!    [`ToBridge::Taken`] per reply it has taken, and [`ToBridge::Cancel`] when a call it
+//!    submitted is cancelled or times out; the bridge sends [`ToGateway::Published`] or
 //!    [`ToGateway::Rejected`] per job, [`ToGateway::Reply`] per worker reply and
 //!    [`ToGateway::Broker`] whenever the broker connection goes down or comes back.
 //!
@@ -26,7 +27,7 @@ pub use codec::{FrameError, IpcCodec, MAX_FRAME_LEN};
 pub use message::*;
 
 /// Version of this protocol. A peer that speaks another one is refused during the handshake.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The most worker replies the bridge sends before the gateway has confirmed it took them.
 ///

@@ -79,6 +79,28 @@ pub enum ToBridge {
     /// The gateway has taken this reply (delivered it, or dropped it on purpose and counted it):
     /// the bridge may acknowledge it to RabbitMQ.
     Taken { reply: ReplySeq },
+    /// Nobody waits for this job any more: tell the workers, so a running one can stop and a
+    /// queued one is skipped.
+    Cancel { job: JobId, reason: CancelReason },
+}
+
+/// Why a job was called off.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum CancelReason {
+    /// The client sent `$/cancel`.
+    Cancelled,
+    /// Its deadline passed.
+    Timeout,
+}
+
+impl CancelReason {
+    /// The value of the `wsmq-reason` header on the cancellation broadcast.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancelReason::Cancelled => "cancelled",
+            CancelReason::Timeout => "timeout",
+        }
+    }
 }
 
 /// The gateway's half of the handshake.
@@ -100,6 +122,11 @@ pub struct Job {
     pub params: String,
     /// The gateway's id for the websocket client, for log correlation only.
     pub client: u64,
+    /// When the caller stops waiting, in unix milliseconds. Becomes the message's
+    /// `expiration` and `wsmq-deadline` header, so late jobs are never started.
+    pub deadline_unix_ms: u64,
+    /// AMQP priority, 0-9; `None` publishes without one.
+    pub priority: Option<u8>,
 }
 
 /// Messages from the bridge to the gateway.
@@ -143,6 +170,8 @@ pub struct Refusal {
 pub enum BrokerState {
     Up,
     Down,
+    /// Connected, but RabbitMQ blocks publishers (a memory or disk alarm).
+    Blocked,
 }
 
 /// Why a job was not published.
@@ -156,6 +185,8 @@ pub enum Rejection {
     Nacked,
     /// The method cannot be a routing key (too long once prefixed).
     InvalidMethod,
+    /// The deadline passed before the job could be published.
+    Expired,
 }
 
 /// A worker's reply to a job.
@@ -171,6 +202,8 @@ pub struct Reply {
 pub enum ReplyBody {
     /// A result: valid JSON text.
     Result(String),
+    /// A progress report (header `wsmq-status: progress`): valid JSON text. More replies follow.
+    Progress(String),
     /// The worker replied with header `wsmq-status: error` and a well-formed error object.
     Error(WorkerError),
     /// The reply could not be understood; the reason says why, for the client's -32603 error.
