@@ -1,114 +1,165 @@
-//! Command-line configuration of the bridge (every flag also readable from a `WSMQ_*` variable).
+//! The bridge's configuration: defaults, then `[bridge]` of the `--config` TOML file, then
+//! `WSMQ_*` environment variables, then flags (see `wsmq_service::config`).
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use wsmq_service::LogFormat;
 
 /// RabbitMQ side of wsmq: publishes the gateway's jobs and hands it the workers' replies.
-#[derive(Debug, Clone, Parser)]
+///
+/// Every setting can also come from `[bridge]` in the --config file or from the environment
+/// variable WSMQ_<NAME> (e.g. WSMQ_AMQP); flags win over the environment, which wins over the
+/// file.
+#[derive(Debug, Parser)]
 #[command(name = "wsmq-bridge", version, about)]
-pub struct Config {
-    /// Unix socket the gateway connects to.
-    #[arg(long, env = "WSMQ_IPC", default_value = "/run/wsmq/bridge.sock")]
-    pub ipc: PathBuf,
+pub struct Cli {
+    /// TOML configuration file (its `[bridge]` section).
+    #[arg(long, env = "WSMQ_CONFIG")]
+    pub config: Option<PathBuf>,
 
-    /// RabbitMQ URL. (Its environment value is hidden from --help: it holds the password.)
-    #[arg(
-        long,
-        env = "WSMQ_AMQP",
-        hide_env_values = true,
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    pub amqp: String,
+    /// Print the effective configuration as TOML (password masked) and exit.
+    #[arg(long)]
+    pub print_config: bool,
 
-    /// Stable name of this bridge; its durable reply queue is `wsmq.reply.<instance>`.
-    /// Defaults to the host name. Two bridges on one broker must not share it.
-    #[arg(long, env = "WSMQ_INSTANCE")]
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+/// Settings given as flags; each overrides the file and the environment.
+#[derive(Debug, Default, clap::Args, Serialize)]
+pub struct Overrides {
+    /// Unix socket the gateway connects to. [default: /run/wsmq/bridge.sock]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipc: Option<PathBuf>,
+
+    /// RabbitMQ URL. [default: amqp://guest:guest@127.0.0.1:5672/%2f]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub amqp: Option<String>,
+
+    /// Stable name of this bridge; its durable reply queue is `wsmq.reply.<instance>`. Two
+    /// bridges on one broker must not share it. [default: the host name]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub instance: Option<String>,
 
-    /// Prefix put before the method name to form the routing key (and so the queue name).
-    #[arg(long, env = "WSMQ_QUEUE_PREFIX", default_value = "")]
-    pub queue_prefix: String,
+    /// Prefix put before the method name to form the routing key (and so the queue name),
+    /// and before `wsmq.cancel` for the cancellation exchange. [default: none]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue_prefix: Option<String>,
 
-    /// Replies RabbitMQ may hand the bridge before it has acknowledged them.
-    #[arg(long, env = "WSMQ_PREFETCH", default_value_t = 256)]
-    pub prefetch: u16,
+    /// Replies RabbitMQ may hand the bridge before it has acknowledged them. [default: 256]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefetch: Option<u16>,
 
     /// Channels to publish on. Each carries one job awaiting its confirm at a time, so this
-    /// caps the publishes in flight to RabbitMQ.
-    #[arg(long, env = "WSMQ_PUBLISH_CHANNELS", default_value_t = 32)]
-    pub publish_channels: usize,
+    /// caps the publishes in flight to RabbitMQ. [default: 32]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub publish_channels: Option<usize>,
 
     /// Jobs taken from the gateway and not yet confirmed by RabbitMQ (waiting for a channel or
     /// for their confirm), at most; past it the bridge stops reading from the gateway, which
-    /// then answers new calls -32000.
-    #[arg(long, env = "WSMQ_MAX_UNCONFIRMED", default_value_t = 1024)]
+    /// then answers new calls -32000. [default: 1024]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_unconfirmed: Option<usize>,
+
+    /// Seconds to wait for publishes in flight on shutdown. [default: 10]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_timeout: Option<u64>,
+
+    /// Log format: plain reads well in journald, json suits log pipelines. [default: plain]
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub ipc: PathBuf,
+    pub amqp: String,
+    /// Empty: the host name.
+    pub instance: String,
+    pub queue_prefix: String,
+    pub prefetch: u16,
+    pub publish_channels: usize,
     pub max_unconfirmed: usize,
-
-    /// Seconds to wait for publishes in flight on shutdown.
-    #[arg(long, env = "WSMQ_DRAIN_TIMEOUT", default_value_t = 10)]
+    /// Seconds.
     pub drain_timeout: u64,
-
-    /// Log format: `plain` reads well in journald, `json` suits log pipelines.
-    #[arg(long, env = "WSMQ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
 }
 
-/// Used when `RUST_LOG` is unset. lapin logs every unroutable message at warn; those are
-/// answered -32601 and need no log line of their own.
-const DEFAULT_LOG_FILTER: &str = "info,lapin::returned_messages=error";
-
-/// How log lines are written (to stderr; the filter comes from `RUST_LOG`, default `info`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Plain,
-    Json,
-}
-
-impl LogFormat {
-    /// Installs the global tracing subscriber.
-    pub fn init(self) {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr);
-        match self {
-            LogFormat::Plain => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-            LogFormat::Json => builder.json().init(),
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            ipc: PathBuf::from("/run/wsmq/bridge.sock"),
+            amqp: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            instance: String::new(),
+            queue_prefix: String::new(),
+            prefetch: 256,
+            publish_channels: 32,
+            max_unconfirmed: 1024,
+            drain_timeout: 10,
+            log_format: LogFormat::Plain,
         }
     }
 }
 
-/// A configuration value that cannot work.
+/// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--instance {0:?}: use letters, digits, '.', '-' or '_' (at most 200)")]
+    #[error(transparent)]
+    Load(#[from] wsmq_service::ConfigError),
+    #[error("instance {0:?}: use letters, digits, '.', '-' or '_' (at most 200)")]
     BadInstance(String),
-    #[error("--queue-prefix is {0} bytes; at most 200")]
+    #[error("queue_prefix is {0} bytes; at most 200")]
     PrefixTooLong(usize),
-    #[error("--prefetch must be at least 1")]
+    #[error("prefetch must be at least 1")]
     ZeroPrefetch,
-    #[error("--publish-channels must be between 1 and 1000")]
+    #[error("publish_channels must be between 1 and 1000")]
     PublishChannels,
-    #[error("--max-unconfirmed must be at least 1")]
+    #[error("max_unconfirmed must be at least 1")]
     ZeroUnconfirmed,
-    #[error("cannot read the host name for the default --instance")]
+    #[error("cannot read the host name for the default instance")]
     Hostname(#[source] nix::Error),
 }
 
+impl Cli {
+    /// Assembles and checks the configuration, before anything is bound or connected. An
+    /// empty instance becomes the host name.
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        let mut config: Config =
+            wsmq_service::load("bridge", self.config.as_deref(), &self.overrides)?;
+        if config.instance.is_empty() {
+            config.instance = nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .map_err(ConfigError::Hostname)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
 impl Config {
-    /// Checks what clap cannot; run before anything is bound or connected.
+    /// Checks what types cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let instance = self.instance()?;
+        let instance = &self.instance;
         let ok = !instance.is_empty()
             && instance.len() <= 200
             && instance
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
         if !ok {
-            return Err(ConfigError::BadInstance(instance));
+            return Err(ConfigError::BadInstance(instance.clone()));
         }
         if self.queue_prefix.len() > 200 {
             return Err(ConfigError::PrefixTooLong(self.queue_prefix.len()));
@@ -125,19 +176,18 @@ impl Config {
         Ok(())
     }
 
-    /// The instance name: `--instance`, else the host name.
-    pub fn instance(&self) -> Result<String, ConfigError> {
-        match &self.instance {
-            Some(name) => Ok(name.clone()),
-            None => nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .map_err(ConfigError::Hostname),
-        }
+    /// The durable queue the workers' replies arrive on.
+    pub fn reply_queue(&self) -> String {
+        format!("wsmq.reply.{}", self.instance)
     }
 
-    /// The durable queue the workers' replies arrive on.
-    pub fn reply_queue(&self) -> Result<String, ConfigError> {
-        Ok(format!("wsmq.reply.{}", self.instance()?))
+    /// The configuration as a `[bridge]` TOML section, with the broker password masked.
+    pub fn render(&self) -> Result<String, ConfigError> {
+        let masked = Config {
+            amqp: wsmq_service::mask_url_password(&self.amqp),
+            ..self.clone()
+        };
+        Ok(wsmq_service::render("bridge", &masked)?)
     }
 }
 
@@ -145,33 +195,44 @@ impl Config {
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Config {
+    fn config(args: &[&str]) -> Result<Config, ConfigError> {
         let mut argv = vec!["wsmq-bridge"];
         argv.extend_from_slice(args);
-        Config::try_parse_from(argv).expect("parses")
+        Cli::try_parse_from(argv).expect("parses").config()
     }
 
     #[test]
     fn reply_queue_is_named_after_the_instance() {
-        let c = parse(&["--instance", "web-1"]);
-        assert_eq!(c.reply_queue().expect("named"), "wsmq.reply.web-1");
+        let c = config(&["--instance", "web-1"]).expect("valid");
+        assert_eq!(c.reply_queue(), "wsmq.reply.web-1");
+    }
+
+    #[test]
+    fn instance_defaults_to_the_host_name() {
+        let c = config(&[]).expect("valid");
+        assert!(!c.instance.is_empty());
     }
 
     #[test]
     fn instance_names_that_would_make_odd_queue_names_are_refused() {
-        for bad in ["", "a b", "x/y", "é"] {
-            let c = parse(&["--instance", bad]);
-            assert!(c.validate().is_err(), "{bad:?} accepted");
+        for bad in ["a b", "x/y", "é"] {
+            assert!(config(&["--instance", bad]).is_err(), "{bad:?} accepted");
         }
-        assert!(parse(&["--instance", "ok.name_1-2"]).validate().is_ok());
+        assert!(config(&["--instance", "ok.name_1-2"]).is_ok());
     }
 
     #[test]
     fn zero_prefetch_is_refused() {
-        assert!(
-            parse(&["--instance", "a", "--prefetch", "0"])
-                .validate()
-                .is_err()
-        );
+        assert!(config(&["--instance", "a", "--prefetch", "0"]).is_err());
+    }
+
+    #[test]
+    fn printed_config_masks_the_broker_password() {
+        let c =
+            config(&["--instance", "a", "--amqp", "amqp://u:hunter2@mq:5672/%2f"]).expect("valid");
+        let text = c.render().expect("renders");
+        assert!(text.starts_with("[bridge]"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("amqp://u:***@mq:5672/%2f"), "{text}");
     }
 }

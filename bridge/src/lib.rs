@@ -19,19 +19,23 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-pub use config::{Config, ConfigError, LogFormat};
+pub use config::{Cli, Config, ConfigError, Overrides};
 
 /// Runs the bridge until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        wsmq_service::signals::shutdown_requested().await;
+        on_signal.cancel();
+    });
     run_until(config, shutdown).await
 }
 
 /// Runs the bridge until `shutdown` is cancelled.
 pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let instance = config.instance()?;
-    let reply_queue = config.reply_queue()?;
+    let instance = config.instance.clone();
+    let reply_queue = config.reply_queue();
     let listener = server::bind(&config.ipc)?;
     info!(path = %config.ipc.display(), %instance, "bridge listening");
 
@@ -61,20 +65,4 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     supervisor.await.context("broker supervisor panicked")?;
     info!("bridge stopped");
     Ok(())
-}
-
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
-    }
-    shutdown.cancel();
 }

@@ -1,105 +1,165 @@
-//! Command-line configuration of the gateway (every flag also readable from a `WSMQ_*` variable).
+//! The gateway's configuration: defaults, then `[gateway]` of the `--config` TOML file, then
+//! `WSMQ_*` environment variables, then flags (see `wsmq_service::config`).
 
-use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use wsmq_service::LogFormat;
 
 /// Websocket front of wsmq: JSON-RPC 2.0 calls in, results back to the client that asked.
-#[derive(Debug, Clone, Parser)]
+///
+/// Every setting can also come from `[gateway]` in the --config file or from the environment
+/// variable WSMQ_<NAME> (e.g. WSMQ_LISTEN); flags win over the environment, which wins over
+/// the file.
+#[derive(Debug, Parser)]
 #[command(name = "wsmq-gateway", version, about)]
+pub struct Cli {
+    /// TOML configuration file (its `[gateway]` section).
+    #[arg(long, env = "WSMQ_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration as TOML and exit.
+    #[arg(long)]
+    pub print_config: bool,
+
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+/// Settings given as flags; each overrides the file and the environment.
+#[derive(Debug, Default, clap::Args, Serialize)]
+pub struct Overrides {
+    /// Address for websockets (`/ws`) and HTTP (`/healthz`, `/readyz`, `/metrics`). Port 0
+    /// picks a free one (logged as "gateway listening"). [default: 127.0.0.1:8080]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<SocketAddr>,
+
+    /// Unix socket of the bridge. [default: /run/wsmq/bridge.sock]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipc: Option<PathBuf>,
+
+    /// Largest websocket message a client may send, in bytes; a larger one closes the
+    /// connection with 1009. [default: 1048576]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_message_bytes: Option<usize>,
+
+    /// Calls one connection may have in flight; past it, calls get -32003. [default: 256]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_inflight_per_client: Option<usize>,
+
+    /// Calls the whole gateway may have in flight; past it, calls get -32003. [default: 65536]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_inflight: Option<usize>,
+
+    /// Deadline of a call that names none in `wsmq.timeout_ms` (e.g. 30s, 500ms, 2m). When it
+    /// passes the call gets -32001 and the workers are told to stop. [default: 30s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub call_timeout: Option<Duration>,
+
+    /// Longest deadline a call may ask for; longer requests are cut to it. [default: 10m]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub max_call_timeout: Option<Duration>,
+
+    /// Websocket connections at once; past it, upgrades get HTTP 503. [default: 10000]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+
+    /// Seconds to keep answering calls in flight after SIGTERM before closing sockets with
+    /// 1001. [default: 10]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drain_timeout: Option<u64>,
+
+    /// Log format: plain reads well in journald, json suits log pipelines. [default: plain]
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Address to serve websockets (`/ws`) and HTTP (`/healthz`) on. Port 0 picks a free one
-    /// (the log line "gateway listening" says which).
-    #[arg(long, env = "WSMQ_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-
-    /// Unix socket of the bridge.
-    #[arg(long, env = "WSMQ_IPC", default_value = "/run/wsmq/bridge.sock")]
     pub ipc: PathBuf,
-
-    /// Largest websocket message (and frame) a client may send, in bytes; a larger one closes
-    /// the connection with 1009.
-    #[arg(long, env = "WSMQ_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
     pub max_message_bytes: usize,
-
-    /// Calls one connection may have in flight; past it, calls are answered -32003.
-    #[arg(long, env = "WSMQ_MAX_INFLIGHT_PER_CLIENT", default_value_t = 256)]
     pub max_inflight_per_client: usize,
-
-    /// Calls the whole gateway may have in flight; past it, calls are answered -32003.
-    #[arg(long, env = "WSMQ_MAX_INFLIGHT", default_value_t = 65536)]
     pub max_inflight: usize,
-
-    /// Deadline of a call that names none in `wsmq.timeout_ms` (e.g. `30s`, `500ms`, `2m`).
-    /// When it passes the call is answered -32001 and the workers are told to stop.
-    #[arg(long, env = "WSMQ_CALL_TIMEOUT", value_parser = humantime::parse_duration, default_value = "30s")]
+    #[serde(with = "humantime_serde")]
     pub call_timeout: Duration,
-
-    /// Longest deadline a call may ask for; longer requests are cut to it.
-    #[arg(long, env = "WSMQ_MAX_CALL_TIMEOUT", value_parser = humantime::parse_duration, default_value = "10m")]
+    #[serde(with = "humantime_serde")]
     pub max_call_timeout: Duration,
-
-    /// Websocket connections at once; past it, upgrades get HTTP 503.
-    #[arg(long, env = "WSMQ_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: usize,
-
-    /// Seconds to keep answering calls in flight after SIGTERM before closing sockets (1001).
-    #[arg(long, env = "WSMQ_DRAIN_TIMEOUT", default_value_t = 10)]
+    /// Seconds.
     pub drain_timeout: u64,
-
-    /// Log format: `plain` reads well in journald, `json` suits log pipelines.
-    #[arg(long, env = "WSMQ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
     pub log_format: LogFormat,
 }
 
-/// Used when `RUST_LOG` is unset. lapin logs every unroutable message at warn; those are
-/// answered -32601 and need no log line of their own.
-const DEFAULT_LOG_FILTER: &str = "info,lapin::returned_messages=error";
-
-/// How log lines are written (to stderr; the filter comes from `RUST_LOG`, default `info`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Plain,
-    Json,
-}
-
-impl LogFormat {
-    /// Installs the global tracing subscriber.
-    pub fn init(self) {
-        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr);
-        match self {
-            LogFormat::Plain => builder.with_ansi(std::io::stderr().is_terminal()).init(),
-            LogFormat::Json => builder.json().init(),
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            ipc: PathBuf::from("/run/wsmq/bridge.sock"),
+            max_message_bytes: 1024 * 1024,
+            max_inflight_per_client: 256,
+            max_inflight: 65_536,
+            call_timeout: Duration::from_secs(30),
+            max_call_timeout: Duration::from_secs(600),
+            max_connections: 10_000,
+            drain_timeout: 10,
+            log_format: LogFormat::Plain,
         }
     }
 }
 
-/// A configuration value that cannot work.
+/// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("--{0} must be at least 1")]
+    #[error(transparent)]
+    Load(#[from] wsmq_service::ConfigError),
+    #[error("{0} must be at least 1")]
     Zero(&'static str),
-    #[error("--call-timeout must be at least 1ms and at most --max-call-timeout")]
+    #[error("call_timeout must be at least 1ms and at most max_call_timeout")]
     CallTimeout,
-    #[error("--max-message-bytes {0} is above the IPC frame limit of {max} bytes", max = wsmq_ipc_proto::MAX_FRAME_LEN / 2)]
+    #[error("max_message_bytes {0} is above the IPC frame limit of {max} bytes", max = wsmq_ipc_proto::MAX_FRAME_LEN / 2)]
     MessageTooLarge(usize),
 }
 
+impl Cli {
+    /// Assembles and checks the configuration, before anything is bound.
+    pub fn config(&self) -> Result<Config, ConfigError> {
+        let config: Config =
+            wsmq_service::load("gateway", self.config.as_deref(), &self.overrides)?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
 impl Config {
-    /// Checks what clap cannot; run before anything is bound.
+    /// Checks what types cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (name, value) in [
-            ("max-message-bytes", self.max_message_bytes),
-            ("max-inflight-per-client", self.max_inflight_per_client),
-            ("max-inflight", self.max_inflight),
-            ("max-connections", self.max_connections),
+            ("max_message_bytes", self.max_message_bytes),
+            ("max_inflight_per_client", self.max_inflight_per_client),
+            ("max_inflight", self.max_inflight),
+            ("max_connections", self.max_connections),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
@@ -115,54 +175,74 @@ impl Config {
         }
         Ok(())
     }
+
+    /// The configuration as a `[gateway]` TOML section (the gateway holds no secrets).
+    pub fn render(&self) -> Result<String, ConfigError> {
+        Ok(wsmq_service::render("gateway", self)?)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse(args: &[&str]) -> Config {
+    fn config(args: &[&str]) -> Result<Config, ConfigError> {
         let mut argv = vec!["wsmq-gateway"];
         argv.extend_from_slice(args);
-        Config::try_parse_from(argv).expect("parses")
+        Cli::try_parse_from(argv).expect("parses").config()
     }
 
     #[test]
     fn defaults_are_valid() {
-        assert!(parse(&[]).validate().is_ok());
+        let c = config(&[]).expect("valid");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.call_timeout, Duration::from_secs(30));
     }
 
     #[test]
     fn zero_limits_are_refused() {
-        assert!(
-            parse(&["--max-inflight-per-client", "0"])
-                .validate()
-                .is_err()
-        );
-        assert!(parse(&["--max-connections", "0"]).validate().is_err());
+        assert!(config(&["--max-inflight-per-client", "0"]).is_err());
+        assert!(config(&["--max-connections", "0"]).is_err());
     }
 
     #[test]
     fn timeouts_read_as_human_durations() {
-        let c = parse(&["--call-timeout", "1500ms", "--max-call-timeout", "2m"]);
+        let c = config(&["--call-timeout", "1500ms", "--max-call-timeout", "2m"]).expect("valid");
         assert_eq!(c.call_timeout, Duration::from_millis(1500));
         assert_eq!(c.max_call_timeout, Duration::from_secs(120));
-        assert!(c.validate().is_ok());
     }
 
     #[test]
     fn default_timeout_above_the_maximum_is_refused() {
-        let c = parse(&["--call-timeout", "5m", "--max-call-timeout", "1m"]);
-        assert!(c.validate().is_err());
+        assert!(config(&["--call-timeout", "5m", "--max-call-timeout", "1m"]).is_err());
     }
 
     #[test]
     fn message_limit_must_fit_an_ipc_frame() {
-        let too_big = (wsmq_ipc_proto::MAX_FRAME_LEN).to_string();
-        assert!(
-            parse(&["--max-message-bytes", &too_big])
-                .validate()
-                .is_err()
-        );
+        let too_big = wsmq_ipc_proto::MAX_FRAME_LEN.to_string();
+        assert!(config(&["--max-message-bytes", &too_big]).is_err());
+    }
+
+    #[test]
+    fn printed_config_is_a_gateway_section_that_loads_back() {
+        let c = config(&["--listen", "0.0.0.0:9000", "--call-timeout", "3s"]).expect("valid");
+        let text = c.render().expect("renders");
+        assert!(text.starts_with("[gateway]"), "{text}");
+        assert!(text.contains("call_timeout = \"3s\""), "{text}");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wsmq.toml");
+        std::fs::write(&path, &text).expect("write");
+        let back = config(&["--config", path.to_str().expect("utf-8 path")]).expect("valid");
+        assert_eq!(back.listen, c.listen);
+        assert_eq!(back.call_timeout, c.call_timeout);
+    }
+
+    #[test]
+    fn unknown_key_in_the_file_is_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wsmq.toml");
+        std::fs::write(&path, "[gateway]\nmax_inflite = 3\n").expect("write");
+        let err = config(&["--config", path.to_str().expect("utf-8 path")]).expect_err("refused");
+        assert!(err.to_string().contains("max_inflite"), "{err}");
     }
 }

@@ -29,7 +29,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 use wsmq_ipc_proto::MAX_UNTAKEN_REPLIES;
 
-pub use config::{Config, ConfigError, LogFormat};
+pub use config::{Cli, Config, ConfigError, Overrides};
 
 /// Jobs queued for the IPC writer. Full means the bridge is not keeping up: new calls are
 /// answered -32000 at once instead of queueing without bound.
@@ -40,7 +40,11 @@ const LINK_EVENTS_CAPACITY: usize = 1024;
 /// Runs the gateway until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let on_signal = shutdown.clone();
+    tokio::spawn(async move {
+        wsmq_service::signals::shutdown_requested().await;
+        on_signal.cancel();
+    });
     run_until(config, shutdown).await
 }
 
@@ -111,20 +115,4 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     link.await.context("ipc link panicked")?;
     info!("gateway stopped");
     Ok(())
-}
-
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stop with SIGKILL");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
-    }
-    shutdown.cancel();
 }

@@ -1,19 +1,37 @@
-//! `wsmq-gateway`: the websocket side of wsmq. Thin on purpose: parse flags, set up logging, run.
+//! `wsmq-gateway`: the websocket side of wsmq. Thin on purpose: read the configuration, set up
+//! logging, run.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use wsmq_gateway::{Config, run};
+use wsmq_gateway::{Cli, run};
+
+/// EX_USAGE, as sysexits(3) has it: systemd won't restart-loop on a bad setting.
+const EXIT_USAGE: u8 = 64;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = Config::parse();
-    config.log_format.init();
-    if let Err(e) = config.validate() {
-        tracing::error!(error = %e, "invalid configuration");
-        // EX_USAGE, as sysexits(3) has it: systemd won't restart-loop on a bad flag.
-        return ExitCode::from(64);
+    let cli = Cli::parse();
+    let config = match cli.config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("wsmq-gateway: invalid configuration: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if cli.print_config {
+        return match config.render() {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("wsmq-gateway: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
+    config.log_format.init();
     match run(config).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
