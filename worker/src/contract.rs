@@ -3,9 +3,11 @@
 //! Everything here is a pure function of its inputs so that the exact bytes and properties
 //! a worker puts on the wire are pinned by unit tests. See the crate docs for the contract.
 
+use std::time::{Duration, SystemTime};
+
 use lapin::{
     BasicProperties,
-    types::{AMQPValue, FieldTable, ShortString},
+    types::{AMQPType, AMQPValue, FieldTable, ShortString},
 };
 use serde_json::Value;
 
@@ -17,6 +19,25 @@ pub const STATUS_HEADER: &str = "wsmq-status";
 pub const STATUS_OK: &str = "ok";
 /// [`STATUS_HEADER`] value of a reply whose body is a JSON-RPC error object.
 pub const STATUS_ERROR: &str = "error";
+/// [`STATUS_HEADER`] value of a progress message: the body is any JSON value, and the job's
+/// final reply is still to come.
+pub const STATUS_PROGRESS: &str = "progress";
+/// Header of a job: its deadline, in milliseconds since the Unix epoch (an AMQP integer).
+pub const DEADLINE_HEADER: &str = "wsmq-deadline";
+/// Header of a cancellation: why the job was cancelled, [`REASON_CANCELLED`] or
+/// [`REASON_TIMEOUT`] (an AMQP long string).
+pub const REASON_HEADER: &str = "wsmq-reason";
+/// [`REASON_HEADER`] value when the caller (or the gateway on its behalf) cancelled the call.
+pub const REASON_CANCELLED: &str = "cancelled";
+/// [`REASON_HEADER`] value when the call's deadline passed.
+pub const REASON_TIMEOUT: &str = "timeout";
+/// Name of the cancellation fanout exchange, after the queue prefix.
+pub const CANCEL_EXCHANGE: &str = "wsmq.cancel";
+/// Queue argument that makes a method queue a priority queue.
+pub const MAX_PRIORITY_ARGUMENT: &str = "x-max-priority";
+/// The `x-max-priority` method queues are declared with unless configured otherwise; job
+/// priorities (the AMQP `priority` property) run from 0 to this.
+pub const DEFAULT_MAX_PRIORITY: u8 = 9;
 /// `content_type` of jobs and replies.
 pub const CONTENT_TYPE: &str = "application/json";
 /// AMQP `delivery_mode` of a persistent message; jobs and replies both use it.
@@ -24,13 +45,16 @@ pub const DELIVERY_MODE_PERSISTENT: u8 = 2;
 /// The longest queue name AMQP allows, in bytes.
 pub const MAX_QUEUE_NAME_LEN: usize = 255;
 
-/// What a reply carries, as told by its [`STATUS_HEADER`].
+/// What a message on the reply queue carries, as told by its [`STATUS_HEADER`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ReplyStatus {
     /// The body is the call's JSON result.
     Ok,
     /// The body is a JSON-RPC error object.
     Error,
+    /// The body is a progress report (any JSON value); the final reply follows.
+    Progress,
 }
 
 impl ReplyStatus {
@@ -52,6 +76,7 @@ impl ReplyStatus {
         match text {
             b"ok" => Some(Self::Ok),
             b"error" => Some(Self::Error),
+            b"progress" => Some(Self::Progress),
             _ => None,
         }
     }
@@ -61,6 +86,7 @@ impl ReplyStatus {
         match self {
             Self::Ok => STATUS_OK,
             Self::Error => STATUS_ERROR,
+            Self::Progress => STATUS_PROGRESS,
         }
     }
 }
@@ -68,6 +94,185 @@ impl ReplyStatus {
 /// The queue that serves `method` under `prefix`: the job's routing key on the default exchange.
 pub fn queue_name(prefix: &str, method: &str) -> String {
     format!("{prefix}{method}")
+}
+
+/// The cancellation exchange under `prefix`: `<prefix>wsmq.cancel`.
+pub fn cancel_exchange_name(prefix: &str) -> String {
+    format!("{prefix}{CANCEL_EXCHANGE}")
+}
+
+/// The arguments a method queue is declared with: `x-max-priority` (an AMQP unsigned byte)
+/// when `max_priority` is set, nothing otherwise.
+///
+/// RabbitMQ compares a redeclaration's integer arguments by value, not by AMQP type, so a
+/// worker declaring `x-max-priority` as another integer type (pika sends a long int) agrees
+/// with this one.
+pub fn method_queue_arguments(max_priority: Option<u8>) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    if let Some(max) = max_priority {
+        arguments.insert(MAX_PRIORITY_ARGUMENT.into(), AMQPValue::ShortShortUInt(max));
+    }
+    arguments
+}
+
+/// Why a job's [`DEADLINE_HEADER`] could not be read.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeadlineError {
+    /// The header is an integer, but a negative one.
+    #[error("{DEADLINE_HEADER} is negative ({0})")]
+    Negative(i64),
+    /// The header is a string that is not a decimal number of milliseconds.
+    #[error("{DEADLINE_HEADER} {0:?} is not a number of milliseconds")]
+    NotANumber(String),
+    /// The header is a floating-point number that is not finite and non-negative.
+    #[error("{DEADLINE_HEADER} {0} is not a non-negative finite number")]
+    BadFloat(f64),
+    /// The header is of a type that holds no number of milliseconds (a boolean, a table, or a
+    /// timestamp, whose unit is by convention seconds).
+    #[error("{DEADLINE_HEADER} has AMQP type {0:?}, not an integer")]
+    WrongType(AMQPType),
+    /// The header names a time the system clock cannot represent.
+    #[error("{DEADLINE_HEADER} {0} ms is out of the clock's range")]
+    OutOfRange(u64),
+}
+
+/// Reads a job's deadline from its [`DEADLINE_HEADER`]: `Ok(None)` when it has none.
+///
+/// The contract says an integer of milliseconds since the Unix epoch; any AMQP integer type is
+/// accepted, and so are a decimal string (long or short) and a non-negative float (truncated),
+/// since clients in other languages pick these types on their own.
+pub fn deadline_from_headers(
+    headers: Option<&FieldTable>,
+) -> Result<Option<SystemTime>, DeadlineError> {
+    let Some(value) = headers.and_then(|h| h.inner().get(DEADLINE_HEADER)) else {
+        return Ok(None);
+    };
+    let signed = |n: i64| u64::try_from(n).map_err(|_| DeadlineError::Negative(n));
+    let ms = match value {
+        AMQPValue::ShortShortInt(n) => signed(i64::from(*n))?,
+        AMQPValue::ShortInt(n) => signed(i64::from(*n))?,
+        AMQPValue::LongInt(n) => signed(i64::from(*n))?,
+        AMQPValue::LongLongInt(n) => signed(*n)?,
+        AMQPValue::ShortShortUInt(n) => u64::from(*n),
+        AMQPValue::ShortUInt(n) => u64::from(*n),
+        AMQPValue::LongUInt(n) => u64::from(*n),
+        AMQPValue::LongString(s) => parse_ms(&String::from_utf8_lossy(s.as_bytes()))?,
+        AMQPValue::ShortString(s) => parse_ms(s.as_str())?,
+        AMQPValue::Float(f) => float_ms(f64::from(*f))?,
+        AMQPValue::Double(f) => float_ms(*f)?,
+        other => return Err(DeadlineError::WrongType(other.get_type())),
+    };
+    SystemTime::UNIX_EPOCH
+        .checked_add(Duration::from_millis(ms))
+        .map(Some)
+        .ok_or(DeadlineError::OutOfRange(ms))
+}
+
+fn parse_ms(text: &str) -> Result<u64, DeadlineError> {
+    text.trim()
+        .parse()
+        .map_err(|_| DeadlineError::NotANumber(text.to_owned()))
+}
+
+fn float_ms(value: f64) -> Result<u64, DeadlineError> {
+    if value.is_finite() && value >= 0.0 {
+        // Truncation is the intent, and `as` saturates at u64::MAX.
+        Ok(value as u64)
+    } else {
+        Err(DeadlineError::BadFloat(value))
+    }
+}
+
+/// The [`DEADLINE_HEADER`] value for `deadline`, as the bridge sends it: an AMQP long-long
+/// integer of milliseconds since the Unix epoch (0 for a time before the epoch).
+pub fn deadline_header_value(deadline: SystemTime) -> AMQPValue {
+    let ms = deadline
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis());
+    AMQPValue::LongLongInt(i64::try_from(ms).unwrap_or(i64::MAX))
+}
+
+/// Whether a job with `deadline` must not start (or reply) any more at `now`: the caller has
+/// already been told it timed out.
+pub fn deadline_passed(deadline: Option<SystemTime>, now: SystemTime) -> bool {
+    deadline.is_some_and(|deadline| deadline <= now)
+}
+
+/// Why a job was cancelled, from a cancellation's [`REASON_HEADER`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CancelReason {
+    /// [`REASON_CANCELLED`]: the caller cancelled the call.
+    Cancelled,
+    /// [`REASON_TIMEOUT`]: the call's deadline passed.
+    Timeout,
+    /// No reason, or one this SDK does not know; the job is cancelled all the same.
+    Unspecified,
+}
+
+impl CancelReason {
+    /// The [`REASON_HEADER`] value for this reason (`None` for [`CancelReason::Unspecified`]).
+    pub fn as_str(self) -> Option<&'static str> {
+        match self {
+            Self::Cancelled => Some(REASON_CANCELLED),
+            Self::Timeout => Some(REASON_TIMEOUT),
+            Self::Unspecified => None,
+        }
+    }
+}
+
+/// A message from the cancellation exchange: job `job_id` is not wanted any more.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cancellation {
+    /// The cancelled job's id (its `correlation_id`).
+    pub job_id: String,
+    /// Why; informational only: every reason cancels the job the same way.
+    pub reason: CancelReason,
+}
+
+impl Cancellation {
+    /// Reads a cancellation from a message's properties; `None` without a `correlation_id`
+    /// (it could not name a job).
+    pub fn from_properties(properties: &BasicProperties) -> Option<Self> {
+        let job_id = properties
+            .correlation_id()
+            .as_ref()
+            .filter(|s| !s.as_str().is_empty())?;
+        let reason = match properties
+            .headers()
+            .as_ref()
+            .and_then(|h| h.inner().get(REASON_HEADER))
+        {
+            Some(AMQPValue::LongString(s)) => reason_from(s.as_bytes()),
+            Some(AMQPValue::ShortString(s)) => reason_from(s.as_str().as_bytes()),
+            _ => CancelReason::Unspecified,
+        };
+        Some(Self {
+            job_id: job_id.to_string(),
+            reason,
+        })
+    }
+
+    /// The properties the bridge publishes this cancellation with (its body is empty).
+    pub fn properties(&self) -> BasicProperties {
+        let mut properties =
+            BasicProperties::default().with_correlation_id(self.job_id.as_str().into());
+        if let Some(reason) = self.reason.as_str() {
+            let mut headers = FieldTable::default();
+            headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
+            properties = properties.with_headers(headers);
+        }
+        properties
+    }
+}
+
+fn reason_from(text: &[u8]) -> CancelReason {
+    match text {
+        b"cancelled" => CancelReason::Cancelled,
+        b"timeout" => CancelReason::Timeout,
+        _ => CancelReason::Unspecified,
+    }
 }
 
 /// Where a job's reply goes, taken from the job's properties.
@@ -139,8 +344,8 @@ pub(crate) fn encode_reply(outcome: &Result<Value, RpcError>, max_len: usize) ->
     }
 }
 
-/// The properties of a reply: same `correlation_id` as the job, JSON, persistent, and the
-/// status header.
+/// The properties of a reply or a progress message: same `correlation_id` as the job, JSON,
+/// persistent, and the status header.
 pub(crate) fn reply_properties(
     correlation_id: ShortString,
     status: ReplyStatus,
@@ -208,6 +413,198 @@ mod tests {
         let wrong_type = headers_with(AMQPValue::Boolean(true));
         assert_eq!(ReplyStatus::from_headers(Some(&unknown)), None);
         assert_eq!(ReplyStatus::from_headers(Some(&wrong_type)), None);
+    }
+
+    fn deadline_headers(value: AMQPValue) -> FieldTable {
+        let mut headers = FieldTable::default();
+        headers.insert(DEADLINE_HEADER.into(), value);
+        headers
+    }
+
+    fn read_deadline(value: AMQPValue) -> Result<Option<SystemTime>, DeadlineError> {
+        deadline_from_headers(Some(&deadline_headers(value)))
+    }
+
+    const MS: u64 = 1_700_000_000_123;
+
+    fn at_ms(ms: u64) -> Option<SystemTime> {
+        Some(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+    }
+
+    #[test]
+    fn job_without_deadline_header_has_no_deadline() {
+        assert_eq!(deadline_from_headers(None), Ok(None));
+        let unrelated = {
+            let mut h = FieldTable::default();
+            h.insert("x-other".into(), AMQPValue::LongLongInt(1));
+            h
+        };
+        assert_eq!(deadline_from_headers(Some(&unrelated)), Ok(None));
+    }
+
+    #[test]
+    fn deadline_header_is_read_from_any_integer_type() {
+        let ms = i64::try_from(MS).expect("fits");
+        assert_eq!(read_deadline(AMQPValue::LongLongInt(ms)), Ok(at_ms(MS)));
+        assert_eq!(read_deadline(AMQPValue::LongInt(5)), Ok(at_ms(5)));
+        assert_eq!(read_deadline(AMQPValue::LongUInt(6)), Ok(at_ms(6)));
+        assert_eq!(read_deadline(AMQPValue::ShortInt(7)), Ok(at_ms(7)));
+        assert_eq!(read_deadline(AMQPValue::ShortUInt(8)), Ok(at_ms(8)));
+        assert_eq!(read_deadline(AMQPValue::ShortShortInt(9)), Ok(at_ms(9)));
+        assert_eq!(read_deadline(AMQPValue::ShortShortUInt(10)), Ok(at_ms(10)));
+    }
+
+    #[test]
+    fn deadline_header_is_read_from_a_decimal_string() {
+        let text = MS.to_string();
+        assert_eq!(
+            read_deadline(AMQPValue::LongString(text.as_str().into())),
+            Ok(at_ms(MS))
+        );
+        assert_eq!(
+            read_deadline(AMQPValue::ShortString(format!(" {text} ").into())),
+            Ok(at_ms(MS))
+        );
+    }
+
+    #[test]
+    fn deadline_header_is_read_from_a_float_truncated() {
+        assert_eq!(read_deadline(AMQPValue::Double(1234.9)), Ok(at_ms(1234)));
+        assert_eq!(read_deadline(AMQPValue::Float(2.0)), Ok(at_ms(2)));
+    }
+
+    #[test]
+    fn unreadable_deadline_header_is_an_error() {
+        assert_eq!(
+            read_deadline(AMQPValue::LongLongInt(-1)),
+            Err(DeadlineError::Negative(-1))
+        );
+        assert_eq!(
+            read_deadline(AMQPValue::LongString("soon".into())),
+            Err(DeadlineError::NotANumber("soon".into()))
+        );
+        assert!(matches!(
+            read_deadline(AMQPValue::Double(f64::NAN)),
+            Err(DeadlineError::BadFloat(_))
+        ));
+        assert_eq!(
+            read_deadline(AMQPValue::Boolean(true)),
+            Err(DeadlineError::WrongType(AMQPType::Boolean))
+        );
+        assert_eq!(
+            read_deadline(AMQPValue::Timestamp(5)),
+            Err(DeadlineError::WrongType(AMQPType::Timestamp)),
+            "a timestamp's unit is seconds by convention: not guessed"
+        );
+    }
+
+    #[test]
+    fn deadline_header_value_round_trips_as_a_long_long_int() {
+        let deadline = SystemTime::UNIX_EPOCH + Duration::from_millis(MS);
+        let value = deadline_header_value(deadline);
+        assert_eq!(value, AMQPValue::LongLongInt(1_700_000_000_123));
+        assert_eq!(read_deadline(value), Ok(Some(deadline)));
+        let before_epoch = SystemTime::UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(
+            deadline_header_value(before_epoch),
+            AMQPValue::LongLongInt(0)
+        );
+    }
+
+    #[test]
+    fn deadline_has_passed_from_its_very_millisecond() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_millis(MS);
+        assert!(!deadline_passed(None, now));
+        assert!(deadline_passed(Some(now), now));
+        assert!(deadline_passed(Some(now - Duration::from_millis(1)), now));
+        assert!(!deadline_passed(Some(now + Duration::from_millis(1)), now));
+    }
+
+    #[test]
+    fn cancellation_names_its_job_and_reason() {
+        for reason in [CancelReason::Cancelled, CancelReason::Timeout] {
+            let sent = Cancellation {
+                job_id: "job-1".into(),
+                reason,
+            };
+            let properties = sent.properties();
+            assert_eq!(
+                properties
+                    .headers()
+                    .as_ref()
+                    .and_then(|h| h.inner().get(REASON_HEADER)),
+                reason
+                    .as_str()
+                    .map(|text| AMQPValue::LongString(text.into()))
+                    .as_ref()
+            );
+            assert_eq!(Cancellation::from_properties(&properties), Some(sent));
+        }
+    }
+
+    #[test]
+    fn cancellation_with_unknown_or_no_reason_still_cancels() {
+        let mut headers = FieldTable::default();
+        headers.insert(REASON_HEADER.into(), AMQPValue::LongString("bored".into()));
+        let unknown = BasicProperties::default()
+            .with_correlation_id("job-1".into())
+            .with_headers(headers);
+        let none = BasicProperties::default().with_correlation_id("job-2".into());
+        for (properties, job_id) in [(unknown, "job-1"), (none, "job-2")] {
+            assert_eq!(
+                Cancellation::from_properties(&properties),
+                Some(Cancellation {
+                    job_id: job_id.into(),
+                    reason: CancelReason::Unspecified
+                })
+            );
+        }
+    }
+
+    #[test]
+    fn cancellation_without_correlation_id_names_no_job() {
+        let empty = BasicProperties::default().with_correlation_id("".into());
+        assert_eq!(
+            Cancellation::from_properties(&BasicProperties::default()),
+            None
+        );
+        assert_eq!(Cancellation::from_properties(&empty), None);
+    }
+
+    #[test]
+    fn cancel_exchange_is_prefix_then_wsmq_cancel() {
+        assert_eq!(cancel_exchange_name("t1."), "t1.wsmq.cancel");
+        assert_eq!(cancel_exchange_name(""), "wsmq.cancel");
+    }
+
+    #[test]
+    fn method_queues_carry_x_max_priority_only_when_set() {
+        let with = method_queue_arguments(Some(9));
+        assert_eq!(
+            with.inner().get(MAX_PRIORITY_ARGUMENT),
+            Some(&AMQPValue::ShortShortUInt(9))
+        );
+        assert_eq!(with.inner().len(), 1);
+        assert!(method_queue_arguments(None).inner().is_empty());
+    }
+
+    #[test]
+    fn progress_message_carries_status_progress() {
+        let props = reply_properties("job-1".into(), ReplyStatus::Progress);
+        assert_eq!(
+            props
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get(STATUS_HEADER)),
+            Some(&AMQPValue::LongString("progress".into()))
+        );
+        assert_eq!(
+            ReplyStatus::from_headers(props.headers().as_ref()),
+            Some(ReplyStatus::Progress)
+        );
+        assert_eq!(props.correlation_id().as_ref(), Some(&"job-1".into()));
+        assert_eq!(*props.delivery_mode(), Some(DELIVERY_MODE_PERSISTENT));
+        assert_eq!(props.content_type().as_ref(), Some(&CONTENT_TYPE.into()));
     }
 
     #[test]

@@ -28,6 +28,10 @@ impl RpcError {
     pub const INVALID_PARAMS: i64 = -32602;
     /// JSON-RPC "Internal error": the worker failed, not the request.
     pub const INTERNAL_ERROR: i64 = -32603;
+    /// wsmq's "cancelled": what a handler may return when it stops because its call was
+    /// cancelled. The worker never sends it (nobody waits for a cancelled call's reply); the
+    /// caller was told by the gateway.
+    pub const CANCELLED: i64 = -32002;
 
     /// An error with this code and message and no data.
     pub fn new(code: i64, message: impl Into<String>) -> Self {
@@ -64,6 +68,11 @@ impl RpcError {
         )
     }
 
+    /// `-32002 cancelled`, for a handler that stops because [`Request::is_cancelled`](crate::Request::is_cancelled).
+    pub fn cancelled() -> Self {
+        Self::new(Self::CANCELLED, "cancelled")
+    }
+
     /// `-32603 internal error: <reason>`.
     pub fn internal(reason: impl std::fmt::Display) -> Self {
         Self::new(Self::INTERNAL_ERROR, format!("internal error: {reason}"))
@@ -90,6 +99,18 @@ pub enum BuildError {
     /// A concurrency of 0 would mean an unlimited prefetch to AMQP.
     #[error("concurrency must be at least 1")]
     ZeroConcurrency,
+    /// A method's own concurrency was set to 0.
+    #[error("concurrency of method {method:?} must be at least 1")]
+    ZeroMethodConcurrency {
+        /// The method's name.
+        method: String,
+    },
+    /// A concurrency was set for a method that is not registered.
+    #[error("concurrency set for method {method:?}, which is not registered")]
+    UnknownMethodConcurrency {
+        /// The unregistered method's name.
+        method: String,
+    },
     /// A method was registered with an empty name.
     #[error("method names must not be empty")]
     EmptyMethodName,
@@ -105,6 +126,15 @@ pub enum BuildError {
         /// The method whose queue name is too long.
         method: String,
         /// The queue name's length in bytes.
+        len: usize,
+    },
+    /// The queue prefix is so long that the cancellation exchange's name,
+    /// `<prefix>wsmq.cancel`, exceeds the 255 bytes AMQP allows.
+    #[error(
+        "queue prefix is {len} bytes; at most 244 leave room for the exchange <prefix>wsmq.cancel"
+    )]
+    QueuePrefixTooLong {
+        /// The prefix's length in bytes.
         len: usize,
     },
     /// Queue names starting with `amq.` are reserved by the broker, which refuses to declare them.

@@ -1,20 +1,27 @@
-//! One job: run its handler, publish the reply with a confirm, and only then ack the job.
+//! One job: run its handler while publishing its progress, then publish the reply with a
+//! confirm and only then ack the job; or, if the job was cancelled, ack it without a reply.
 
-use std::{collections::HashMap, panic::AssertUnwindSafe, sync::Arc};
+use std::{
+    collections::HashMap,
+    panic::AssertUnwindSafe,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use futures::FutureExt;
 use lapin::{
-    Acker, Channel,
-    message::Delivery,
+    Acker, BasicProperties, Channel, PublisherConfirm,
     options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions},
 };
 use serde_json::Value;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::{
-    contract::{self, ReplyAddress, ReplyBody},
+    contract::{self, ReplyAddress, ReplyStatus},
     error::{Chain, RpcError},
+    progress::{self, ProgressCommand},
     request::{Handler, Request},
 };
 
@@ -22,13 +29,25 @@ use crate::{
 pub(crate) struct JobShared {
     /// The method table.
     pub(crate) handlers: Arc<HashMap<String, Handler>>,
-    /// The channel replies are published on, in confirm mode.
+    /// The channel replies and progress are published on, in confirm mode.
     pub(crate) reply_channel: Channel,
-    /// Largest reply body sent; a larger one is replaced by an error.
+    /// Largest reply or progress body sent; a larger reply is replaced by an error.
     pub(crate) max_reply_bytes: usize,
     /// Cancelled by a job whose reply channel failed, so the supervisor reconnects even if the
     /// connection itself reported nothing.
     pub(crate) broken: CancellationToken,
+}
+
+/// A delivered job that the delivery loop admitted.
+pub(crate) struct Job {
+    pub(crate) method: Arc<str>,
+    pub(crate) address: ReplyAddress,
+    pub(crate) redelivered: bool,
+    pub(crate) deadline: Option<SystemTime>,
+    /// Cancelled by a cancellation broadcast (through the delivery loop) or by the deadline.
+    pub(crate) cancellation: CancellationToken,
+    pub(crate) body: Vec<u8>,
+    pub(crate) acker: Acker,
 }
 
 /// Why a reply was not confirmed.
@@ -40,44 +59,56 @@ enum PublishError {
     Channel(#[source] lapin::Error),
 }
 
-/// Serves one delivery from the queue of `method`, acking or nacking it in every case where
-/// the channel still allows it.
-pub(crate) async fn process(shared: Arc<JobShared>, method: Arc<str>, delivery: Delivery) {
-    let Delivery {
-        delivery_tag,
+/// Serves one admitted job, acking or nacking it in every case where the channel still allows
+/// it.
+pub(crate) async fn process(shared: Arc<JobShared>, job: Job) {
+    let Job {
+        method,
+        address,
         redelivered,
-        properties,
-        data,
+        deadline,
+        cancellation,
+        body,
         acker,
-        ..
-    } = delivery;
-    let Some(address) = ReplyAddress::from_properties(&properties) else {
-        // Nothing can answer it, and a requeue would bring it straight back.
-        warn!(%method, delivery_tag, "job without reply_to or correlation_id; acking it unanswered");
-        ack(&acker).await;
-        return;
-    };
+    } = job;
     let span = info_span!("job", %method, job_id = %address.correlation_id);
     async move {
-        let outcome = match contract::decode_params(&data) {
+        let outcome = match contract::decode_params(&body) {
             Ok(params) => {
-                drop(data);
-                let request = Request {
-                    method: method.to_string(),
+                drop(body);
+                let (progress, reports) = progress::queue(shared.max_reply_bytes);
+                let request = Request::for_job(
+                    method.to_string(),
                     params,
-                    job_id: address.correlation_id.to_string(),
+                    address.correlation_id.to_string(),
                     redelivered,
-                };
-                call_handler(&shared.handlers, request).await
+                    deadline,
+                    cancellation.clone(),
+                    progress,
+                );
+                let handler = call_handler(&shared.handlers, request);
+                supervise(handler, reports, &shared, &address, deadline, &cancellation).await
             }
             Err(error) => Err(error),
         };
+        // The caller stopped waiting: it was answered "cancelled" or "timeout" already, and a
+        // reply would only be dropped by the bridge.
+        if cancellation.is_cancelled() || contract::deadline_passed(deadline, SystemTime::now()) {
+            debug!("job ended after its cancellation; acking it without a reply");
+            ack(&acker).await;
+            return;
+        }
         if let Err(error) = &outcome {
             debug!(code = error.code, message = %error.message, "job answered with an error");
         }
-        let body = contract::encode_reply(&outcome, shared.max_reply_bytes);
+        let reply = contract::encode_reply(&outcome, shared.max_reply_bytes);
         drop(outcome);
-        match publish_reply(&shared.reply_channel, address, body).await {
+        let properties = contract::reply_properties(address.correlation_id.clone(), reply.status);
+        let published = match publish(&shared, &address, &reply.bytes, properties).await {
+            Ok(confirm) => confirmed(confirm).await,
+            Err(error) => Err(PublishError::Channel(error)),
+        };
+        match published {
             Ok(()) => ack(&acker).await,
             Err(error) => {
                 warn!(error = %Chain(&error), "reply not confirmed; requeueing the job");
@@ -89,7 +120,63 @@ pub(crate) async fn process(shared: Arc<JobShared>, method: Arc<str>, delivery: 
         }
     }
     .instrument(span)
-    .await;
+    .await
+}
+
+/// Acks a job the delivery loop decided not to run, without a reply.
+pub(crate) async fn skip(acker: Acker) {
+    ack(&acker).await;
+}
+
+/// Runs the handler to its end while publishing the progress it reports, and cancels the job
+/// when its deadline passes.
+///
+/// A cancelled handler is still awaited: cancellation is cooperative, so that a handler can
+/// stop at a point of its choosing (and release what it holds) rather than be dropped midway.
+async fn supervise(
+    handler: impl Future<Output = Result<Value, RpcError>>,
+    mut reports: mpsc::Receiver<ProgressCommand>,
+    shared: &JobShared,
+    address: &ReplyAddress,
+    deadline: Option<SystemTime>,
+    cancellation: &CancellationToken,
+) -> Result<Value, RpcError> {
+    let until_deadline = deadline.map_or(Duration::MAX, |deadline| {
+        deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+    });
+    let deadline_timer = tokio::time::sleep(until_deadline);
+    tokio::pin!(handler, deadline_timer);
+    let mut deadline_open = deadline.is_some();
+    loop {
+        tokio::select! {
+            // The handler first: once it has returned, a report still queued (from a task that
+            // outlived it) is refused, since it would follow the reply.
+            biased;
+            outcome = &mut handler => return outcome,
+            Some(ProgressCommand { body, sent }) = reports.recv() => {
+                let published = if cancellation.is_cancelled() {
+                    Ok(None)
+                } else {
+                    let properties =
+                        contract::reply_properties(address.correlation_id.clone(), ReplyStatus::Progress);
+                    // The handler awaits the confirm itself, so this loop goes on polling it
+                    // (and publishing its other reports) meanwhile.
+                    publish(shared, address, &body, properties).await.map(Some).inspect_err(|_| {
+                        shared.broken.cancel();
+                    })
+                };
+                // The handler may have stopped waiting for it; that is its business.
+                let _ = sent.send(published);
+            }
+            () = &mut deadline_timer, if deadline_open => {
+                debug!("the job's deadline passed; cancelling it");
+                deadline_open = false;
+                cancellation.cancel();
+            }
+        }
+    }
 }
 
 /// Runs the handler of `request.method`, turning a panic into an internal error so that the
@@ -114,29 +201,33 @@ async fn call_handler(
     }
 }
 
-/// Publishes the reply and waits for the broker's confirm.
+/// Hands a message for the job's caller to the reply channel. Messages handed over one after
+/// the other on one channel reach the reply queue in that order.
+async fn publish(
+    shared: &JobShared,
+    address: &ReplyAddress,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<PublisherConfirm, lapin::Error> {
+    shared
+        .reply_channel
+        .basic_publish(
+            "".into(),
+            address.reply_to.clone(),
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+}
+
+/// Waits for the broker's confirm of a published message.
 ///
 /// There is no timeout here on purpose: a confirm is late only when the broker applies flow
 /// control (a memory or disk alarm), and then waiting is the backpressure we want. A lost
 /// connection ends the wait with an error, and shutdown bounds it with its grace period.
-async fn publish_reply(
-    channel: &Channel,
-    address: ReplyAddress,
-    body: ReplyBody,
-) -> Result<(), PublishError> {
-    let properties = contract::reply_properties(address.correlation_id, body.status);
-    let confirmation = channel
-        .basic_publish(
-            "".into(),
-            address.reply_to,
-            BasicPublishOptions::default(),
-            &body.bytes,
-            properties,
-        )
-        .await
-        .map_err(PublishError::Channel)?
-        .await
-        .map_err(PublishError::Channel)?;
+async fn confirmed(confirm: PublisherConfirm) -> Result<(), PublishError> {
+    let confirmation = confirm.await.map_err(PublishError::Channel)?;
     if confirmation.is_nack() {
         return Err(PublishError::Nacked);
     }

@@ -72,10 +72,13 @@ mod backoff;
 pub mod contract;
 mod error;
 mod job;
+mod lifecycle;
+mod progress;
 mod request;
 mod worker;
 
 pub use error::{BuildError, RpcError, WorkerError};
+pub use progress::ProgressError;
 pub use request::Request;
 pub use worker::{
     DEFAULT_CONCURRENCY, DEFAULT_MAX_REPLY_BYTES, DEFAULT_SHUTDOWN_GRACE, Worker, WorkerBuilder,

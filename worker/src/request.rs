@@ -1,14 +1,20 @@
 //! What a handler receives, and the boxed form handlers are stored in.
 
-use std::{future::Future, pin::Pin};
+use std::{future::Future, pin::Pin, time::SystemTime};
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-use crate::error::RpcError;
+use crate::{
+    error::RpcError,
+    progress::{ProgressError, ProgressHandle},
+};
 
 /// One call, as handed to the handler of its method.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Clones share the call's cancellation and progress: cancelling one cancels them all.
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Request {
     /// The method called (without the queue prefix).
@@ -20,6 +26,12 @@ pub struct Request {
     /// Whether the broker delivered this job before (to a worker that did not ack it), so the
     /// call may already have been carried out once.
     pub redelivered: bool,
+    /// When the caller stops waiting (the job's `wsmq-deadline`), if it set a deadline. The
+    /// worker cancels the request then; see [`Request::cancelled`].
+    pub deadline: Option<SystemTime>,
+    cancellation: CancellationToken,
+    /// `None` outside a worker (a request made by [`Request::new`]): progress goes nowhere.
+    progress: Option<ProgressHandle>,
 }
 
 impl Request {
@@ -30,6 +42,61 @@ impl Request {
             params,
             job_id: job_id.into(),
             redelivered: false,
+            deadline: None,
+            cancellation: CancellationToken::new(),
+            progress: None,
+        }
+    }
+
+    /// A request for a delivered job, with its deadline, cancellation and progress queue.
+    pub(crate) fn for_job(
+        method: String,
+        params: Value,
+        job_id: String,
+        redelivered: bool,
+        deadline: Option<SystemTime>,
+        cancellation: CancellationToken,
+        progress: ProgressHandle,
+    ) -> Self {
+        Self {
+            method,
+            params,
+            job_id,
+            redelivered,
+            deadline,
+            cancellation,
+            progress: Some(progress),
+        }
+    }
+
+    /// The call's cancellation token. The worker cancels it when a cancellation for this job
+    /// is broadcast or its deadline passes; after that, nobody will read the reply, so a
+    /// handler should stop early and may return anything (the worker acks the job and sends
+    /// no reply). In a handler's unit test, cancel it to simulate either.
+    pub fn cancellation(&self) -> &CancellationToken {
+        &self.cancellation
+    }
+
+    /// Completes when the call is cancelled; for `tokio::select!` against the handler's work.
+    pub fn cancelled(&self) -> WaitForCancellationFuture<'_> {
+        self.cancellation.cancelled()
+    }
+
+    /// Whether the call has been cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancellation.is_cancelled()
+    }
+
+    /// Reports progress: publishes `value` to the caller (status `progress`) and waits for the
+    /// broker's confirm. Reports reach the caller in the order they were made, all before the
+    /// result.
+    ///
+    /// Once the call is cancelled, reports are skipped and `Ok(())` returned. For a request
+    /// made by [`Request::new`] (a unit test), reports go nowhere and return `Ok(())`.
+    pub async fn progress(&self, value: Value) -> Result<(), ProgressError> {
+        match &self.progress {
+            Some(handle) if !self.is_cancelled() => handle.report(&value).await,
+            _ => Ok(()),
         }
     }
 
@@ -63,6 +130,20 @@ mod tests {
     #[derive(Debug, Deserialize, PartialEq)]
     struct Sleep {
         ms: u64,
+    }
+
+    #[tokio::test]
+    async fn progress_of_a_test_request_goes_nowhere() {
+        let request = Request::new("steps", json!({}), "job-1");
+        assert!(request.progress(json!({"step": 1})).await.is_ok());
+    }
+
+    #[test]
+    fn clones_share_the_cancellation() {
+        let request = Request::new("sleep", json!({}), "job-1");
+        let clone = request.clone();
+        clone.cancellation().cancel();
+        assert!(request.is_cancelled());
     }
 
     #[test]

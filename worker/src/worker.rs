@@ -5,34 +5,45 @@
 //! until the connection fails or shutdown is asked for, then tears it down; a failed session is
 //! followed by a backoff delay and a fresh one. Jobs run as tasks on a [`TaskTracker`], each
 //! holding one of `concurrency` slots.
+//!
+//! The same loop is the only owner of the [`JobTable`]: it admits each delivery (skipping the
+//! cancelled and the expired), cancels running jobs when their cancellation is broadcast, and
+//! hears from each job task through a bounded channel when it ends.
 
-use std::{collections::HashMap, fmt, future::Future, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    fmt,
+    future::Future,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use futures::{
     StreamExt,
     stream::{self, BoxStream, SelectAll},
 };
 use lapin::{
-    Channel, Connection, ConnectionProperties, ErrorKind, Event,
+    Channel, Connection, ConnectionProperties, ErrorKind, Event, ExchangeKind,
     message::Delivery,
     options::{
         BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
-        QueueDeclareOptions,
+        ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
     },
     protocol::constants::REPLY_SUCCESS,
     types::{FieldTable, ShortString},
     uri::AMQPUri,
 };
 use serde_json::Value;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
 
 use crate::{
     backoff::Backoff,
-    contract::{self, MAX_QUEUE_NAME_LEN},
+    contract::{self, Cancellation, MAX_QUEUE_NAME_LEN, ReplyAddress},
     error::{BuildError, Chain, RpcError, WorkerError},
-    job::{self, JobShared},
+    job::{self, Job, JobShared},
+    lifecycle::{Admission, JobTable, RECENTLY_CANCELLED_CAPACITY, Ticket},
     request::{self, Handler, Request},
 };
 
@@ -55,6 +66,10 @@ const SESSION_SETUP_TIMEOUT: Duration = Duration::from_secs(30);
 const GOODBYE_TIMEOUT: Duration = Duration::from_secs(2);
 /// After the shutdown grace expires, how long abandoned jobs get to drop their handlers.
 const ABANDON_TIMEOUT: Duration = Duration::from_secs(1);
+/// Tickets of ended jobs on their way to the delivery loop. When it is full, an ending job task
+/// waits (it has already given up its slot): the loop reads this channel in every one of its
+/// waits, so the wait is short, and nothing is lost.
+const FINISHED_QUEUE: usize = 64;
 
 /// Where a worker is in its life, as seen through [`Worker::state`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +91,9 @@ pub struct WorkerBuilder {
     connection_name: Option<String>,
     shutdown_grace: Duration,
     max_reply_bytes: usize,
+    max_priority: Option<u8>,
     methods: Vec<(String, Handler)>,
+    method_concurrency: HashMap<String, u16>,
 }
 
 impl WorkerBuilder {
@@ -90,12 +107,41 @@ impl WorkerBuilder {
 
     /// How many handlers run at once, over all methods (default [`DEFAULT_CONCURRENCY`]).
     ///
-    /// It is also each method consumer's prefetch (`basic.qos`), so with several methods up to
+    /// It is also each method consumer's prefetch (`basic.qos`) unless the method has its own
+    /// [`method_concurrency`](Self::method_concurrency), so with several methods up to
     /// `concurrency` jobs per method may be held unacked, waiting for a free handler slot; the
     /// broker requeues them if the worker goes away.
     #[must_use]
     pub fn concurrency(mut self, concurrency: u16) -> Self {
         self.concurrency = concurrency;
+        self
+    }
+
+    /// At most `concurrency` jobs of `method` run at once (within the worker-wide
+    /// [`concurrency`](Self::concurrency), which still bounds all methods together).
+    ///
+    /// This is the prefetch of the method's consumer: the broker hands this worker no more
+    /// than that many unacked jobs of the method, and the others stay in the queue for other
+    /// workers (or, in a priority queue, behind later jobs of higher priority). A value above
+    /// the worker-wide concurrency is lowered to it. The method must be registered with
+    /// [`method`](Self::method), before or after this call; setting it twice keeps the last.
+    #[must_use]
+    pub fn method_concurrency(mut self, method: impl Into<String>, concurrency: u16) -> Self {
+        self.method_concurrency.insert(method.into(), concurrency);
+        self
+    }
+
+    /// The `x-max-priority` the method queues are declared with (default
+    /// `Some(`[`DEFAULT_MAX_PRIORITY`](contract::DEFAULT_MAX_PRIORITY)`)`), so that jobs
+    /// published with a higher AMQP `priority` are delivered first. `None` declares them with
+    /// no arguments, as before priorities existed.
+    ///
+    /// Every worker of a method must declare its queue alike: the broker refuses (and this
+    /// worker keeps retrying, logging why) a declaration whose arguments differ from the
+    /// queue's. A queue declared without the argument has to be deleted to gain it.
+    #[must_use]
+    pub fn max_priority(mut self, max_priority: Option<u8>) -> Self {
+        self.max_priority = max_priority;
         self
     }
 
@@ -169,12 +215,30 @@ impl WorkerBuilder {
             if handlers.contains_key(&method) {
                 return Err(BuildError::DuplicateMethod { method });
             }
+            let prefetch = match self.method_concurrency.get(&method) {
+                Some(0) => return Err(BuildError::ZeroMethodConcurrency { method }),
+                Some(&own) => own.min(self.concurrency),
+                None => self.concurrency,
+            };
             routes.push(Arc::new(Route {
                 method: Arc::from(method.as_str()),
                 queue,
+                prefetch,
             }));
             handlers.insert(method, handler);
         }
+        if let Some(method) = self
+            .method_concurrency
+            .into_keys()
+            .find(|method| !handlers.contains_key(method))
+        {
+            return Err(BuildError::UnknownMethodConcurrency { method });
+        }
+        let cancel_exchange = contract::cancel_exchange_name(&self.queue_prefix);
+        let cancel_exchange =
+            ShortString::try_new(cancel_exchange).map_err(|_| BuildError::QueuePrefixTooLong {
+                len: self.queue_prefix.len(),
+            })?;
         let connection_name = self
             .connection_name
             .unwrap_or_else(|| format!("wsmq-worker pid {}", std::process::id()));
@@ -183,9 +247,11 @@ impl WorkerBuilder {
             connection_name,
             routes,
             handlers: Arc::new(handlers),
+            cancel_exchange,
             concurrency: self.concurrency,
             shutdown_grace: self.shutdown_grace,
             max_reply_bytes: self.max_reply_bytes,
+            max_priority: self.max_priority,
             state: watch::Sender::new(WorkerState::Connecting),
         })
     }
@@ -197,19 +263,22 @@ impl fmt::Debug for WorkerBuilder {
         f.debug_struct("WorkerBuilder")
             .field("queue_prefix", &self.queue_prefix)
             .field("concurrency", &self.concurrency)
+            .field("max_priority", &self.max_priority)
             .field(
                 "methods",
                 &self.methods.iter().map(|(m, _)| m).collect::<Vec<_>>(),
             )
+            .field("method_concurrency", &self.method_concurrency)
             .finish_non_exhaustive()
     }
 }
 
-/// A method and the queue it is served from.
+/// A method, the queue it is served from, and its consumer's prefetch.
 #[derive(Debug)]
 struct Route {
     method: Arc<str>,
     queue: ShortString,
+    prefetch: u16,
 }
 
 /// A worker serving a set of methods from their queues; see the crate docs for the contract.
@@ -218,9 +287,12 @@ pub struct Worker {
     connection_name: String,
     routes: Vec<Arc<Route>>,
     handlers: Arc<HashMap<String, Handler>>,
+    /// `<prefix>wsmq.cancel`.
+    cancel_exchange: ShortString,
     concurrency: u16,
     shutdown_grace: Duration,
     max_reply_bytes: usize,
+    max_priority: Option<u8>,
     state: watch::Sender<WorkerState>,
 }
 
@@ -233,6 +305,7 @@ impl fmt::Debug for Worker {
             .field("vhost", &self.uri.vhost)
             .field("queues", &self.queue_names().collect::<Vec<_>>())
             .field("concurrency", &self.concurrency)
+            .field("max_priority", &self.max_priority)
             .finish_non_exhaustive()
     }
 }
@@ -245,15 +318,22 @@ struct Incoming {
     item: Option<lapin::Result<Delivery>>,
 }
 
+/// One item of the cancellation consumer: a cancellation, the error that ends the consumer,
+/// or `None` once its stream ended.
+type CancelItem = Option<lapin::Result<Delivery>>;
+
 /// One connection to the broker and everything opened on it.
 struct Session {
     connection: Connection,
     /// The connection's events; an `Error` means the session is lost.
     events: BoxStream<'static, Event>,
     consume_channel: Channel,
+    /// The method consumers' tags (not the cancellation consumer's, which lives to the end).
     consumer_tags: Vec<ShortString>,
-    /// Every consumer's stream, merged.
+    /// Every method consumer's stream, merged.
     deliveries: SelectAll<BoxStream<'static, Incoming>>,
+    /// This worker's own queue bound to the cancellation exchange.
+    cancels: BoxStream<'static, CancelItem>,
     shared: Arc<JobShared>,
     /// Cancelled when this session's jobs must stop at once: the session was lost (their acks
     /// cannot reach the broker any more) or the shutdown grace expired.
@@ -271,6 +351,20 @@ enum SetupError {
     ConfirmSelect(#[source] lapin::Error),
     #[error("setting the prefetch failed")]
     Qos(#[source] lapin::Error),
+    #[error("declaring exchange {exchange} failed")]
+    DeclareExchange {
+        exchange: ShortString,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("declaring the cancellation queue failed")]
+    DeclareCancelQueue(#[source] lapin::Error),
+    #[error("binding the cancellation queue to exchange {exchange} failed")]
+    BindCancelQueue {
+        exchange: ShortString,
+        #[source]
+        source: lapin::Error,
+    },
     #[error("declaring queue {queue} failed")]
     Declare {
         queue: ShortString,
@@ -290,10 +384,15 @@ enum SetupError {
 impl SetupError {
     fn lapin_error(&self) -> Option<&lapin::Error> {
         match self {
-            Self::Connect(e) | Self::OpenChannel(e) | Self::ConfirmSelect(e) | Self::Qos(e) => {
-                Some(e)
-            }
-            Self::Declare { source, .. } | Self::Consume { source, .. } => Some(source),
+            Self::Connect(e)
+            | Self::OpenChannel(e)
+            | Self::ConfirmSelect(e)
+            | Self::Qos(e)
+            | Self::DeclareCancelQueue(e) => Some(e),
+            Self::Declare { source, .. }
+            | Self::Consume { source, .. }
+            | Self::DeclareExchange { source, .. }
+            | Self::BindCancelQueue { source, .. } => Some(source),
             Self::TimedOut(_) => None,
         }
     }
@@ -314,6 +413,10 @@ enum SessionLost {
     },
     #[error("the consumer of queue {queue} was cancelled (queue deleted?)")]
     ConsumerEnded { queue: ShortString },
+    #[error("the cancellation consumer failed")]
+    CancelConsumer(#[source] lapin::Error),
+    #[error("the cancellation consumer was cancelled (queue deleted?)")]
+    CancelConsumerEnded,
     #[error("a reply could not be published on the reply channel")]
     ReplyChannel,
 }
@@ -321,8 +424,37 @@ enum SessionLost {
 impl SessionLost {
     fn lapin_error(&self) -> Option<&lapin::Error> {
         match self {
-            Self::Connection(e) | Self::Consumer { source: e, .. } => Some(e),
-            Self::EventsEnded | Self::ConsumerEnded { .. } | Self::ReplyChannel => None,
+            Self::Connection(e) | Self::Consumer { source: e, .. } | Self::CancelConsumer(e) => {
+                Some(e)
+            }
+            Self::EventsEnded
+            | Self::ConsumerEnded { .. }
+            | Self::CancelConsumerEnded
+            | Self::ReplyChannel => None,
+        }
+    }
+}
+
+/// What the delivery loop owns across sessions: the handler slots, the job tasks, the job
+/// table and the channel its job tasks report their end on.
+struct Dispatch {
+    slots: Arc<Semaphore>,
+    jobs: TaskTracker,
+    table: JobTable,
+    finished_tx: mpsc::Sender<Ticket>,
+    finished_rx: mpsc::Receiver<Ticket>,
+}
+
+impl Dispatch {
+    fn new(concurrency: u16) -> Self {
+        let (finished_tx, finished_rx) = mpsc::channel(FINISHED_QUEUE);
+        Self {
+            // Shared by every session, so jobs of a lost session still count until they are gone.
+            slots: Arc::new(Semaphore::new(usize::from(concurrency))),
+            jobs: TaskTracker::new(),
+            table: JobTable::new(RECENTLY_CANCELLED_CAPACITY),
+            finished_tx,
+            finished_rx,
         }
     }
 }
@@ -354,7 +486,9 @@ impl Worker {
             connection_name: None,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
+            max_priority: Some(contract::DEFAULT_MAX_PRIORITY),
             methods: Vec::new(),
+            method_concurrency: HashMap::new(),
         }
     }
 
@@ -376,9 +510,7 @@ impl Worker {
     /// backoff (100 ms doubling to 5 s, with jitter); only an [unrecoverable](WorkerError)
     /// client error ends the run early.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
-        // Shared by every session, so jobs of a lost session still count until they are gone.
-        let slots = Arc::new(Semaphore::new(usize::from(self.concurrency)));
-        let jobs = TaskTracker::new();
+        let mut dispatch = Dispatch::new(self.concurrency);
         let mut backoff = Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX);
         let outcome = loop {
             self.set_state(WorkerState::Connecting);
@@ -395,13 +527,14 @@ impl Worker {
                         vhost = %self.uri.vhost,
                         queues = ?self.queue_names().collect::<Vec<_>>(),
                         concurrency = self.concurrency,
+                        max_priority = ?self.max_priority,
                         "connected to the broker; consuming"
                     );
                     self.set_state(WorkerState::Ready);
                     backoff.reset();
-                    match self.serve(&mut session, &shutdown, &slots, &jobs).await {
+                    match self.serve(&mut session, &shutdown, &mut dispatch).await {
                         Served::Shutdown => {
-                            self.drain(session, &jobs).await;
+                            self.drain(session, &mut dispatch).await;
                             break Ok(());
                         }
                         Served::Lost(lost) => {
@@ -465,20 +598,19 @@ impl Worker {
             .create_channel()
             .await
             .map_err(SetupError::OpenChannel)?;
-        // Per consumer (`global: false`; global QoS is deprecated in RabbitMQ).
-        consume_channel
-            .basic_qos(self.concurrency, BasicQosOptions::default())
-            .await
-            .map_err(SetupError::Qos)?;
+        // Cancellations are listened to before any job arrives, so that none sent after a
+        // job's delivery is missed.
+        let cancels = self.consume_cancellations(&consume_channel).await?;
+        let arguments = contract::method_queue_arguments(self.max_priority);
         for route in &self.routes {
-            // Exactly these options and no arguments: the contract fixes the queue's shape, and
-            // a redeclaration with other arguments would be refused by the broker.
+            // Exactly these options and arguments: the contract fixes the queue's shape, and a
+            // redeclaration with other arguments would be refused by the broker.
             let options = QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
             };
             consume_channel
-                .queue_declare(route.queue.clone(), options, FieldTable::default())
+                .queue_declare(route.queue.clone(), options, arguments.clone())
                 .await
                 .map_err(|source| SetupError::Declare {
                     queue: route.queue.clone(),
@@ -489,6 +621,12 @@ impl Worker {
         let mut consumer_tags = Vec::with_capacity(self.routes.len());
         let mut deliveries = SelectAll::new();
         for route in &self.routes {
+            // Per consumer (`global: false`; global QoS is deprecated in RabbitMQ): it applies
+            // to the consumers started after it on this channel, so each method gets its own.
+            consume_channel
+                .basic_qos(route.prefetch, BasicQosOptions::default())
+                .await
+                .map_err(SetupError::Qos)?;
             let consumer = consume_channel
                 .basic_consume(
                     route.queue.clone(),
@@ -530,32 +668,122 @@ impl Worker {
             consume_channel,
             consumer_tags,
             deliveries,
+            cancels,
             shared,
             abort_jobs: CancellationToken::new(),
         })
     }
 
-    /// Hands deliveries to job tasks until shutdown or until the session is lost.
+    /// Declares the cancellation exchange and this worker's own queue bound to it, and consumes
+    /// that queue.
+    async fn consume_cancellations(
+        &self,
+        channel: &Channel,
+    ) -> Result<BoxStream<'static, CancelItem>, SetupError> {
+        let exchange = self.cancel_exchange.clone();
+        // Exactly these settings: the bridge declares the exchange too, and the broker refuses
+        // a redeclaration that differs.
+        let options = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        channel
+            .exchange_declare(
+                exchange.clone(),
+                ExchangeKind::Fanout,
+                options,
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| SetupError::DeclareExchange {
+                exchange: exchange.clone(),
+                source,
+            })?;
+        // Server-named, and gone with the connection: each session of each worker process hears
+        // every cancellation once.
+        let options = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..Default::default()
+        };
+        let queue = channel
+            .queue_declare("".into(), options, FieldTable::default())
+            .await
+            .map_err(SetupError::DeclareCancelQueue)?;
+        let queue = queue.name().clone();
+        channel
+            .queue_bind(
+                queue.clone(),
+                exchange.clone(),
+                "".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|source| SetupError::BindCancelQueue { exchange, source })?;
+        // Without acks: a cancellation lost with a connection is harmless (the job's deadline
+        // still stops it, and its reply is dropped by the bridge), and each is read at once by
+        // the delivery loop, so none pile up in the client.
+        let options = BasicConsumeOptions {
+            no_ack: true,
+            ..Default::default()
+        };
+        let consumer = channel
+            .basic_consume(queue.clone(), "".into(), options, FieldTable::default())
+            .await
+            .map_err(|source| SetupError::Consume { queue, source })?;
+        Ok(consumer
+            .map(Some)
+            .chain(stream::once(async { None }))
+            .boxed())
+    }
+
+    /// Hands deliveries to job tasks, and cancellations to running jobs, until shutdown or
+    /// until the session is lost.
     async fn serve(
         &self,
         session: &mut Session,
         shutdown: &CancellationToken,
-        slots: &Arc<Semaphore>,
-        jobs: &TaskTracker,
+        dispatch: &mut Dispatch,
     ) -> Served {
         let Session {
             events,
             deliveries,
+            cancels,
             shared,
             abort_jobs,
             ..
         } = session;
+        let Dispatch {
+            slots,
+            jobs,
+            table,
+            finished_tx,
+            finished_rx,
+        } = dispatch;
         loop {
             let (slot, incoming) = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Served::Shutdown,
                 lost = next_connection_error(events) => return Served::Lost(lost),
                 () = shared.broken.cancelled() => return Served::Lost(SessionLost::ReplyChannel),
+                // Never `None`: the dispatch holds a sender.
+                Some(ticket) = finished_rx.recv() => {
+                    table.finished(ticket);
+                    continue;
+                }
+                // Before deliveries, so that of a cancellation and its job arriving together
+                // the cancellation is seen first.
+                cancel = cancels.next() => match cancel {
+                    Some(Some(Ok(message))) => {
+                        on_cancellation(table, &message);
+                        continue;
+                    }
+                    Some(Some(Err(error))) => {
+                        return Served::Lost(SessionLost::CancelConsumer(error));
+                    }
+                    Some(None) | None => return Served::Lost(SessionLost::CancelConsumerEnded),
+                },
                 // The slot is taken before the delivery (as a server takes its permit before
                 // accepting), so a busy worker starts no more handlers than it has slots.
                 next = async {
@@ -583,25 +811,65 @@ impl Worker {
                     return Served::Lost(SessionLost::ConsumerEnded { queue });
                 }
             };
+            let Delivery {
+                delivery_tag,
+                redelivered,
+                properties,
+                data,
+                acker,
+                ..
+            } = delivery;
+            let method = Arc::clone(&route.method);
+            let Some(address) = ReplyAddress::from_properties(&properties) else {
+                // Nothing can answer it, and a requeue would bring it straight back.
+                warn!(%method, delivery_tag, "job without reply_to or correlation_id; acking it unanswered");
+                jobs.spawn(job::skip(acker));
+                continue;
+            };
+            let job_id = address.correlation_id.as_str();
+            let deadline = contract::deadline_from_headers(properties.headers().as_ref())
+                .unwrap_or_else(|error| {
+                    warn!(%method, job_id, error = %error, "ignoring the job's unreadable deadline");
+                    None
+                });
+            let (ticket, cancellation) = match table.admit(job_id, deadline, SystemTime::now()) {
+                Admission::Run(ticket, cancellation) => (ticket, cancellation),
+                Admission::Skip(reason) => {
+                    debug!(%method, job_id, reason = reason.as_str(), "job skipped; acking it without a reply");
+                    jobs.spawn(job::skip(acker));
+                    continue;
+                }
+            };
+            let job = Job {
+                method: Arc::clone(&method),
+                address,
+                redelivered,
+                deadline,
+                cancellation,
+                body: data,
+                acker,
+            };
             let shared = Arc::clone(shared);
             let abort = abort_jobs.clone();
-            let method = Arc::clone(&route.method);
+            let finished = finished_tx.clone();
             jobs.spawn(async move {
                 tokio::select! {
                     biased;
                     () = abort.cancelled() => debug!(%method, "job dropped: its broker session ended"),
-                    () = job::process(shared, Arc::clone(&method), delivery) => {}
+                    () = job::process(shared, job) => {}
                 }
                 drop(slot);
+                // Fails only once the worker has stopped, when nobody needs to know.
+                let _ = finished.send(ticket).await;
             });
         }
     }
 
     /// Graceful end of a serving session: stop deliveries, let the jobs in flight finish within
-    /// the grace period, then close.
-    async fn drain(&self, session: Session, jobs: &TaskTracker) {
+    /// the grace period (still hearing cancellations), then close.
+    async fn drain(&self, mut session: Session, dispatch: &mut Dispatch) {
         info!(
-            in_flight = jobs.len(),
+            in_flight = dispatch.jobs.len(),
             "shutting down: cancelling consumers"
         );
         let cancels = session.consumer_tags.iter().map(|tag| {
@@ -619,26 +887,65 @@ impl Worker {
         }
         // Deliveries the broker sent before the cancel and no job took stay unacked; the close
         // below hands them back to the queue.
-        jobs.close();
-        if tokio::time::timeout(self.shutdown_grace, jobs.wait())
-            .await
-            .is_err()
-        {
+        dispatch.jobs.close();
+        if !wait_for_jobs(&mut session, dispatch, self.shutdown_grace).await {
             warn!(
-                abandoned = jobs.len(),
+                abandoned = dispatch.jobs.len(),
                 grace_ms = self.shutdown_grace.as_millis(),
                 "shutdown grace period expired; abandoning the jobs in flight to the broker's requeue"
             );
             session.abort_jobs.cancel();
-            if tokio::time::timeout(ABANDON_TIMEOUT, jobs.wait())
-                .await
-                .is_err()
-            {
+            if !wait_for_jobs(&mut session, dispatch, ABANDON_TIMEOUT).await {
                 debug!("abandoned jobs still winding down");
             }
         }
         close_connection(&session.connection, "worker shutting down").await;
         info!("worker stopped");
+    }
+}
+
+/// Waits up to `limit` for every job task to end, meanwhile still passing cancellations to the
+/// running jobs and taking in their tickets (which their tasks must hand over to end). Returns
+/// whether they all ended.
+async fn wait_for_jobs(session: &mut Session, dispatch: &mut Dispatch, limit: Duration) -> bool {
+    let Dispatch {
+        jobs,
+        table,
+        finished_rx,
+        ..
+    } = dispatch;
+    let all_ended = jobs.wait();
+    let expired = tokio::time::sleep(limit);
+    tokio::pin!(all_ended, expired);
+    let mut cancels_open = true;
+    loop {
+        tokio::select! {
+            biased;
+            () = &mut all_ended => return true,
+            () = &mut expired => return false,
+            Some(ticket) = finished_rx.recv() => table.finished(ticket),
+            cancel = session.cancels.next(), if cancels_open => match cancel {
+                Some(Some(Ok(message))) => on_cancellation(table, &message),
+                // The session is closing anyway; the jobs just stop hearing cancellations.
+                _ => cancels_open = false,
+            },
+        }
+    }
+}
+
+/// A message from the cancellation exchange: cancel the job if it runs here, and remember it
+/// in case it is delivered later.
+fn on_cancellation(table: &mut JobTable, message: &Delivery) {
+    let Some(Cancellation { job_id, reason }) = Cancellation::from_properties(&message.properties)
+    else {
+        warn!("cancellation without a correlation_id; ignoring it");
+        return;
+    };
+    let reason = reason.as_str().unwrap_or("unspecified");
+    if table.cancel(&job_id) {
+        info!(%job_id, reason, "cancelling a running job");
+    } else {
+        debug!(%job_id, reason, "cancellation for a job not running here; remembered");
     }
 }
 
@@ -747,14 +1054,87 @@ mod tests {
 
     #[test]
     fn build_refuses_a_queue_name_over_255_bytes() {
-        let prefix = "p".repeat(250);
-        let fits = echo(Worker::builder(URI).queue_prefix(&prefix), "12345").build();
+        let prefix = "p".repeat(240);
+        let method = "m".repeat(15);
+        let fits = echo(Worker::builder(URI).queue_prefix(&prefix), &method).build();
         assert!(fits.is_ok(), "{fits:?}");
-        let built = echo(Worker::builder(URI).queue_prefix(&prefix), "123456").build();
+        let built = echo(
+            Worker::builder(URI).queue_prefix(&prefix),
+            &format!("{method}m"),
+        )
+        .build();
         assert!(
             matches!(built, Err(BuildError::QueueNameTooLong { len: 256, .. })),
             "{built:?}"
         );
+    }
+
+    #[test]
+    fn build_refuses_a_prefix_leaving_no_room_for_the_cancel_exchange() {
+        let fits = echo(Worker::builder(URI).queue_prefix("p".repeat(244)), "m").build();
+        assert!(fits.is_ok(), "{fits:?}");
+        let built = echo(Worker::builder(URI).queue_prefix("p".repeat(245)), "m").build();
+        assert!(
+            matches!(built, Err(BuildError::QueuePrefixTooLong { len: 245 })),
+            "{built:?}"
+        );
+    }
+
+    #[test]
+    fn method_concurrency_becomes_that_consumers_prefetch() {
+        let worker = echo(echo(Worker::builder(URI).concurrency(8), "echo"), "sleep")
+            .method_concurrency("sleep", 2)
+            .build()
+            .expect("valid configuration");
+        let prefetch: Vec<(&str, u16)> = worker
+            .routes
+            .iter()
+            .map(|route| (&*route.method, route.prefetch))
+            .collect();
+        assert_eq!(prefetch, [("echo", 8), ("sleep", 2)]);
+    }
+
+    #[test]
+    fn method_concurrency_above_the_worker_concurrency_is_lowered_to_it() {
+        let worker = echo(Worker::builder(URI).concurrency(4), "sleep")
+            .method_concurrency("sleep", 100)
+            .build()
+            .expect("valid configuration");
+        assert_eq!(worker.routes[0].prefetch, 4);
+    }
+
+    #[test]
+    fn build_refuses_zero_method_concurrency() {
+        let built = echo(Worker::builder(URI), "sleep")
+            .method_concurrency("sleep", 0)
+            .build();
+        assert!(
+            matches!(&built, Err(BuildError::ZeroMethodConcurrency { method }) if method == "sleep"),
+            "{built:?}"
+        );
+    }
+
+    #[test]
+    fn build_refuses_concurrency_for_an_unregistered_method() {
+        let built = echo(Worker::builder(URI), "echo")
+            .method_concurrency("slep", 2)
+            .build();
+        assert!(
+            matches!(&built, Err(BuildError::UnknownMethodConcurrency { method }) if method == "slep"),
+            "{built:?}"
+        );
+    }
+
+    #[test]
+    fn queues_are_priority_queues_up_to_9_unless_configured() {
+        let worker = echo(Worker::builder(URI), "echo")
+            .build()
+            .expect("valid configuration");
+        assert_eq!(worker.max_priority, Some(9));
+        let worker = echo(Worker::builder(URI).max_priority(None), "echo")
+            .build()
+            .expect("valid configuration");
+        assert_eq!(worker.max_priority, None);
     }
 
     #[test]
