@@ -1,4 +1,5 @@
-//! `wsmq-worker`: the demo worker, serving `echo`, `sleep`, `fib` and `fail` through the SDK.
+//! `wsmq-worker`: the demo worker, serving `echo`, `sleep`, `progress`, `fib` and `fail` through
+//! the SDK.
 
 use std::{io::IsTerminal, process::ExitCode, time::Duration};
 
@@ -10,7 +11,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use tracing_subscriber::{EnvFilter, filter::LevelFilter};
-use wsmq_worker::{BuildError, DEFAULT_CONCURRENCY, Request, RpcError, Worker, WorkerState};
+use wsmq_worker::{
+    BuildError, DEFAULT_CONCURRENCY, Request, RpcError, Worker, WorkerState,
+    contract::DEFAULT_MAX_PRIORITY,
+};
 
 /// Exit status for a bad command line or configuration (BSD `EX_USAGE`).
 const EXIT_USAGE: u8 = 64;
@@ -18,12 +22,16 @@ const EXIT_USAGE: u8 = 64;
 const EXIT_INTERRUPTED: i32 = 130;
 /// Longest `sleep` a caller may ask for.
 const MAX_SLEEP_MS: u64 = 600_000;
+/// Most steps a `progress` call may ask for.
+const MAX_PROGRESS_STEPS: u32 = 1000;
+/// Longest step of a `progress` call.
+const MAX_PROGRESS_STEP_MS: u64 = 60_000;
 /// Largest `n` for `fib`: fib(94) does not fit in a u64.
 const MAX_FIB_N: u64 = 93;
 /// `fail`'s error code.
 const FAIL_CODE: i64 = 4000;
 
-/// The demo wsmq worker: serves `echo`, `sleep`, `fib` and `fail` from RabbitMQ.
+/// The demo wsmq worker: serves `echo`, `sleep`, `progress`, `fib` and `fail` from RabbitMQ.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
@@ -50,6 +58,16 @@ struct Cli {
         value_parser = clap::value_parser!(u16).range(1..)
     )]
     concurrency: u16,
+
+    /// A method's own limit of jobs at once (and its consumer's prefetch), as METHOD=N;
+    /// repeatable.
+    #[arg(long = "method-concurrency", value_name = "METHOD=N", value_parser = parse_method_concurrency)]
+    method_concurrency: Vec<(String, u16)>,
+
+    /// The x-max-priority the method queues are declared with; 0 declares them without it (no
+    /// priorities). Every worker of a queue must use the same value.
+    #[arg(long, env = "WSMQ_MAX_PRIORITY", default_value_t = DEFAULT_MAX_PRIORITY)]
+    max_priority: u8,
 
     /// Format of the log lines on stderr (level filter from RUST_LOG, default info).
     #[arg(long, env = "WSMQ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
@@ -157,19 +175,40 @@ async fn run(worker: Worker) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Reads `METHOD=N` with N ≥ 1.
+fn parse_method_concurrency(text: &str) -> Result<(String, u16), String> {
+    let (method, n) = text
+        .split_once('=')
+        .ok_or_else(|| format!("expected METHOD=N, got {text:?}"))?;
+    let n: u16 = n
+        .parse()
+        .map_err(|e| format!("bad concurrency in {text:?}: {e}"))?;
+    if method.is_empty() || n == 0 {
+        return Err(format!(
+            "expected a method name and a concurrency of at least 1, got {text:?}"
+        ));
+    }
+    Ok((method.to_owned(), n))
+}
+
 fn demo_worker(cli: &Cli) -> Result<Worker, BuildError> {
-    Worker::builder(cli.amqp.as_str())
+    let mut builder = Worker::builder(cli.amqp.as_str())
         .queue_prefix(cli.queue_prefix.as_str())
         .concurrency(cli.concurrency)
+        .max_priority(Some(cli.max_priority).filter(|max| *max > 0))
         .connection_name(format!("wsmq-worker demo pid {}", std::process::id()))
         .method("echo", |request: Request| async move { Ok(request.params) })
         .method("sleep", sleep)
+        .method("progress", progress)
         .method(
             "fib",
             |request: Request| async move { fib_method(&request) },
         )
-        .method("fail", |request: Request| async move { Err(fail(request)) })
-        .build()
+        .method("fail", |request: Request| async move { Err(fail(request)) });
+    for (method, concurrency) in &cli.method_concurrency {
+        builder = builder.method_concurrency(method.as_str(), *concurrency);
+    }
+    builder.build()
 }
 
 #[derive(Debug, PartialEq, Deserialize)]
@@ -180,15 +219,62 @@ struct SleepParams {
 
 #[derive(Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct ProgressParams {
+    steps: u32,
+    ms: u64,
+}
+
+#[derive(Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct FibParams {
     n: u64,
 }
 
-/// `sleep {"ms": N}`: waits N ms, answers `{"slept_ms": N}`.
+/// `sleep {"ms": N}`: waits N ms, answers `{"slept_ms": N}`; stops early if cancelled.
 async fn sleep(request: Request) -> Result<Value, RpcError> {
     let ms = sleep_ms(&request)?;
-    tokio::time::sleep(Duration::from_millis(ms)).await;
+    pause(&request, ms).await?;
     Ok(json!({ "slept_ms": ms }))
+}
+
+/// Waits `ms`, or fails with `-32002 cancelled` as soon as the call is cancelled. (The SDK
+/// sends no reply for a cancelled call; the error just ends the handler.)
+async fn pause(request: &Request, ms: u64) -> Result<(), RpcError> {
+    tokio::select! {
+        () = request.cancelled() => Err(RpcError::cancelled()),
+        () = tokio::time::sleep(Duration::from_millis(ms)) => Ok(()),
+    }
+}
+
+/// `progress {"steps": N, "ms": M}`: N times, waits M ms then reports `{"step": i, "of": N}`;
+/// answers `{"done": N}`. Stops early if cancelled.
+async fn progress(request: Request) -> Result<Value, RpcError> {
+    let ProgressParams { steps, ms } = progress_params(&request)?;
+    for step in 1..=steps {
+        pause(&request, ms).await?;
+        request
+            .progress(json!({ "step": step, "of": steps }))
+            .await
+            .map_err(RpcError::internal)?;
+    }
+    Ok(json!({ "done": steps }))
+}
+
+fn progress_params(request: &Request) -> Result<ProgressParams, RpcError> {
+    let params: ProgressParams = request.params_as()?;
+    if params.steps > MAX_PROGRESS_STEPS {
+        return Err(RpcError::invalid_params(format!(
+            "steps must be at most {MAX_PROGRESS_STEPS}, got {}",
+            params.steps
+        )));
+    }
+    if params.ms > MAX_PROGRESS_STEP_MS {
+        return Err(RpcError::invalid_params(format!(
+            "ms must be at most {MAX_PROGRESS_STEP_MS}, got {}",
+            params.ms
+        )));
+    }
+    Ok(params)
 }
 
 fn sleep_ms(request: &Request) -> Result<u64, RpcError> {
@@ -330,6 +416,56 @@ mod tests {
         );
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn sleep_stops_early_when_cancelled() {
+        let request = request("sleep", json!({"ms": MAX_SLEEP_MS}));
+        let cancel = request.cancellation().clone();
+        let started = tokio::time::Instant::now();
+        let sleeping = tokio::spawn(sleep(request));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        cancel.cancel();
+        let outcome = sleeping.await.expect("handler task");
+        assert_eq!(outcome, Err(RpcError::new(-32002, "cancelled")));
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_counts_its_steps_and_answers_done() {
+        let started = tokio::time::Instant::now();
+        let outcome = progress(request("progress", json!({"steps": 3, "ms": 100}))).await;
+        assert_eq!(outcome, Ok(json!({"done": 3})));
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_stops_at_once_when_cancelled() {
+        let request = request("progress", json!({"steps": 1000, "ms": 60_000}));
+        request.cancellation().cancel();
+        let outcome = progress(request).await;
+        assert_eq!(outcome, Err(RpcError::cancelled()));
+    }
+
+    #[test]
+    fn progress_refuses_more_than_1000_steps_or_a_minute_per_step() {
+        for params in [
+            json!({"steps": 1001, "ms": 1}),
+            json!({"steps": 1, "ms": 60_001}),
+            json!({"steps": -1, "ms": 1}),
+            json!({"steps": 1}),
+        ] {
+            let error =
+                progress_params(&request("progress", params.clone())).expect_err("out of bounds");
+            assert_eq!(error.code, RpcError::INVALID_PARAMS, "{params}");
+        }
+        assert_eq!(
+            progress_params(&request("progress", json!({"steps": 1000, "ms": 60_000}))),
+            Ok(ProgressParams {
+                steps: 1000,
+                ms: 60_000
+            })
+        );
+    }
+
     #[test]
     fn fail_carries_code_4000_and_the_params() {
         let params = json!({"why": "testing"});
@@ -348,6 +484,8 @@ mod tests {
         let cli = Cli::try_parse_from(["wsmq-worker"]).expect("defaults");
         assert_eq!(cli.amqp, "amqp://guest:guest@127.0.0.1:5672/%2f");
         assert_eq!(cli.concurrency, DEFAULT_CONCURRENCY);
+        assert_eq!(cli.max_priority, 9);
+        assert!(cli.method_concurrency.is_empty());
         assert_eq!(cli.log_format, LogFormat::Plain);
         let cli = Cli::try_parse_from([
             "wsmq-worker",
@@ -357,11 +495,42 @@ mod tests {
             "4",
             "--log-format",
             "json",
+            "--max-priority",
+            "0",
+            "--method-concurrency",
+            "sleep=2",
+            "--method-concurrency",
+            "fib=1",
         ])
         .expect("flags");
         assert_eq!(cli.queue_prefix, "t1.");
         assert_eq!(cli.concurrency, 4);
         assert_eq!(cli.log_format, LogFormat::Json);
+        assert_eq!(cli.max_priority, 0);
+        assert_eq!(
+            cli.method_concurrency,
+            [("sleep".to_owned(), 2), ("fib".to_owned(), 1)]
+        );
+    }
+
+    #[test]
+    fn cli_refuses_malformed_method_concurrency() {
+        for bad in ["sleep", "sleep=0", "=2", "sleep=x", "sleep=70000"] {
+            assert!(
+                Cli::try_parse_from(["wsmq-worker", "--method-concurrency", bad]).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn method_concurrency_for_an_unknown_method_is_a_configuration_error() {
+        let cli =
+            Cli::try_parse_from(["wsmq-worker", "--method-concurrency", "slep=2"]).expect("flags");
+        assert!(matches!(
+            demo_worker(&cli),
+            Err(BuildError::UnknownMethodConcurrency { .. })
+        ));
     }
 
     #[test]
@@ -370,11 +539,14 @@ mod tests {
     }
 
     #[test]
-    fn demo_worker_serves_the_four_methods() {
+    fn demo_worker_serves_the_five_methods() {
         let cli = Cli::try_parse_from(["wsmq-worker", "--queue-prefix", "p."]).expect("flags");
         let worker = demo_worker(&cli).expect("valid configuration");
         let mut queues: Vec<&str> = worker.queue_names().collect();
         queues.sort_unstable();
-        assert_eq!(queues, ["p.echo", "p.fail", "p.fib", "p.sleep"]);
+        assert_eq!(
+            queues,
+            ["p.echo", "p.fail", "p.fib", "p.progress", "p.sleep"]
+        );
     }
 }
