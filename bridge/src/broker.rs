@@ -122,7 +122,7 @@ impl Supervisor {
                 .connect_and_serve(&mut || delays = backoff.build())
                 .await;
             self.publisher_tx.send_replace(None);
-            self.state_tx.send_replace(BrokerState::Down);
+            self.set_state(BrokerState::Down);
             match outcome {
                 Ok(()) => return,
                 Err(e) => warn!(error = %e, cause = %error_chain(&e), "broker connection lost"),
@@ -134,6 +134,11 @@ impl Supervisor {
                 () = tokio::time::sleep(delay) => {}
             }
         }
+    }
+
+    fn set_state(&self, state: BrokerState) {
+        crate::metrics::broker_state(state != BrokerState::Down, state == BrokerState::Blocked);
+        self.state_tx.send_replace(state);
     }
 
     /// One connection's life. Returns `Ok` only on shutdown.
@@ -197,9 +202,10 @@ impl Supervisor {
             .map_err(topology)?;
 
         info!(reply_queue = %s.reply_queue, "broker connected");
+        crate::metrics::broker_connected();
         reset_backoff();
         self.publisher_tx.send_replace(Some(publishers.clone()));
-        self.state_tx.send_replace(BrokerState::Up);
+        self.set_state(BrokerState::Up);
 
         let result = loop {
             tokio::select! {
@@ -208,11 +214,11 @@ impl Supervisor {
                     Some(Event::Error(e)) => break Err(BrokerError::Connection(e)),
                     Some(Event::ConnectionBlocked(reason)) => {
                         warn!(%reason, "RabbitMQ blocked publishing");
-                        self.state_tx.send_replace(BrokerState::Blocked);
+                        self.set_state(BrokerState::Blocked);
                     }
                     Some(Event::ConnectionUnblocked) => {
                         info!("RabbitMQ unblocked publishing");
-                        self.state_tx.send_replace(BrokerState::Up);
+                        self.set_state(BrokerState::Up);
                     }
                     Some(other) => debug!(event = ?other, "connection event"),
                     None => break Err(BrokerError::ConsumerEnded),
@@ -236,7 +242,7 @@ impl Supervisor {
             }
         };
         self.publisher_tx.send_replace(None);
-        self.state_tx.send_replace(BrokerState::Down);
+        self.set_state(BrokerState::Down);
         if result.is_ok() {
             // Unacked replies go back to the queue for the next bridge.
             if let Err(e) = connection

@@ -70,6 +70,12 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_unconfirmed: Option<usize>,
 
+    /// Address to serve `/metrics` (Prometheus) and `/healthz` on, e.g. 127.0.0.1:9464; empty
+    /// turns it off. [default: off]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub metrics_listen: Option<String>,
+
     /// Seconds to wait for publishes in flight on shutdown. [default: 10]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -93,6 +99,8 @@ pub struct Config {
     pub prefetch: u16,
     pub publish_channels: usize,
     pub max_unconfirmed: usize,
+    /// `host:port` for `/metrics`; empty for none.
+    pub metrics_listen: String,
     /// Seconds.
     pub drain_timeout: u64,
     pub log_format: LogFormat,
@@ -108,6 +116,7 @@ impl Default for Config {
             prefetch: 256,
             publish_channels: 32,
             max_unconfirmed: 1024,
+            metrics_listen: String::new(),
             drain_timeout: 10,
             log_format: LogFormat::Plain,
         }
@@ -129,6 +138,8 @@ pub enum ConfigError {
     PublishChannels,
     #[error("max_unconfirmed must be at least 1")]
     ZeroUnconfirmed,
+    #[error("metrics_listen {0:?} is not an address like 127.0.0.1:9464")]
+    MetricsListen(String),
     #[error("cannot read the host name for the default instance")]
     Hostname(#[source] nix::Error),
 }
@@ -173,7 +184,19 @@ impl Config {
         if self.max_unconfirmed == 0 {
             return Err(ConfigError::ZeroUnconfirmed);
         }
+        self.metrics_addr()?;
         Ok(())
+    }
+
+    /// Where to serve metrics, if anywhere.
+    pub fn metrics_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        if self.metrics_listen.is_empty() {
+            return Ok(None);
+        }
+        self.metrics_listen
+            .parse()
+            .map(Some)
+            .map_err(|_| ConfigError::MetricsListen(self.metrics_listen.clone()))
     }
 
     /// The durable queue the workers' replies arrive on.
@@ -219,6 +242,20 @@ mod tests {
             assert!(config(&["--instance", bad]).is_err(), "{bad:?} accepted");
         }
         assert!(config(&["--instance", "ok.name_1-2"]).is_ok());
+    }
+
+    #[test]
+    fn metrics_listener_is_off_by_default_and_checked_when_set() {
+        assert_eq!(
+            config(&["--instance", "a"])
+                .expect("valid")
+                .metrics_addr()
+                .ok(),
+            Some(None)
+        );
+        let c = config(&["--instance", "a", "--metrics-listen", "127.0.0.1:9464"]).expect("valid");
+        assert!(matches!(c.metrics_addr(), Ok(Some(_))));
+        assert!(config(&["--instance", "a", "--metrics-listen", "nope"]).is_err());
     }
 
     #[test]

@@ -8,6 +8,8 @@
 
 mod broker;
 mod config;
+mod http;
+mod metrics;
 mod publisher;
 mod reply;
 mod server;
@@ -49,6 +51,9 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     };
     let broker_shutdown = CancellationToken::new();
     let (mut handle, supervisor) = broker::spawn(settings, broker_shutdown.clone());
+    if let Some(addr) = config.metrics_addr()? {
+        http::spawn(addr, handle.state.clone(), shutdown.clone()).await?;
+    }
 
     let ctx = session::SessionContext {
         broker: &mut handle,

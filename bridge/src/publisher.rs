@@ -96,9 +96,11 @@ impl Publishers {
         let Some(key) = routing_key(prefix, &job.method) else {
             return Err(Rejection::InvalidMethod);
         };
+        let started = std::time::Instant::now();
         let channel = self.take().await?;
         let outcome = publish_on(&channel, &key, reply_queue, job).await;
         self.put_back(channel);
+        crate::metrics::published(&outcome, started.elapsed());
         outcome
     }
 
@@ -135,6 +137,7 @@ impl Publishers {
             Err(_) => Err(Rejection::BrokerUnavailable),
         };
         self.put_back(channel);
+        crate::metrics::cancellation_broadcast(outcome.is_ok());
         outcome
     }
 

@@ -83,6 +83,7 @@ pub(crate) async fn serve(listener: Listener, mut ctx: SessionContext<'_>) {
                 extra = listener.accept() => match extra {
                     Ok(extra) => {
                         warn!("refused a second gateway: one is already connected");
+                        crate::metrics::gateway_refused();
                         let (_, write) = tokio::io::split(extra);
                         tokio::spawn(session::refuse(
                             write,

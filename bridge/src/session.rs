@@ -103,6 +103,7 @@ where
         return Err(err);
     }
     info!(peer = %hello.peer, "gateway connected");
+    crate::metrics::gateway_connected(true);
 
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let writer = tokio::spawn(write_frames(write, out_rx));
@@ -128,6 +129,7 @@ where
     if let Err(e) = writer.await {
         warn!(error = %e, "ipc writer task failed");
     }
+    crate::metrics::gateway_connected(false);
     info!("gateway session ended");
     result
 }
@@ -208,7 +210,9 @@ impl Session {
                 Ok(())
             }
             ToBridge::Taken { reply } => {
-                match self.untaken.remove(&reply) {
+                let removed = self.untaken.remove(&reply);
+                crate::metrics::untaken_replies(self.untaken.len());
+                match removed {
                     Some((acker, _permit)) => {
                         if let Err(e) = acker.ack(BasicAckOptions::default()).await {
                             // The channel it came on is gone; RabbitMQ requeued it already.
@@ -284,6 +288,7 @@ impl Session {
             .and_then(|id| id.as_str().parse().ok());
         let Some(job) = job else {
             // Nothing can route it; acking drops it for good rather than looping forever.
+            crate::metrics::reply_without_correlation_id();
             warn!(
                 correlation_id = ?props.correlation_id(),
                 "reply without a valid correlation_id dropped"
@@ -294,9 +299,11 @@ impl Session {
             return Ok(());
         };
         let body = reply::classify(props.headers().as_ref(), &delivery.data);
+        crate::metrics::reply_forwarded(&body);
         self.next_seq += 1;
         let seq = ReplySeq(self.next_seq);
         self.untaken.insert(seq, (delivery.acker, permit));
+        crate::metrics::untaken_replies(self.untaken.len());
         self.send(ToGateway::Reply(Reply { seq, job, body })).await
     }
 
@@ -317,6 +324,8 @@ impl Session {
         {
             warn!(?grace, "publishes still unconfirmed after the grace period");
         }
+        crate::metrics::replies_requeued(self.untaken.len());
+        crate::metrics::untaken_replies(0);
         for (_, (acker, _permit)) in self.untaken.drain() {
             let requeue = BasicNackOptions {
                 requeue: true,

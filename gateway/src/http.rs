@@ -1,4 +1,5 @@
-//! HTTP routes on the gateway's port: the websocket upgrade at `/ws` and `/healthz`.
+//! HTTP routes on the gateway's port: the websocket upgrade at `/ws`, `/healthz` (the bridge
+//! and RabbitMQ are reachable), `/readyz` (new calls would be accepted) and `/metrics`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,12 +32,16 @@ pub(crate) struct AppState {
     pub(crate) shutdown: CancellationToken,
     pub(crate) connection: ConnectionConfig,
     pub(crate) max_message_bytes: usize,
+    /// Renders `/metrics`; `None` when no recorder could be installed.
+    pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 pub(crate) fn routes(state: AppState) -> Router {
     Router::new()
         .route("/ws", get(websocket))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(state)
 }
 
@@ -46,9 +51,11 @@ async fn websocket(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if app.shutdown.is_cancelled() {
+        crate::metrics::connection_refused("shutting_down");
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
     let Ok(permit) = app.connections.clone().try_acquire_owned() else {
+        crate::metrics::connection_refused("limit");
         warn!(%peer, "connection limit reached; upgrade refused");
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
     };
@@ -64,7 +71,9 @@ async fn websocket(
         .on_upgrade(move |socket| {
             let task = async move {
                 tracing::debug!("connected");
+                crate::metrics::connection_opened();
                 connection::serve(socket, client, app.router, app.connection, app.shutdown).await;
+                crate::metrics::connection_closed();
                 tracing::debug!("disconnected");
                 drop(permit);
             };
@@ -87,4 +96,35 @@ async fn healthz(State(app): State<AppState>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(body)).into_response()
+}
+
+/// Ready to take calls: bridge and RabbitMQ connected, publishing not blocked, not draining.
+async fn readyz(State(app): State<AppState>) -> Response {
+    let health = *app.health.borrow();
+    let draining = app.shutdown.is_cancelled();
+    let ready = health.bridge && health.broker && !health.blocked && !draining;
+    let body = serde_json::json!({
+        "ready": ready,
+        "bridge": if health.bridge { "up" } else { "down" },
+        "broker": if !health.broker { "down" } else if health.blocked { "blocked" } else { "up" },
+        "draining": draining,
+    });
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+async fn metrics(State(app): State<AppState>) -> Response {
+    let body = app.metrics.as_ref().map(|m| m.render()).unwrap_or_default();
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            wsmq_service::metrics::CONTENT_TYPE,
+        )],
+        body,
+    )
+        .into_response()
 }

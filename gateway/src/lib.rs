@@ -15,6 +15,7 @@ mod connection;
 mod http;
 mod jsonrpc;
 mod link;
+mod metrics;
 mod router;
 
 use std::net::SocketAddr;
@@ -83,6 +84,13 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     };
     let (router_handle, router_task) = router::spawn(limits, events_rx, to_link, health_tx);
 
+    let metrics = match wsmq_service::metrics::install() {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
+            None
+        }
+    };
     let tracker = TaskTracker::new();
     let drain = Duration::from_secs(config.drain_timeout);
     let state = http::AppState {
@@ -94,6 +102,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
         shutdown: shutdown.clone(),
         connection: connection::ConnectionConfig { drain },
         max_message_bytes: config.max_message_bytes,
+        metrics,
     };
     let app = http::routes(state).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)

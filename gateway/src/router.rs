@@ -16,7 +16,7 @@
 //! after the end) finds no entry and is dropped and counted, so it can never reach a client.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use serde_json::value::RawValue;
@@ -30,6 +30,7 @@ use wsmq_ipc_proto::{
 
 use crate::jsonrpc::{self, Call};
 use crate::link::{LinkEvent, Outgoing};
+use crate::metrics::{self, Dropped, MethodLabels, Outcome};
 
 /// Identifies one websocket connection for as long as the gateway runs.
 pub(crate) type ClientId = u64;
@@ -137,6 +138,8 @@ impl RouterHandle {
 pub(crate) struct Health {
     pub(crate) bridge: bool,
     pub(crate) broker: bool,
+    /// RabbitMQ is connected but blocks publishers: alive, not ready.
+    pub(crate) blocked: bool,
 }
 
 /// Caps and defaults for calls.
@@ -193,6 +196,7 @@ struct Pending {
     /// RabbitMQ confirmed it; its reply will come even across a bridge restart.
     published: bool,
     deadline: delay_queue::Key,
+    started: Instant,
 }
 
 struct ClientEntry {
@@ -218,6 +222,7 @@ pub(crate) fn spawn(
         clients: HashMap::new(),
         deadlines: DelayQueue::new(),
         endings: Endings::default(),
+        methods: MethodLabels::default(),
         epoch: None,
         broker: BrokerState::Down,
         counters: Counters::default(),
@@ -237,6 +242,8 @@ struct Router {
     /// One timer per pending call.
     deadlines: DelayQueue<JobId>,
     endings: Endings,
+    /// Method names usable as metric labels.
+    methods: MethodLabels,
     /// The current IPC session, if the bridge is connected.
     epoch: Option<u64>,
     broker: BrokerState,
@@ -334,14 +341,20 @@ impl Router {
     }
 
     fn on_call(&mut self, client: ClientId, call: Call, batch: Option<u64>) {
-        let refuse =
-            |this: &mut Self, call: &Call, code: i64, message: &str, data: &str| match &call.id {
+        let refuse = |this: &mut Self, call: &Call, code: i64, message: &str, data: &str| {
+            metrics::call_ended(
+                this.methods.label(&call.method),
+                outcome_of(code),
+                Duration::ZERO,
+            );
+            match &call.id {
                 Some(id) => {
                     let text = jsonrpc::error_response(Some(id), code, message, Some(data));
                     this.respond_to(client, batch, OutboundKind::Response, text);
                 }
                 None => debug!(client, method = %call.method, message, "notification dropped"),
-            };
+            }
+        };
         let unavailable = "broker unavailable";
         let Some(epoch) = self.epoch else {
             return refuse(
@@ -440,8 +453,10 @@ impl Router {
                 batch,
                 published: false,
                 deadline,
+                started: Instant::now(),
             },
         );
+        metrics::calls_in_flight(self.pending.len());
     }
 
     fn on_cancel(&mut self, client: ClientId, id: &RawValue) {
@@ -492,6 +507,7 @@ impl Router {
     fn on_link(&mut self, event: LinkEvent) {
         match event {
             LinkEvent::Up { epoch, broker } => {
+                metrics::link_connected();
                 self.epoch = Some(epoch);
                 self.broker = broker;
                 info!(broker = ?broker, "bridge connected");
@@ -529,7 +545,9 @@ impl Router {
             let now = Health {
                 bridge: self.epoch.is_some(),
                 broker: self.epoch.is_some() && self.broker != BrokerState::Down,
+                blocked: self.broker == BrokerState::Blocked,
             };
+            metrics::link_state(now.bridge, now.broker);
             std::mem::replace(h, now) != now
         });
     }
@@ -545,6 +563,7 @@ impl Router {
             ToGateway::Published { job } => {
                 if let Some(p) = self.pending.get_mut(&job) {
                     p.published = true;
+                    self.methods.learn(&p.method);
                 }
             }
             ToGateway::Rejected { job, reason } => {
@@ -594,7 +613,12 @@ impl Router {
         if let ReplyBody::Progress(value) = body {
             return self.on_progress(job, value);
         }
-        let Some(pending) = self.end(job, Ending::Answered) else {
+        let outcome = match &body {
+            ReplyBody::Result(_) | ReplyBody::Progress(_) => Outcome::Ok,
+            ReplyBody::Error(_) => Outcome::WorkerError,
+            ReplyBody::Invalid { .. } => Outcome::InvalidReply,
+        };
+        let Some(pending) = self.end(job, Ending::Answered, outcome) else {
             return self.count_orphan(job);
         };
         let Some(id) = pending.id.as_deref() else {
@@ -635,18 +659,32 @@ impl Router {
             }
         };
         let client = pending.client;
+        metrics::progress_forwarded();
         self.respond_to(client, None, OutboundKind::Progress, text);
     }
 
     /// Counts a reply that has no call to go to.
     fn count_orphan(&mut self, job: JobId) {
         let c = &mut self.counters;
-        match self.endings.get(&job) {
-            Some(Ending::Answered) => c.dropped_duplicate += 1,
-            Some(Ending::TimedOut) => c.dropped_late += 1,
-            Some(Ending::Cancelled) => c.dropped_cancelled += 1,
-            None => c.dropped_unknown_job += 1,
-        }
+        let reason = match self.endings.get(&job) {
+            Some(Ending::Answered) => {
+                c.dropped_duplicate += 1;
+                Dropped::Duplicate
+            }
+            Some(Ending::TimedOut) => {
+                c.dropped_late += 1;
+                Dropped::Late
+            }
+            Some(Ending::Cancelled) => {
+                c.dropped_cancelled += 1;
+                Dropped::Cancelled
+            }
+            None => {
+                c.dropped_unknown_job += 1;
+                Dropped::UnknownJob
+            }
+        };
+        metrics::reply_dropped(reason);
         debug!(%job, ending = ?self.endings.get(&job), "reply for an ended call dropped");
     }
 
@@ -663,10 +701,13 @@ impl Router {
     }
 
     /// Ends a call: removes it from the table, its timer and its client's books.
-    fn end(&mut self, job: JobId, ending: Ending) -> Option<Pending> {
+    fn end(&mut self, job: JobId, ending: Ending, outcome: Outcome) -> Option<Pending> {
         let pending = self.pending.remove(&job)?;
         self.deadlines.try_remove(&pending.deadline);
         self.endings.remember(job, ending);
+        let method = self.methods.label(&pending.method);
+        metrics::call_ended(method, outcome, pending.started.elapsed());
+        metrics::calls_in_flight(self.pending.len());
         if let Some(c) = self.clients.get_mut(&pending.client) {
             c.in_flight = c.in_flight.saturating_sub(1);
             if let Some(id) = &pending.id {
@@ -684,7 +725,7 @@ impl Router {
         message: &str,
         data: &str,
     ) {
-        let Some(pending) = self.end(job, ending) else {
+        let Some(pending) = self.end(job, ending, outcome_of(code)) else {
             return;
         };
         match pending.id.as_deref() {
@@ -705,6 +746,7 @@ impl Router {
     ) {
         let Some(entry) = self.clients.get(&client) else {
             self.counters.dropped_client_gone += 1;
+            metrics::reply_dropped(Dropped::ClientGone);
             debug!(client, "response for a disconnected client dropped");
             return;
         };
@@ -714,6 +756,7 @@ impl Router {
                 // Dropping its sender closes the connection: buffering more would let one slow
                 // reader eat the gateway's memory.
                 self.counters.slow_clients_closed += 1;
+                metrics::slow_client_closed();
                 warn!(
                     client,
                     "client is not reading its responses; disconnecting it"
@@ -725,6 +768,17 @@ impl Router {
                 self.clients.remove(&client);
             }
         }
+    }
+}
+
+/// The metrics outcome of a call answered with error `code` by the gateway itself.
+fn outcome_of(code: i64) -> Outcome {
+    match code {
+        jsonrpc::TIMEOUT => Outcome::Timeout,
+        jsonrpc::CANCELLED => Outcome::Cancelled,
+        jsonrpc::METHOD_NOT_FOUND => Outcome::MethodNotFound,
+        jsonrpc::TOO_MANY_IN_FLIGHT => Outcome::TooManyInFlight,
+        _ => Outcome::BrokerUnavailable,
     }
 }
 

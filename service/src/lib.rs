@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod logging;
+pub mod metrics;
 pub mod signals;
 
 pub use config::{ConfigError, load, mask_url_password, render};

@@ -1,0 +1,69 @@
+//! The bridge's Prometheus metrics, served on `--metrics-listen`: names and labels in one
+//! place. Every label value is one of a fixed set.
+
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use wsmq_ipc_proto::{Rejection, ReplyBody};
+
+/// A publish ended: `Ok` (confirmed) or why not.
+pub(crate) fn published(outcome: &Result<(), Rejection>, took: Duration) {
+    let label = match outcome {
+        Ok(()) => "confirmed",
+        Err(Rejection::NoRoute) => "returned",
+        Err(Rejection::Nacked) => "nacked",
+        Err(Rejection::BrokerUnavailable) => "failed",
+        Err(Rejection::Expired) => "expired",
+        Err(Rejection::InvalidMethod) => "invalid_method",
+    };
+    counter!("wsmq_bridge_publishes_total", "outcome" => label).increment(1);
+    histogram!("wsmq_bridge_publish_confirm_duration_seconds").record(took.as_secs_f64());
+}
+
+pub(crate) fn cancellation_broadcast(ok: bool) {
+    let label = if ok { "sent" } else { "failed" };
+    counter!("wsmq_bridge_cancellations_total", "outcome" => label).increment(1);
+}
+
+pub(crate) fn reply_forwarded(body: &ReplyBody) {
+    let kind = match body {
+        ReplyBody::Result(_) => "result",
+        ReplyBody::Progress(_) => "progress",
+        ReplyBody::Error(_) => "error",
+        ReplyBody::Invalid { .. } => "invalid",
+    };
+    counter!("wsmq_bridge_replies_total", "kind" => kind).increment(1);
+}
+
+pub(crate) fn reply_without_correlation_id() {
+    counter!("wsmq_bridge_replies_total", "kind" => "uncorrelated").increment(1);
+}
+
+/// Replies handed to the gateway and not yet taken (each holds an unacked AMQP delivery).
+pub(crate) fn untaken_replies(n: usize) {
+    gauge!("wsmq_bridge_replies_untaken").set(n as f64);
+}
+
+pub(crate) fn replies_requeued(n: usize) {
+    counter!("wsmq_bridge_replies_requeued_total").increment(n as u64);
+}
+
+pub(crate) fn gateway_connected(connected: bool) {
+    gauge!("wsmq_bridge_gateway_connected").set(f64::from(u8::from(connected)));
+    if connected {
+        counter!("wsmq_bridge_gateway_sessions_total").increment(1);
+    }
+}
+
+pub(crate) fn gateway_refused() {
+    counter!("wsmq_bridge_gateway_refused_total").increment(1);
+}
+
+pub(crate) fn broker_connected() {
+    counter!("wsmq_bridge_broker_connects_total").increment(1);
+}
+
+pub(crate) fn broker_state(up: bool, blocked: bool) {
+    gauge!("wsmq_bridge_broker_up").set(f64::from(u8::from(up)));
+    gauge!("wsmq_bridge_broker_blocked").set(f64::from(u8::from(blocked)));
+}
