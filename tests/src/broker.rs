@@ -1,7 +1,7 @@
 //! Direct RabbitMQ access for the tests: cleanup, and tests that play a worker themselves.
 
 use anyhow::{Context, Result};
-use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 
@@ -14,9 +14,9 @@ pub async fn connect(url: &str) -> Result<Connection> {
         .with_context(|| format!("cannot connect to RabbitMQ at {url} (is it running?)"))
 }
 
-/// Deletes the named queues (whether or not they exist, consumers or not), within
-/// [`CLEANUP_TIMEOUT`].
-pub async fn delete_queues(url: &str, queues: &[String]) -> Result<()> {
+/// Deletes the named queues and exchanges (whether or not they exist, consumers or not),
+/// within [`CLEANUP_TIMEOUT`].
+pub async fn delete_topology(url: &str, queues: &[String], exchanges: &[String]) -> Result<()> {
     tokio::time::timeout(CLEANUP_TIMEOUT, async {
         let conn = connect(url).await?;
         let channel = conn
@@ -28,6 +28,12 @@ pub async fn delete_queues(url: &str, queues: &[String]) -> Result<()> {
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await
                 .with_context(|| format!("cannot delete queue {queue}"))?;
+        }
+        for exchange in exchanges {
+            channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await
+                .with_context(|| format!("cannot delete exchange {exchange}"))?;
         }
         // Closing is a courtesy; the queues are gone either way.
         let _ = conn.close(200, "test cleanup done".into()).await;

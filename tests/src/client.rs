@@ -154,6 +154,50 @@ impl WsClient {
         Ok(response)
     }
 
+    /// Reads frames until the response whose `id` is `id`, each within [`RECV_TIMEOUT`].
+    /// Returns the frames that came before it (notifications, other calls' responses) and the
+    /// response itself.
+    pub async fn recv_until_response(&mut self, id: &Value) -> Result<(Vec<Value>, Value)> {
+        let mut before = Vec::new();
+        loop {
+            let frame = self.recv_json().await.with_context(|| {
+                format!(
+                    "waiting for the response with id {id} after {} other frames",
+                    before.len()
+                )
+            })?;
+            // Notifications have no `id`, so only a response can match.
+            if frame.get("id") == Some(id) {
+                check_envelope(&frame).map_err(anyhow::Error::msg)?;
+                return Ok((before, frame));
+            }
+            before.push(frame);
+        }
+    }
+
+    /// Checks that nothing is on its way to this client: sends an `echo` with an id and a
+    /// payload never used before, and requires its response to be the very next frame. Any
+    /// stray frame queued before it (a late result, a duplicate, someone else's progress)
+    /// makes this fail, naming the frame.
+    pub async fn expect_no_stray_frames(&mut self) -> Result<()> {
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
+        let id = Value::from(format!("probe-{nonce}"));
+        let payload = serde_json::json!({"probe": nonce});
+        self.send_json(&rpc::request(id.clone(), "echo", payload.clone()))
+            .await?;
+        let frame = self
+            .recv_json()
+            .await
+            .context("waiting for the response to the probe echo")?;
+        if frame.get("id") != Some(&id) {
+            bail!("expected the response to the probe echo {id} as the next frame, got {frame}");
+        }
+        if rpc::result(&frame) != Some(&payload) {
+            bail!("the probe echo {id} got {frame}, expected result {payload}");
+        }
+        Ok(())
+    }
+
     /// Sends a websocket close frame and waits for the connection to end.
     pub async fn close(mut self) -> Result<()> {
         self.ws

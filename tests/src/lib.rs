@@ -3,7 +3,7 @@
 //! A test builds a [`System`] (bridge, demo worker, gateway, each a child process with per-test
 //! queue and instance names and a temp-dir socket), talks to it through [`WsClient`] and
 //! [`System::healthz`], and ends with [`System::cleanup`], which stops the processes and deletes
-//! every queue the test created.
+//! every queue and exchange the test created.
 //!
 //! Every wait is bounded by one of the constants below, so a broken binary fails a test with a
 //! message naming what never happened instead of hanging the suite.
@@ -22,7 +22,7 @@ pub mod rpc;
 pub mod system;
 
 pub use client::{Incoming, WsClient};
-pub use fake_worker::{FakeJob, FakeWorker};
+pub use fake_worker::{CancelListener, Cancellation, FakeJob, FakeWorker};
 pub use process::{LogLine, Service};
 pub use system::{System, SystemBuilder};
 

@@ -12,10 +12,38 @@ pub const METHOD_NOT_FOUND: i64 = -32601;
 pub const INTERNAL_ERROR: i64 = -32603;
 /// The bridge or the broker is down; retryable.
 pub const BROKER_UNAVAILABLE: i64 = -32000;
+/// The call's deadline passed before its result came.
+pub const TIMEOUT: i64 = -32001;
+/// The client cancelled the call with `$/cancel`.
+pub const CANCELLED: i64 = -32002;
+/// The connection or the gateway has too many calls in flight; retryable later.
+pub const TOO_MANY_IN_FLIGHT: i64 = -32003;
+
+/// The notification a client sends to cancel one of its calls.
+pub const CANCEL_METHOD: &str = "$/cancel";
+/// The notification the gateway sends for each progress report of a call.
+pub const PROGRESS_METHOD: &str = "$/progress";
 
 /// A request `{"jsonrpc":"2.0","id":id,"method":method,"params":params}`.
 pub fn request(id: impl Into<Value>, method: &str, params: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": id.into(), "method": method, "params": params})
+}
+
+/// A request carrying call options in its `wsmq` member (`timeout_ms`, `priority`).
+pub fn request_with_options(
+    id: impl Into<Value>,
+    method: &str,
+    params: Value,
+    options: Value,
+) -> Value {
+    let mut request = request(id, method, params);
+    request["wsmq"] = options;
+    request
+}
+
+/// The `$/cancel` notification for the call with id `id`.
+pub fn cancel(id: impl Into<Value>) -> Value {
+    notification(CANCEL_METHOD, json!({"id": id.into()}))
 }
 
 /// A notification (a request without `id`).
@@ -31,6 +59,15 @@ pub fn error_code(response: &Value) -> Option<i64> {
 /// `error.message` of a response, if it is an error response.
 pub fn error_message(response: &Value) -> Option<&str> {
     response.get("error")?.get("message")?.as_str()
+}
+
+/// `(params.id, params.value)` of a `$/progress` notification; `None` for any other frame.
+pub fn progress(frame: &Value) -> Option<(&Value, &Value)> {
+    if frame.get("method")? != PROGRESS_METHOD || frame.get("id").is_some() {
+        return None;
+    }
+    let params = frame.get("params")?;
+    Some((params.get("id")?, params.get("value")?))
 }
 
 /// `result` of a response, if it is a success response.

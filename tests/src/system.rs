@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
@@ -18,7 +19,7 @@ use crate::process::{LogLine, Service};
 use crate::{HEALTH_POLL_INTERVAL, HEALTH_TIMEOUT, amqp_url, broker, http};
 
 /// The methods the demo worker serves; their queues are deleted by cleanup.
-pub const DEMO_METHODS: [&str; 4] = ["echo", "sleep", "fib", "fail"];
+pub const DEMO_METHODS: [&str; 5] = ["echo", "sleep", "fib", "fail", "progress"];
 
 /// Demo worker concurrency unless a test asks for another: enough that a few overlapping
 /// `sleep` calls do not queue behind each other.
@@ -77,6 +78,27 @@ impl SystemBuilder {
         self
     }
 
+    /// The gateway's `--max-inflight` (calls in flight over all connections).
+    pub fn max_inflight(mut self, n: usize) -> Self {
+        self.gateway_args
+            .extend(["--max-inflight".to_owned(), n.to_string()]);
+        self
+    }
+
+    /// The gateway's `--call-timeout`: the deadline of a call that names none.
+    pub fn call_timeout(mut self, timeout: Duration) -> Self {
+        self.gateway_args
+            .extend(["--call-timeout".to_owned(), millis_arg(timeout)]);
+        self
+    }
+
+    /// The gateway's `--max-call-timeout`: the longest deadline a call may ask for.
+    pub fn max_call_timeout(mut self, timeout: Duration) -> Self {
+        self.gateway_args
+            .extend(["--max-call-timeout".to_owned(), millis_arg(timeout)]);
+        self
+    }
+
     /// Starts the bridge and the worker, waits until the bridge has its broker and the worker
     /// consumes, then starts the gateway and waits until `/healthz` says 200.
     pub async fn start(self) -> Result<System> {
@@ -102,6 +124,8 @@ impl SystemBuilder {
             .map(|m| format!("{prefix}{m}"))
             .collect();
         queues.push(format!("wsmq.reply.{instance}"));
+        // The bridge and the workers declare it (durable) to broadcast cancellations.
+        let exchanges = vec![format!("{prefix}wsmq.cancel")];
         let mut system = System {
             prefix,
             instance,
@@ -115,6 +139,7 @@ impl SystemBuilder {
             workers: Vec::new(),
             addr: None,
             queues,
+            exchanges,
             cleaned: false,
         };
         eprintln!(
@@ -166,6 +191,8 @@ pub struct System {
     addr: Option<SocketAddr>,
     /// Every queue the test may have created, deleted by cleanup.
     queues: Vec<String>,
+    /// Every exchange the test may have created, deleted by cleanup.
+    exchanges: Vec<String>,
     cleaned: bool,
 }
 
@@ -198,6 +225,11 @@ impl System {
     /// The bridge's reply queue.
     pub fn reply_queue(&self) -> String {
         format!("wsmq.reply.{}", self.instance)
+    }
+
+    /// The fanout exchange on which cancellations are broadcast to the workers.
+    pub fn cancel_exchange(&self) -> String {
+        format!("{}wsmq.cancel", self.prefix)
     }
 
     /// The bridge's Unix socket.
@@ -407,7 +439,8 @@ impl System {
         ready.map(drop)
     }
 
-    /// Stops every process (SIGTERM, killed if it hangs) and deletes the test's queues.
+    /// Stops every process (SIGTERM, killed if it hangs) and deletes the test's queues and
+    /// exchanges.
     ///
     /// Panics if a queue cannot be deleted or a process did not stop on SIGTERM, failing the
     /// test: both would leak into later tests. A non-zero exit status is only reported, since
@@ -438,7 +471,8 @@ impl System {
                 Err(e) => problems.push(format!("{e:#}")),
             }
         }
-        if let Err(e) = broker::delete_queues(&self.amqp_url, &self.queues).await {
+        if let Err(e) = broker::delete_topology(&self.amqp_url, &self.queues, &self.exchanges).await
+        {
             problems.push(format!("{e:#}"));
         }
         self.cleaned = true;
@@ -513,12 +547,13 @@ impl Drop for System {
         }
         let url = self.amqp_url.clone();
         let queues = std::mem::take(&mut self.queues);
+        let exchanges = std::mem::take(&mut self.exchanges);
         let deleted = std::thread::spawn(move || -> Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .context("cannot build a runtime for cleanup")?;
-            rt.block_on(broker::delete_queues(&url, &queues))
+            rt.block_on(broker::delete_topology(&url, &queues, &exchanges))
         })
         .join();
         match deleted {
@@ -542,6 +577,11 @@ fn listening_addr(line: &LogLine) -> Result<SocketAddr> {
         })?;
     addr.parse()
         .with_context(|| format!("\"gateway listening\" fields.addr {addr:?} is not host:port"))
+}
+
+/// A duration as a flag value the gateway reads (humantime): whole milliseconds.
+fn millis_arg(duration: Duration) -> String {
+    format!("{}ms", duration.as_millis())
 }
 
 fn path_arg(path: &Path) -> Result<&str> {
