@@ -5,6 +5,7 @@
 
 mod ipc;
 mod jsonrpc;
+mod lifecycle;
 mod limits;
 mod resilience;
 mod routing;
