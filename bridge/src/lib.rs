@@ -54,6 +54,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     if let Some(addr) = config.metrics_addr()? {
         http::spawn(addr, handle.state.clone(), shutdown.clone()).await?;
     }
+    report_to_systemd(&config.ipc, handle.state.clone(), shutdown.clone());
 
     let ctx = session::SessionContext {
         broker: &mut handle,
@@ -70,4 +71,35 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     supervisor.await.context("broker supervisor panicked")?;
     info!("bridge stopped");
     Ok(())
+}
+
+/// Tells systemd the bridge is ready (its socket is listening; the gateway learns the broker's
+/// state from it), keeps `systemctl status` current with the broker's state, pings the
+/// watchdog, and says STOPPING=1 as soon as shutdown begins.
+fn report_to_systemd(
+    ipc: &std::path::Path,
+    mut broker: tokio::sync::watch::Receiver<wsmq_ipc_proto::BrokerState>,
+    shutdown: CancellationToken,
+) {
+    use wsmq_service::notify;
+    let ipc = ipc.display().to_string();
+    notify::ready(&format!("listening on {ipc}; connecting to RabbitMQ"));
+    notify::spawn_watchdog(shutdown.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    notify::stopping();
+                    return;
+                }
+                changed = broker.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let state = *broker.borrow_and_update();
+                    notify::status(&format!("listening on {ipc}; RabbitMQ {state:?}"));
+                }
+            }
+        }
+    });
 }

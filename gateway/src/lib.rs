@@ -58,6 +58,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     info!(%addr, ipc = %config.ipc.display(), "gateway listening");
 
     let (health_tx, health) = watch::channel(router::Health::default());
+    let health_rx_for_status = health.clone();
     let (events_tx, events_rx) = mpsc::channel(LINK_EVENTS_CAPACITY);
     let (jobs_tx, jobs_rx) = mpsc::channel(JOBS_CAPACITY);
     let (taken_tx, taken_rx) = mpsc::channel(MAX_UNTAKEN_REPLIES);
@@ -105,6 +106,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
         metrics,
     };
     let app = http::routes(state).into_make_service_with_connect_info::<SocketAddr>();
+    report_to_systemd(addr, health_rx_for_status, shutdown.clone());
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await
@@ -124,4 +126,40 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     link.await.context("ipc link panicked")?;
     info!("gateway stopped");
     Ok(())
+}
+
+/// Tells systemd the gateway is ready (it is listening; calls get -32000 until the bridge is
+/// up), keeps `systemctl status` current with the link's state, pings the watchdog, and says
+/// STOPPING=1 as soon as shutdown begins.
+fn report_to_systemd(
+    addr: SocketAddr,
+    mut health: watch::Receiver<router::Health>,
+    shutdown: CancellationToken,
+) {
+    use wsmq_service::notify;
+    notify::ready(&format!("listening on {addr}; waiting for the bridge"));
+    notify::spawn_watchdog(shutdown.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    notify::stopping();
+                    return;
+                }
+                changed = health.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let h = *health.borrow_and_update();
+                    let word = |up: bool| if up { "up" } else { "down" };
+                    notify::status(&format!(
+                        "listening on {addr}; bridge {}, broker {}{}",
+                        word(h.bridge),
+                        word(h.broker),
+                        if h.blocked { " (blocked)" } else { "" }
+                    ));
+                }
+            }
+        }
+    });
 }

@@ -1,12 +1,14 @@
 //! What every wsmq daemon does the same way, so the gateway, the bridge and the demo worker
 //! behave alike for an operator: one TOML file with a section per program, every key
-//! overridable by a `WSMQ_*` variable and by a flag; the same log formats; the same signals.
+//! overridable by a `WSMQ_*` variable and by a flag; the same log formats, signals, metrics
+//! and systemd notifications.
 
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod signals;
 
 pub use config::{ConfigError, load, mask_url_password, render};
