@@ -1,21 +1,22 @@
-//! The SDK against the real RabbitMQ (`WSMQ_AMQP_URL`, default the local broker): jobs are
-//! published the way the bridge does, and the replies and the queues are checked.
+//! The SDK against the real RabbitMQ (`WSMQ_AMQP_URL`, default the local broker): jobs and
+//! cancellations are published the way the bridge does, and the replies and the queues are
+//! checked.
 
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, SystemTime},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use futures::StreamExt;
 use lapin::{
-    BasicProperties, Channel, Connection, ConnectionProperties, Consumer,
+    BasicProperties, Channel, Connection, ConnectionProperties, Consumer, ExchangeKind,
     options::{
-        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
-        QueueDeleteOptions,
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions,
+        ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
     },
     types::{AMQPValue, FieldTable, ShortString},
 };
@@ -50,9 +51,10 @@ struct Reply {
     body: Value,
 }
 
-/// The bridge's side: publishes jobs and reads replies from its own exclusive queue.
+/// The bridge's side: publishes jobs (with confirms, so a published job is in its queue) and
+/// cancellations, and reads replies from its own exclusive queue.
 struct Bridge {
-    _connection: Connection,
+    connection: Connection,
     channel: Channel,
     reply_queue: ShortString,
     replies: Consumer,
@@ -65,6 +67,21 @@ impl Bridge {
             .await
             .context("connecting the test bridge")?;
         let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        // As the bridge does, with the settings the worker uses too.
+        channel
+            .exchange_declare(
+                format!("{prefix}wsmq.cancel").into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
         let options = QueueDeclareOptions {
             exclusive: true,
             auto_delete: true,
@@ -84,7 +101,7 @@ impl Bridge {
             )
             .await?;
         Ok(Self {
-            _connection: connection,
+            connection,
             channel,
             reply_queue,
             replies,
@@ -100,6 +117,20 @@ impl Bridge {
         body: &[u8],
         reply_to: bool,
     ) -> Result<()> {
+        self.publish_with(method, job_id, body, reply_to, |properties| properties)
+            .await
+    }
+
+    /// [`Bridge::publish_raw`], with the job's properties passed through `amend` (for a
+    /// priority or a deadline), and waiting until the broker confirmed the job.
+    async fn publish_with(
+        &self,
+        method: &str,
+        job_id: &str,
+        body: &[u8],
+        reply_to: bool,
+        amend: impl FnOnce(BasicProperties) -> BasicProperties,
+    ) -> Result<()> {
         let mut properties = BasicProperties::default()
             .with_correlation_id(job_id.into())
             .with_message_id(job_id.into())
@@ -109,15 +140,72 @@ impl Bridge {
             properties = properties.with_reply_to(self.reply_queue.clone());
         }
         let queue = format!("{}{method}", self.prefix);
-        self.channel
+        let confirmation = self
+            .channel
             .basic_publish(
                 "".into(),
                 queue.into(),
                 BasicPublishOptions::default(),
                 body,
+                amend(properties),
+            )
+            .await?
+            .await?;
+        ensure!(confirmation.is_ack(), "job {job_id} not confirmed");
+        Ok(())
+    }
+
+    /// Publishes a job whose `wsmq-deadline` is `deadline`, as the bridge does.
+    async fn publish_due(
+        &self,
+        method: &str,
+        job_id: &str,
+        params: &Value,
+        deadline: SystemTime,
+    ) -> Result<()> {
+        let ms = deadline.duration_since(SystemTime::UNIX_EPOCH)?.as_millis();
+        let mut headers = FieldTable::default();
+        headers.insert(
+            "wsmq-deadline".into(),
+            AMQPValue::LongLongInt(i64::try_from(ms)?),
+        );
+        let body = serde_json::to_vec(params)?;
+        self.publish_with(method, job_id, &body, true, |properties| {
+            properties.with_headers(headers)
+        })
+        .await
+    }
+
+    /// Publishes a job with the AMQP `priority` property.
+    async fn publish_prioritised(&self, method: &str, job_id: &str, priority: u8) -> Result<()> {
+        self.publish_with(method, job_id, b"null", true, |properties| {
+            properties.with_priority(priority)
+        })
+        .await
+    }
+
+    /// Broadcasts the cancellation of `job_id` on `<prefix>wsmq.cancel`, as the bridge does.
+    async fn cancel(&self, job_id: &str, reason: &str) -> Result<()> {
+        let mut headers = FieldTable::default();
+        headers.insert("wsmq-reason".into(), AMQPValue::LongString(reason.into()));
+        let properties = BasicProperties::default()
+            .with_correlation_id(job_id.into())
+            .with_headers(headers);
+        let confirmation = self
+            .channel
+            .basic_publish(
+                format!("{}wsmq.cancel", self.prefix).into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                b"",
                 properties,
             )
+            .await?
             .await?;
+        ensure!(
+            confirmation.is_ack(),
+            "cancellation of {job_id} not confirmed"
+        );
         Ok(())
     }
 
@@ -159,6 +247,21 @@ impl Bridge {
         Ok(queue.message_count())
     }
 
+    /// Declares the queue of `method` durable with `arguments`, on a channel of its own (a
+    /// refusal closes the channel); `Ok` says the queue has exactly these arguments.
+    async fn redeclare(&self, method: &str, arguments: FieldTable) -> Result<()> {
+        let channel = self.connection.create_channel().await?;
+        let options = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let queue = format!("{}{method}", self.prefix);
+        channel
+            .queue_declare(queue.into(), options, arguments)
+            .await?;
+        Ok(())
+    }
+
     async fn delete_queues(&self, methods: &[&str]) -> Result<()> {
         for method in methods {
             let queue = format!("{}{method}", self.prefix);
@@ -166,6 +269,18 @@ impl Bridge {
                 .queue_delete(queue.into(), QueueDeleteOptions::default())
                 .await?;
         }
+        Ok(())
+    }
+
+    /// Deletes the queues of `methods` and the test's cancellation exchange.
+    async fn clean_up(&self, methods: &[&str]) -> Result<()> {
+        self.delete_queues(methods).await?;
+        self.channel
+            .exchange_delete(
+                format!("{}wsmq.cancel", self.prefix).into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await?;
         Ok(())
     }
 }
@@ -263,7 +378,7 @@ async fn replies_follow_the_contract_and_jobs_are_acked() -> Result<()> {
     stop(run, shutdown).await?;
     assert_eq!(bridge.ready_jobs("echo").await?, 0, "every job was acked");
     assert_eq!(bridge.ready_jobs("fail").await?, 0, "every job was acked");
-    bridge.delete_queues(&["echo", "fail"]).await
+    bridge.clean_up(&["echo", "fail"]).await
 }
 
 #[tokio::test]
@@ -308,7 +423,7 @@ async fn job_in_flight_at_shutdown_still_replies_and_no_new_job_starts() -> Resu
         1,
         "the job not started before shutdown is back in the queue"
     );
-    bridge.delete_queues(&["slow"]).await
+    bridge.clean_up(&["slow"]).await
 }
 
 #[tokio::test]
@@ -337,7 +452,7 @@ async fn panicking_handler_is_answered_with_an_internal_error() -> Result<()> {
 
     stop(run, shutdown).await?;
     assert_eq!(bridge.ready_jobs("boom").await?, 0);
-    bridge.delete_queues(&["boom"]).await
+    bridge.clean_up(&["boom"]).await
 }
 
 #[tokio::test]
@@ -376,7 +491,7 @@ async fn no_more_handlers_run_at_once_than_the_concurrency() -> Result<()> {
     assert_eq!(most.load(Ordering::SeqCst), usize::from(CONCURRENCY));
 
     stop(run, shutdown).await?;
-    bridge.delete_queues(&["work"]).await
+    bridge.clean_up(&["work"]).await
 }
 
 #[tokio::test]
@@ -405,5 +520,436 @@ async fn worker_reconnects_and_redeclares_after_its_queue_is_deleted() -> Result
     assert_eq!(reply.body, json!("again"));
 
     stop(run, shutdown).await?;
-    bridge.delete_queues(&["echo"]).await
+    bridge.clean_up(&["echo"]).await
+}
+
+#[tokio::test]
+async fn progress_reports_reach_reply_to_in_order_before_the_result() -> Result<()> {
+    const STEPS: u64 = 20;
+    let prefix = unique_prefix("progress");
+    let builder = Worker::builder(amqp_url()).queue_prefix(&prefix).method(
+        "steps",
+        |request: Request| async move {
+            let steps = request.params["steps"].as_u64().unwrap_or(0);
+            for step in 1..=steps {
+                request
+                    .progress(json!({ "step": step }))
+                    .await
+                    .map_err(RpcError::internal)?;
+            }
+            Ok(json!({ "done": steps }))
+        },
+    );
+    let (run, shutdown) = start(builder).await?;
+    let mut bridge = Bridge::connect(&prefix).await?;
+
+    bridge
+        .publish("steps", "job-steps", &json!({ "steps": STEPS }))
+        .await?;
+    for step in 1..=STEPS {
+        let report = bridge.next_reply().await?;
+        assert_eq!(report.status, status("progress"), "report {step}");
+        assert_eq!(report.correlation_id, Some("job-steps".into()));
+        assert_eq!(report.content_type, Some("application/json".into()));
+        assert_eq!(report.delivery_mode, Some(2));
+        assert_eq!(report.body, json!({ "step": step }));
+    }
+    let reply = bridge.next_reply().await?;
+    assert_eq!(reply.status, status("ok"));
+    assert_eq!(reply.correlation_id, Some("job-steps".into()));
+    assert_eq!(reply.body, json!({ "done": STEPS }));
+
+    stop(run, shutdown).await?;
+    assert_eq!(bridge.ready_jobs("steps").await?, 0);
+    bridge.clean_up(&["steps"]).await
+}
+
+/// A worker of one slot serving `method` with a handler that counts its runs and echoes.
+fn counting_echo(prefix: &str, method: &str, runs: &Arc<AtomicUsize>) -> WorkerBuilder {
+    let runs = Arc::clone(runs);
+    Worker::builder(amqp_url())
+        .queue_prefix(prefix)
+        .concurrency(1)
+        .method(method, move |request: Request| {
+            runs.fetch_add(1, Ordering::SeqCst);
+            async move { Ok(request.params) }
+        })
+}
+
+#[tokio::test]
+async fn job_past_its_deadline_is_acked_without_running_or_reply() -> Result<()> {
+    let prefix = unique_prefix("expired");
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (run, shutdown) = start(counting_echo(&prefix, "echo", &runs)).await?;
+    let mut bridge = Bridge::connect(&prefix).await?;
+
+    let past = SystemTime::now() - Duration::from_secs(1);
+    bridge
+        .publish_due("echo", "job-expired", &json!("late"), past)
+        .await?;
+    // One slot, one prefetch: this job is delivered only once the expired one was acked, and a
+    // reply to that one would have come first.
+    bridge
+        .publish("echo", "job-after", &json!("on time"))
+        .await?;
+    let reply = bridge.next_reply().await?;
+    assert_eq!(reply.correlation_id, Some("job-after".into()));
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "only job-after ran");
+
+    stop(run, shutdown).await?;
+    assert_eq!(
+        bridge.ready_jobs("echo").await?,
+        0,
+        "the expired job was acked"
+    );
+    bridge.clean_up(&["echo"]).await
+}
+
+#[tokio::test]
+async fn deadline_passing_while_running_cancels_the_job_and_no_reply_is_sent() -> Result<()> {
+    let prefix = unique_prefix("deadline");
+    let saw = Arc::new(std::sync::Mutex::new(None::<Option<SystemTime>>));
+    let on_run = Arc::clone(&saw);
+    let builder = Worker::builder(amqp_url())
+        .queue_prefix(&prefix)
+        .concurrency(1)
+        .method("wait", move |request: Request| {
+            let saw = Arc::clone(&on_run);
+            async move {
+                if request.params == json!("forever") {
+                    tokio::time::timeout(WAIT, request.cancelled())
+                        .await
+                        .map_err(|_| RpcError::internal("never cancelled"))?;
+                    if let Ok(mut saw) = saw.lock() {
+                        *saw = Some(request.deadline);
+                    }
+                    return Err(RpcError::cancelled());
+                }
+                Ok(request.params)
+            }
+        });
+    let (run, shutdown) = start(builder).await?;
+    let mut bridge = Bridge::connect(&prefix).await?;
+
+    let deadline = SystemTime::now() + Duration::from_millis(300);
+    bridge
+        .publish_due("wait", "job-slow", &json!("forever"), deadline)
+        .await?;
+    bridge.publish("wait", "job-after", &json!("next")).await?;
+    let reply = bridge.next_reply().await?;
+    assert_eq!(reply.correlation_id, Some("job-after".into()));
+    let seen = saw.lock().ok().and_then(|saw| *saw);
+    let seen = seen.context("the handler was not cancelled")?;
+    let expected_ms = deadline.duration_since(SystemTime::UNIX_EPOCH)?.as_millis();
+    let seen_ms = seen
+        .context("the request had no deadline")?
+        .duration_since(SystemTime::UNIX_EPOCH)?
+        .as_millis();
+    assert_eq!(
+        seen_ms, expected_ms,
+        "the request carries the job's deadline"
+    );
+
+    stop(run, shutdown).await?;
+    assert_eq!(bridge.ready_jobs("wait").await?, 0);
+    bridge.clean_up(&["wait"]).await
+}
+
+/// A one-slot worker whose `hold` handler, for params `"hold"`, announces its start and then
+/// waits to be cancelled (for at most [`WAIT`]); any other params are echoed. Every run's job
+/// id is counted in `runs`.
+fn holding_worker(
+    prefix: &str,
+    started: &Arc<Notify>,
+    cancelled: &Arc<AtomicBool>,
+    runs: &Arc<AtomicUsize>,
+) -> WorkerBuilder {
+    let (started, cancelled, runs) = (Arc::clone(started), Arc::clone(cancelled), Arc::clone(runs));
+    Worker::builder(amqp_url())
+        .queue_prefix(prefix)
+        .concurrency(1)
+        .method("hold", move |request: Request| {
+            let (started, cancelled) = (Arc::clone(&started), Arc::clone(&cancelled));
+            runs.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if request.params != json!("hold") {
+                    return Ok(request.params);
+                }
+                started.notify_one();
+                tokio::select! {
+                    () = request.cancelled() => {
+                        cancelled.store(true, Ordering::SeqCst);
+                        Err(RpcError::cancelled())
+                    }
+                    () = tokio::time::sleep(WAIT) => Ok(json!("not cancelled")),
+                }
+            }
+        })
+}
+
+#[tokio::test]
+async fn cancellation_broadcast_stops_a_running_job_and_no_reply_is_sent() -> Result<()> {
+    let prefix = unique_prefix("cancel-running");
+    let started = Arc::new(Notify::new());
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (run, shutdown) = start(holding_worker(&prefix, &started, &cancelled, &runs)).await?;
+    let mut bridge = Bridge::connect(&prefix).await?;
+
+    bridge.publish("hold", "job-held", &json!("hold")).await?;
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .context("handler never started")?;
+    let asked = tokio::time::Instant::now();
+    bridge.cancel("job-held", "cancelled").await?;
+    bridge.publish("hold", "job-after", &json!("next")).await?;
+    // One slot: job-after runs once job-held has ended, and a reply to job-held would come first.
+    let reply = bridge.next_reply().await?;
+    assert_eq!(reply.correlation_id, Some("job-after".into()));
+    assert!(
+        cancelled.load(Ordering::SeqCst),
+        "the handler saw its cancellation"
+    );
+    assert!(asked.elapsed() < WAIT, "the handler stopped early");
+
+    stop(run, shutdown).await?;
+    assert_eq!(
+        bridge.ready_jobs("hold").await?,
+        0,
+        "the cancelled job was acked"
+    );
+    bridge.clean_up(&["hold"]).await
+}
+
+#[tokio::test]
+async fn job_cancelled_before_it_is_delivered_is_acked_without_running() -> Result<()> {
+    let prefix = unique_prefix("cancel-queued");
+    let started = Arc::new(Notify::new());
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (run, shutdown) = start(holding_worker(&prefix, &started, &cancelled, &runs)).await?;
+    let mut bridge = Bridge::connect(&prefix).await?;
+
+    bridge
+        .publish("hold", "job-blocker", &json!("hold"))
+        .await?;
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .context("handler never started")?;
+    // Held in the queue: the worker's one slot (and prefetch) is taken by the blocker.
+    bridge
+        .publish("hold", "job-doomed", &json!("doomed"))
+        .await?;
+    // Cancellations reach the worker in order, so once the blocker has seen its own, the
+    // worker has heard of the doomed job's too.
+    bridge.cancel("job-doomed", "timeout").await?;
+    bridge.cancel("job-blocker", "cancelled").await?;
+    bridge.publish("hold", "job-after", &json!("next")).await?;
+
+    let reply = bridge.next_reply().await?;
+    assert_eq!(reply.correlation_id, Some("job-after".into()));
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        2,
+        "the blocker and job-after ran, the doomed job did not"
+    );
+
+    stop(run, shutdown).await?;
+    assert_eq!(
+        bridge.ready_jobs("hold").await?,
+        0,
+        "the doomed job was acked"
+    );
+    bridge.clean_up(&["hold"]).await
+}
+
+#[tokio::test]
+async fn method_queues_are_declared_with_x_max_priority_9_unless_disabled() -> Result<()> {
+    let prefix = unique_prefix("max-priority");
+    let builder = Worker::builder(amqp_url())
+        .queue_prefix(&prefix)
+        .method("echo", |request: Request| async move { Ok(request.params) });
+    let (run, shutdown) = start(builder).await?;
+    let bridge = Bridge::connect(&prefix).await?;
+    stop(run, shutdown).await?;
+
+    // The broker accepts a redeclaration only with equivalent arguments; a client in another
+    // language would send 9 as a long int.
+    let mut nine = FieldTable::default();
+    nine.insert("x-max-priority".into(), AMQPValue::LongInt(9));
+    bridge.redeclare("echo", nine).await?;
+    let without = bridge.redeclare("echo", FieldTable::default()).await;
+    assert!(without.is_err(), "the queue has an x-max-priority argument");
+
+    let plain_prefix = unique_prefix("no-priority");
+    let builder = Worker::builder(amqp_url())
+        .queue_prefix(&plain_prefix)
+        .max_priority(None)
+        .method("echo", |request: Request| async move { Ok(request.params) });
+    let (run, shutdown) = start(builder).await?;
+    let plain = Bridge::connect(&plain_prefix).await?;
+    stop(run, shutdown).await?;
+    plain.redeclare("echo", FieldTable::default()).await?;
+
+    plain.clean_up(&["echo"]).await?;
+    bridge.clean_up(&["echo"]).await
+}
+
+#[tokio::test]
+async fn later_high_priority_job_runs_before_earlier_low_priority_ones() -> Result<()> {
+    let prefix = unique_prefix("priority");
+    let started = Arc::new(Notify::new());
+    let release = Arc::new(Notify::new());
+    let (on_start, on_release) = (Arc::clone(&started), Arc::clone(&release));
+    let builder = Worker::builder(amqp_url())
+        .queue_prefix(&prefix)
+        .concurrency(1)
+        .method("work", move |request: Request| {
+            let (started, release) = (Arc::clone(&on_start), Arc::clone(&on_release));
+            async move {
+                if request.job_id == "blocker" {
+                    started.notify_one();
+                    release.notified().await;
+                }
+                Ok(Value::Null)
+            }
+        });
+    let (run, shutdown) = start(builder).await?;
+    let mut bridge = Bridge::connect(&prefix).await?;
+
+    bridge.publish_prioritised("work", "blocker", 0).await?;
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .context("handler never started")?;
+    // Confirmed, so all in the queue while the worker is busy.
+    for job in ["low-1", "low-2", "low-3"] {
+        bridge.publish_prioritised("work", job, 0).await?;
+    }
+    bridge.publish_prioritised("work", "high", 9).await?;
+    release.notify_one();
+
+    let mut order = Vec::new();
+    for _ in 0..5 {
+        let reply = bridge.next_reply().await?;
+        order.push(
+            reply
+                .correlation_id
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+        );
+    }
+    assert_eq!(order, ["blocker", "high", "low-1", "low-2", "low-3"]);
+
+    stop(run, shutdown).await?;
+    bridge.clean_up(&["work"]).await
+}
+
+#[tokio::test]
+async fn method_concurrency_caps_one_method_below_the_worker_concurrency() -> Result<()> {
+    const JOBS: usize = 4;
+    let prefix = unique_prefix("method-concurrency");
+    let running = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (r, m) = (Arc::clone(&running), Arc::clone(&most));
+    let builder = Worker::builder(amqp_url())
+        .queue_prefix(&prefix)
+        .concurrency(4)
+        .method_concurrency("capped", 1)
+        .method("capped", move |request: Request| {
+            let (running, most) = (Arc::clone(&r), Arc::clone(&m));
+            async move {
+                let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                running.fetch_sub(1, Ordering::SeqCst);
+                Ok(request.params)
+            }
+        });
+    let (run, shutdown) = start(builder).await?;
+    let mut bridge = Bridge::connect(&prefix).await?;
+
+    for i in 0..JOBS {
+        bridge
+            .publish("capped", &format!("job-{i}"), &json!(i))
+            .await?;
+    }
+    for _ in 0..JOBS {
+        bridge.next_reply().await?;
+    }
+    assert_eq!(most.load(Ordering::SeqCst), 1);
+
+    stop(run, shutdown).await?;
+    bridge.clean_up(&["capped"]).await
+}
+
+#[tokio::test]
+async fn cancellations_still_arrive_after_a_reconnect() -> Result<()> {
+    let prefix = unique_prefix("cancel-reconnect");
+    let started = Arc::new(Notify::new());
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let (run, shutdown, mut state) =
+        start_watched(holding_worker(&prefix, &started, &cancelled, &runs)).await?;
+    let mut bridge = Bridge::connect(&prefix).await?;
+
+    // Deleting its queue makes the worker open a new session, with a new cancellation queue.
+    bridge.delete_queues(&["hold"]).await?;
+    tokio::time::timeout(WAIT, state.changed())
+        .await
+        .context("worker did not notice its consumer was cancelled")??;
+    tokio::time::timeout(WAIT, state.wait_for(|s| *s == WorkerState::Ready))
+        .await
+        .context("worker did not reconnect in time")??;
+
+    bridge.publish("hold", "job-held", &json!("hold")).await?;
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .context("handler never started")?;
+    bridge.cancel("job-held", "cancelled").await?;
+    bridge.publish("hold", "job-after", &json!("next")).await?;
+    let reply = bridge.next_reply().await?;
+    assert_eq!(reply.correlation_id, Some("job-after".into()));
+    assert!(
+        cancelled.load(Ordering::SeqCst),
+        "the handler saw its cancellation"
+    );
+
+    stop(run, shutdown).await?;
+    bridge.clean_up(&["hold"]).await
+}
+
+#[tokio::test]
+async fn cancellation_during_shutdown_still_stops_the_job_in_flight() -> Result<()> {
+    let prefix = unique_prefix("cancel-drain");
+    let started = Arc::new(Notify::new());
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let builder = holding_worker(&prefix, &started, &cancelled, &runs).shutdown_grace(WAIT * 2);
+    let (run, shutdown) = start(builder).await?;
+    let bridge = Bridge::connect(&prefix).await?;
+
+    bridge.publish("hold", "job-held", &json!("hold")).await?;
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .context("handler never started")?;
+    shutdown.cancel();
+    let asked = tokio::time::Instant::now();
+    bridge.cancel("job-held", "cancelled").await?;
+    tokio::time::timeout(WAIT, run)
+        .await
+        .context("worker did not stop in time")???;
+    assert!(
+        cancelled.load(Ordering::SeqCst),
+        "the handler saw its cancellation"
+    );
+    assert!(
+        asked.elapsed() < WAIT,
+        "the drain did not wait for the handler's own end"
+    );
+    assert_eq!(
+        bridge.ready_jobs("hold").await?,
+        0,
+        "the cancelled job was acked"
+    );
+    bridge.clean_up(&["hold"]).await
 }
