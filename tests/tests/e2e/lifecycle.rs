@@ -11,8 +11,8 @@ use wsmq_tests::rpc::{
 };
 use wsmq_tests::{CancelListener, Cancellation, FakeWorker, System, WsClient};
 
-/// How fast the gateway must answer what it decides on its own (a cancel, a refusal): no
-/// worker is involved, so anything near this is a hang, not load.
+/// How fast the gateway must answer a cancel, which it decides on its own: no worker is
+/// involved, so anything near this is a hang, not load.
 const LOCAL_ANSWER_LIMIT: Duration = Duration::from_secs(2);
 
 /// The `$/progress` notifications a `progress` call of `steps` steps must produce, in order.
@@ -379,6 +379,60 @@ async fn in_flight_cap_refuses_extra_calls_while_other_clients_proceed() {
     a.expect_no_stray_frames()
         .await
         .expect("A calls again once its calls are done");
+
+    system.cleanup().await;
+}
+
+#[tokio::test]
+async fn global_in_flight_cap_refuses_every_client_until_calls_end() {
+    const SLEEP_MS: u64 = 1000;
+    let system = System::builder()
+        .max_inflight(2)
+        .start()
+        .await
+        .expect("system starts");
+    let mut a = system.client().await.expect("client A connects");
+    let mut b = system.client().await.expect("client B connects");
+
+    for id in 1..=2 {
+        a.send_json(&rpc::request(id, "sleep", json!({"ms": SLEEP_MS})))
+            .await
+            .expect("A sends");
+    }
+    // Refused at once, and proof that A's two calls are in flight: a connection hands its
+    // calls to the router in order.
+    a.send_json(&rpc::request(3, "echo", json!({})))
+        .await
+        .expect("A sends");
+    let refusal = a.recv_json().await.expect("A's third call is answered");
+    assert_eq!(refusal["id"], 3, "{refusal}");
+    assert_eq!(error_code(&refusal), Some(TOO_MANY_IN_FLIGHT), "{refusal}");
+
+    // B has nothing in flight, but the gateway is full.
+    let response = b
+        .call("echo", json!({"b": 1}))
+        .await
+        .expect("B's call is answered");
+    assert_eq!(
+        error_code(&response),
+        Some(TOO_MANY_IN_FLIGHT),
+        "the gateway-wide cap holds for every client: {response}"
+    );
+
+    for _ in 0..2 {
+        let response = a.recv_json().await.expect("A's calls are answered");
+        assert_eq!(
+            rpc::result(&response),
+            Some(&json!({"slept_ms": SLEEP_MS})),
+            "{response}"
+        );
+    }
+    // Room again.
+    let result = b
+        .call_result("echo", json!({"b": 2}))
+        .await
+        .expect("B's call succeeds once A's calls have ended");
+    assert_eq!(result, json!({"b": 2}));
 
     system.cleanup().await;
 }
