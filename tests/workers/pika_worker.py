@@ -100,7 +100,9 @@ def main():
         connection = pika.BlockingConnection(pika.URLParameters(args.amqp))
         channel = connection.channel()
         channel.confirm_delivery()
-        channel.queue_declare(queue=args.queue, durable=True)
+        # The same arguments the Rust SDK declares, so either kind of worker can serve a queue
+        # (RabbitMQ refuses a redeclaration with other arguments).
+        channel.queue_declare(queue=args.queue, durable=True, arguments={"x-max-priority": 9})
         channel.basic_qos(prefetch_count=PREFETCH)
         consumer_tag = channel.basic_consume(args.queue, on_job, auto_ack=False)
         print("pika worker ready", flush=True)
