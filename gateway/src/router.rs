@@ -710,7 +710,11 @@ impl Router {
         metrics::calls_in_flight(self.pending.len());
         if let Some(c) = self.clients.get_mut(&pending.client) {
             c.in_flight = c.in_flight.saturating_sub(1);
-            if let Some(id) = &pending.id {
+            // Only if the id still names this call: a client that reused an id while the
+            // first call ran has the newer call under it.
+            if let Some(id) = &pending.id
+                && c.calls.get(id.get()) == Some(&job)
+            {
                 c.calls.remove(id.get());
             }
         }
@@ -1210,6 +1214,30 @@ mod tests {
         assert!(h.taken.recv().await.is_some());
         assert_silent(&mut a);
         assert!(h.jobs.try_recv().is_err(), "no second broadcast");
+    }
+
+    #[tokio::test]
+    async fn cancel_reaches_the_latest_call_under_a_reused_id() {
+        let mut h = harness(10);
+        h.link_up(1).await;
+        let mut a = h.client(1).await;
+        let first = h
+            .submit(1, call(Some(json!("dup")), "sleep", json!({})))
+            .await;
+        let second = h
+            .submit(1, call(Some(json!("dup")), "sleep", json!({})))
+            .await;
+        h.reply(1, first.id, ReplyBody::Result("1".into())).await;
+        assert_eq!(response(&mut a).await["result"], 1);
+        h.handle
+            .cancel(1, raw(json!("dup")))
+            .await
+            .expect("router alive");
+        assert_eq!(response(&mut a).await["error"]["code"], jsonrpc::CANCELLED);
+        assert_eq!(
+            cancellation(&mut h).await,
+            (second.id, CancelReason::Cancelled)
+        );
     }
 
     #[tokio::test]
