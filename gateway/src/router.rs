@@ -484,7 +484,7 @@ impl Router {
         let Some(pending) = self.pending.get(&job) else {
             return;
         };
-        debug!(%job, method = %pending.method, "call timed out");
+        debug!(%job, client = pending.client, method = %pending.method, "call timed out");
         let data = format!(
             "no result for {:?} before the call's deadline",
             pending.method
@@ -622,7 +622,7 @@ impl Router {
             return self.count_orphan(job);
         };
         let Some(id) = pending.id.as_deref() else {
-            debug!(%job, method = %pending.method, "notification finished");
+            debug!(%job, client = pending.client, method = %pending.method, "notification finished");
             return;
         };
         let text = match body {
@@ -635,7 +635,7 @@ impl Router {
                 jsonrpc::error_response_raw(Some(id), err.code, &err.message, data.as_deref())
             }
             ReplyBody::Invalid { reason } => {
-                warn!(%job, method = %pending.method, %reason, "worker replied something unreadable");
+                warn!(%job, client = pending.client, method = %pending.method, %reason, "worker replied something unreadable");
                 invalid_reply(id, &pending.method, &reason)
             }
             ReplyBody::Progress(_) => return,
@@ -705,8 +705,9 @@ impl Router {
         let pending = self.pending.remove(&job)?;
         self.deadlines.try_remove(&pending.deadline);
         self.endings.remember(job, ending);
-        let method = self.methods.label(&pending.method);
-        metrics::call_ended(method, outcome, pending.started.elapsed());
+        let took = pending.started.elapsed();
+        debug!(%job, client = pending.client, method = %pending.method, ?outcome, ?took, "call ended");
+        metrics::call_ended(self.methods.label(&pending.method), outcome, took);
         metrics::calls_in_flight(self.pending.len());
         if let Some(c) = self.clients.get_mut(&pending.client) {
             c.in_flight = c.in_flight.saturating_sub(1);
@@ -737,7 +738,9 @@ impl Router {
                 let text = jsonrpc::error_response(Some(id), code, message, Some(data));
                 self.respond_to(pending.client, pending.batch, OutboundKind::Response, text);
             }
-            None => debug!(%job, method = %pending.method, message, "notification failed"),
+            None => {
+                debug!(%job, client = pending.client, method = %pending.method, message, "notification failed")
+            }
         }
     }
 
