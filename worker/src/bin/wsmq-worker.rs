@@ -1,16 +1,16 @@
 //! `wsmq-worker`: the demo worker, serving `echo`, `sleep`, `progress`, `fib` and `fail` through
 //! the SDK.
 
-use std::{io::IsTerminal, process::ExitCode, time::Duration};
+use std::{collections::BTreeMap, path::PathBuf, process::ExitCode, time::Duration};
 
 use anyhow::Context;
-use clap::{Parser, ValueEnum};
-use serde::Deserialize;
+use clap::Parser;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
-use tracing_subscriber::{EnvFilter, filter::LevelFilter};
+use wsmq_service::LogFormat;
 use wsmq_worker::{
     BuildError, DEFAULT_CONCURRENCY, Request, RpcError, Worker, WorkerState,
     contract::DEFAULT_MAX_PRIORITY,
@@ -32,54 +32,107 @@ const MAX_FIB_N: u64 = 93;
 const FAIL_CODE: i64 = 4000;
 
 /// The demo wsmq worker: serves `echo`, `sleep`, `progress`, `fib` and `fail` from RabbitMQ.
+///
+/// Every setting can also come from `[worker]` in the --config file or from the environment
+/// variable WSMQ_<NAME> (e.g. WSMQ_AMQP); flags win over the environment, which wins over the
+/// file.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// AMQP URI of the broker.
-    // Its env value is hidden from --help: it holds the password.
-    #[arg(
-        long,
-        env = "WSMQ_AMQP",
-        hide_env_values = true,
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    amqp: String,
+    /// TOML configuration file (its `[worker]` section).
+    #[arg(long, env = "WSMQ_CONFIG")]
+    config: Option<PathBuf>,
+
+    /// Print the effective configuration as TOML (password masked) and exit.
+    #[arg(long)]
+    print_config: bool,
+
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+/// Settings given as flags; each overrides the file and the environment.
+#[derive(Debug, Default, clap::Args, Serialize)]
+struct Overrides {
+    /// AMQP URI of the broker. [default: amqp://guest:guest@127.0.0.1:5672/%2f]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    amqp: Option<String>,
 
     /// Prefix of the method queues (method `m` is served from `<prefix>m`); must match the
-    /// bridge's.
-    #[arg(long, env = "WSMQ_QUEUE_PREFIX", default_value = "")]
-    queue_prefix: String,
+    /// bridge's. [default: none]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue_prefix: Option<String>,
 
-    /// How many jobs run at once; also each method consumer's prefetch.
-    #[arg(
-        long,
-        env = "WSMQ_CONCURRENCY",
-        default_value_t = DEFAULT_CONCURRENCY,
-        value_parser = clap::value_parser!(u16).range(1..)
-    )]
-    concurrency: u16,
+    /// How many jobs run at once; also each method consumer's prefetch. [default: 16]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    concurrency: Option<u16>,
 
     /// A method's own limit of jobs at once (and its consumer's prefetch), as METHOD=N;
     /// repeatable.
     #[arg(long = "method-concurrency", value_name = "METHOD=N", value_parser = parse_method_concurrency)]
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "as_map")]
     method_concurrency: Vec<(String, u16)>,
 
     /// The x-max-priority the method queues are declared with; 0 declares them without it (no
-    /// priorities). Every worker of a queue must use the same value.
-    #[arg(long, env = "WSMQ_MAX_PRIORITY", default_value_t = DEFAULT_MAX_PRIORITY)]
-    max_priority: u8,
+    /// priorities). Every worker of a queue must use the same value. [default: 9]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_priority: Option<u8>,
 
     /// Format of the log lines on stderr (level filter from RUST_LOG, default info).
-    #[arg(long, env = "WSMQ_LOG_FORMAT", value_enum, default_value_t = LogFormat::Plain)]
+    /// [default: plain]
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_format: Option<LogFormat>,
+}
+
+fn as_map<S: serde::Serializer>(pairs: &[(String, u16)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(pairs.iter().map(|(k, v)| (k, v)))
+}
+
+/// The effective configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Config {
+    amqp: String,
+    queue_prefix: String,
+    concurrency: u16,
+    method_concurrency: BTreeMap<String, u16>,
+    max_priority: u8,
     log_format: LogFormat,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum LogFormat {
-    /// Human-readable lines.
-    Plain,
-    /// One JSON object per line.
-    Json,
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            amqp: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            queue_prefix: String::new(),
+            concurrency: DEFAULT_CONCURRENCY,
+            method_concurrency: BTreeMap::new(),
+            max_priority: DEFAULT_MAX_PRIORITY,
+            log_format: LogFormat::Plain,
+        }
+    }
+}
+
+impl Cli {
+    fn config(&self) -> Result<Config, wsmq_service::ConfigError> {
+        wsmq_service::load("worker", self.config.as_deref(), &self.overrides)
+    }
+}
+
+impl Config {
+    /// The configuration as a `[worker]` TOML section, with the broker password masked.
+    fn render(&self) -> Result<String, wsmq_service::ConfigError> {
+        let masked = Config {
+            amqp: wsmq_service::mask_url_password(&self.amqp),
+            ..self.clone()
+        };
+        wsmq_service::render("worker", &masked)
+    }
 }
 
 fn main() -> ExitCode {
@@ -95,9 +148,28 @@ fn main() -> ExitCode {
             };
         }
     };
-    init_tracing(cli.log_format);
+    let config = match cli.config() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("wsmq-worker: invalid configuration: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    if cli.print_config {
+        return match config.render() {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("wsmq-worker: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    config.log_format.init();
     // The configuration is checked before the runtime and any socket exist.
-    let worker = match demo_worker(&cli) {
+    let worker = match demo_worker(&config) {
         Ok(worker) => worker,
         Err(e) => {
             error!(error = %e, "invalid configuration");
@@ -120,23 +192,6 @@ fn main() -> ExitCode {
             error!(error = format!("{e:#}"), "worker failed");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::builder()
-        .with_default_directive(LevelFilter::INFO.into())
-        .from_env_lossy();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
-    let installed = match format {
-        LogFormat::Plain => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-    if let Err(e) = installed {
-        eprintln!("wsmq-worker: logging unavailable: {e}");
     }
 }
 
@@ -191,11 +246,11 @@ fn parse_method_concurrency(text: &str) -> Result<(String, u16), String> {
     Ok((method.to_owned(), n))
 }
 
-fn demo_worker(cli: &Cli) -> Result<Worker, BuildError> {
-    let mut builder = Worker::builder(cli.amqp.as_str())
-        .queue_prefix(cli.queue_prefix.as_str())
-        .concurrency(cli.concurrency)
-        .max_priority(Some(cli.max_priority).filter(|max| *max > 0))
+fn demo_worker(config: &Config) -> Result<Worker, BuildError> {
+    let mut builder = Worker::builder(config.amqp.as_str())
+        .queue_prefix(config.queue_prefix.as_str())
+        .concurrency(config.concurrency)
+        .max_priority(Some(config.max_priority).filter(|max| *max > 0))
         .connection_name(format!("wsmq-worker demo pid {}", std::process::id()))
         .method("echo", |request: Request| async move { Ok(request.params) })
         .method("sleep", sleep)
@@ -205,7 +260,7 @@ fn demo_worker(cli: &Cli) -> Result<Worker, BuildError> {
             |request: Request| async move { fib_method(&request) },
         )
         .method("fail", |request: Request| async move { Err(fail(request)) });
-    for (method, concurrency) in &cli.method_concurrency {
+    for (method, concurrency) in &config.method_concurrency {
         builder = builder.method_concurrency(method.as_str(), *concurrency);
     }
     builder.build()
@@ -481,7 +536,10 @@ mod tests {
 
     #[test]
     fn cli_reads_defaults_and_flags() {
-        let cli = Cli::try_parse_from(["wsmq-worker"]).expect("defaults");
+        let cli = Cli::try_parse_from(["wsmq-worker"])
+            .expect("defaults")
+            .config()
+            .expect("valid");
         assert_eq!(cli.amqp, "amqp://guest:guest@127.0.0.1:5672/%2f");
         assert_eq!(cli.concurrency, DEFAULT_CONCURRENCY);
         assert_eq!(cli.max_priority, 9);
@@ -502,15 +560,35 @@ mod tests {
             "--method-concurrency",
             "fib=1",
         ])
-        .expect("flags");
+        .expect("flags")
+        .config()
+        .expect("valid");
         assert_eq!(cli.queue_prefix, "t1.");
         assert_eq!(cli.concurrency, 4);
         assert_eq!(cli.log_format, LogFormat::Json);
         assert_eq!(cli.max_priority, 0);
         assert_eq!(
             cli.method_concurrency,
-            [("sleep".to_owned(), 2), ("fib".to_owned(), 1)]
+            BTreeMap::from([("sleep".to_owned(), 2), ("fib".to_owned(), 1)])
         );
+    }
+
+    #[test]
+    fn printed_config_is_a_worker_section_with_the_password_masked() {
+        let config = Cli::try_parse_from([
+            "wsmq-worker",
+            "--amqp",
+            "amqp://u:hunter2@mq/%2f",
+            "--method-concurrency",
+            "sleep=2",
+        ])
+        .expect("flags")
+        .config()
+        .expect("valid");
+        let text = config.render().expect("renders");
+        assert!(text.starts_with("[worker]"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("sleep = 2"), "{text}");
     }
 
     #[test]
@@ -525,10 +603,12 @@ mod tests {
 
     #[test]
     fn method_concurrency_for_an_unknown_method_is_a_configuration_error() {
-        let cli =
-            Cli::try_parse_from(["wsmq-worker", "--method-concurrency", "slep=2"]).expect("flags");
+        let config = Cli::try_parse_from(["wsmq-worker", "--method-concurrency", "slep=2"])
+            .expect("flags")
+            .config()
+            .expect("valid");
         assert!(matches!(
-            demo_worker(&cli),
+            demo_worker(&config),
             Err(BuildError::UnknownMethodConcurrency { .. })
         ));
     }
@@ -540,8 +620,11 @@ mod tests {
 
     #[test]
     fn demo_worker_serves_the_five_methods() {
-        let cli = Cli::try_parse_from(["wsmq-worker", "--queue-prefix", "p."]).expect("flags");
-        let worker = demo_worker(&cli).expect("valid configuration");
+        let config = Cli::try_parse_from(["wsmq-worker", "--queue-prefix", "p."])
+            .expect("flags")
+            .config()
+            .expect("valid");
+        let worker = demo_worker(&config).expect("valid configuration");
         let mut queues: Vec<&str> = worker.queue_names().collect();
         queues.sort_unstable();
         assert_eq!(
