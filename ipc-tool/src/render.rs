@@ -389,6 +389,76 @@ mod tests {
         assert!(decode_as(Direction::ToGateway, &body).is_err());
     }
 
+    /// A whole frame as the codec writes it, in hex.
+    fn wire_hex<In, Out: serde::Serialize>(msg: Out) -> String {
+        use tokio_util::codec::Encoder;
+        let mut buf = bytes::BytesMut::new();
+        wsmq_ipc_proto::IpcCodec::<In, Out>::new()
+            .encode(msg, &mut buf)
+            .expect("encodes");
+        hex_preview(&buf).0
+    }
+
+    #[test]
+    fn readme_worked_examples_are_the_codecs_bytes() {
+        // The hex in README's "Debugging the IPC socket" section; keep the two in step.
+        let job: JobId = "dfe77758-d123-4533-bffb-64a047aab6f3"
+            .parse()
+            .expect("uuid");
+        let hello = ToBridge::Hello(Hello {
+            version: 2,
+            peer: "wsmq-ipc ping".into(),
+        });
+        assert_eq!(
+            wire_hex::<ToGateway, _>(hello),
+            "00000010_00_02_0d_77736d712d6970632070696e67".replace('_', "")
+        );
+        let taken = |n| ToBridge::Taken { reply: ReplySeq(n) };
+        assert_eq!(wire_hex::<ToGateway, _>(taken(1)), "000000020201");
+        assert_eq!(wire_hex::<ToGateway, _>(taken(300)), "0000000302ac02");
+        let submit = ToBridge::Submit(Job {
+            id: job,
+            method: "echo".into(),
+            params: r#"{"x":1}"#.into(),
+            client: 1,
+            deadline_unix_ms: 1_795_639_185_542,
+            priority: None,
+        });
+        assert_eq!(
+            wire_hex::<ToGateway, _>(submit),
+            "00000029_01_f3edaabd8494d9fdbfe7949a929ad6bbe7bf03_04_6563686f_07_7b2278223a317d\
+             _01_86a1bea3a134_00"
+                .replace('_', "")
+        );
+        let welcome = ToGateway::Welcome(Welcome {
+            version: 2,
+            instance: "web-1".into(),
+            broker: BrokerState::Up,
+        });
+        assert_eq!(
+            wire_hex::<ToBridge, _>(welcome),
+            "00000009_00_02_05_7765622d31_00".replace('_', "")
+        );
+        assert_eq!(
+            wire_hex::<ToBridge, _>(ToGateway::Published { job }),
+            "00000014_03_f3edaabd8494d9fdbfe7949a929ad6bbe7bf03".replace('_', "")
+        );
+        let error = ToGateway::Reply(Reply {
+            seq: ReplySeq(1),
+            job: JobId(5),
+            body: ReplyBody::Error(WorkerError {
+                code: -1,
+                message: "no".into(),
+                data: None,
+            }),
+        });
+        // i64 -1 is zigzag 1; `data: None` is 00.
+        assert_eq!(
+            wire_hex::<ToBridge, _>(error),
+            "00000009_05_01_05_02_01_02_6e6f_00".replace('_', "")
+        );
+    }
+
     #[test]
     fn hex_preview_is_lowercase_and_cut_at_the_limit() {
         assert_eq!(
