@@ -15,13 +15,8 @@ use wsmq_service::LogFormat;
 #[derive(Debug, Parser)]
 #[command(name = "wsmq-bridge", version, about)]
 pub struct Cli {
-    /// TOML configuration file (its `[bridge]` section).
-    #[arg(long, env = "WSMQ_CONFIG")]
-    pub config: Option<PathBuf>,
-
-    /// Print the effective configuration as TOML (password masked) and exit.
-    #[arg(long)]
-    pub print_config: bool,
+    #[command(flatten)]
+    pub file: wsmq_service::ConfigArgs,
 
     #[command(flatten)]
     pub overrides: Overrides,
@@ -149,7 +144,7 @@ impl Cli {
     /// empty instance becomes the host name.
     pub fn config(&self) -> Result<Config, ConfigError> {
         let mut config: Config =
-            wsmq_service::load("bridge", self.config.as_deref(), &self.overrides)?;
+            wsmq_service::load("bridge", self.file.config.as_deref(), &self.overrides)?;
         if config.instance.is_empty() {
             config.instance = nix::unistd::gethostname()
                 .map(|h| h.to_string_lossy().into_owned())
@@ -205,12 +200,12 @@ impl Config {
     }
 
     /// The configuration as a `[bridge]` TOML section, with the broker password masked.
-    pub fn render(&self) -> Result<String, ConfigError> {
+    pub fn render(&self) -> Result<String, wsmq_service::ConfigError> {
         let masked = Config {
             amqp: wsmq_service::mask_url_password(&self.amqp),
             ..self.clone()
         };
-        Ok(wsmq_service::render("bridge", &masked)?)
+        wsmq_service::render("bridge", &masked)
     }
 }
 

@@ -17,13 +17,8 @@ use wsmq_service::LogFormat;
 #[derive(Debug, Parser)]
 #[command(name = "wsmq-gateway", version, about)]
 pub struct Cli {
-    /// TOML configuration file (its `[gateway]` section).
-    #[arg(long, env = "WSMQ_CONFIG")]
-    pub config: Option<PathBuf>,
-
-    /// Print the effective configuration as TOML and exit.
-    #[arg(long)]
-    pub print_config: bool,
+    #[command(flatten)]
+    pub file: wsmq_service::ConfigArgs,
 
     #[command(flatten)]
     pub overrides: Overrides,
@@ -146,7 +141,7 @@ impl Cli {
     /// Assembles and checks the configuration, before anything is bound.
     pub fn config(&self) -> Result<Config, ConfigError> {
         let config: Config =
-            wsmq_service::load("gateway", self.config.as_deref(), &self.overrides)?;
+            wsmq_service::load("gateway", self.file.config.as_deref(), &self.overrides)?;
         config.validate()?;
         Ok(config)
     }
@@ -177,8 +172,8 @@ impl Config {
     }
 
     /// The configuration as a `[gateway]` TOML section (the gateway holds no secrets).
-    pub fn render(&self) -> Result<String, ConfigError> {
-        Ok(wsmq_service::render("gateway", self)?)
+    pub fn render(&self) -> Result<String, wsmq_service::ConfigError> {
+        wsmq_service::render("gateway", self)
     }
 }
 

@@ -200,3 +200,55 @@ mod tests {
         assert_eq!(mask_url_password("amqps://u:p:q@h"), "amqps://u:***@h");
     }
 }
+
+/// The flags every program has for its configuration file; `#[command(flatten)]` it.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ConfigArgs {
+    /// TOML configuration file (the program's own section of it).
+    #[arg(long, env = "WSMQ_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
+
+    /// Print the effective configuration as TOML (secrets masked) and exit.
+    #[arg(long)]
+    pub print_config: bool,
+}
+
+/// What `main` does with an assembled configuration before running: on error, explain and exit
+/// 64 (EX_USAGE, so systemd does not restart-loop on a bad setting); with `--print-config`,
+/// print it and exit; otherwise go on with it.
+pub fn startup<C, E, R>(
+    program: &str,
+    args: &ConfigArgs,
+    config: Result<C, E>,
+    render: R,
+) -> std::ops::ControlFlow<std::process::ExitCode, C>
+where
+    E: std::fmt::Display,
+    R: FnOnce(&C) -> Result<String, ConfigError>,
+{
+    use std::ops::ControlFlow;
+    use std::process::ExitCode;
+    let config = match config {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{program}: invalid configuration: {e}");
+            return ControlFlow::Break(ExitCode::from(EXIT_USAGE));
+        }
+    };
+    if !args.print_config {
+        return ControlFlow::Continue(config);
+    }
+    ControlFlow::Break(match render(&config) {
+        Ok(text) => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{program}: {e}");
+            ExitCode::FAILURE
+        }
+    })
+}
+
+/// Exit status for a configuration that cannot work (sysexits(3) EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;

@@ -11,5 +11,5 @@ pub mod metrics;
 pub mod notify;
 pub mod signals;
 
-pub use config::{ConfigError, load, mask_url_password, render};
+pub use config::{ConfigArgs, ConfigError, EXIT_USAGE, load, mask_url_password, render, startup};
 pub use logging::LogFormat;

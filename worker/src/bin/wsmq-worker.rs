@@ -1,7 +1,7 @@
 //! `wsmq-worker`: the demo worker, serving `echo`, `sleep`, `progress`, `fib` and `fail` through
 //! the SDK.
 
-use std::{collections::BTreeMap, path::PathBuf, process::ExitCode, time::Duration};
+use std::{collections::BTreeMap, ops::ControlFlow, process::ExitCode, time::Duration};
 
 use anyhow::Context;
 use clap::Parser;
@@ -17,7 +17,7 @@ use wsmq_worker::{
 };
 
 /// Exit status for a bad command line or configuration (BSD `EX_USAGE`).
-const EXIT_USAGE: u8 = 64;
+const EXIT_USAGE: u8 = wsmq_service::EXIT_USAGE;
 /// Exit status when a second signal cuts the graceful shutdown short.
 const EXIT_INTERRUPTED: i32 = 130;
 /// Longest `sleep` a caller may ask for.
@@ -39,13 +39,8 @@ const FAIL_CODE: i64 = 4000;
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
-    /// TOML configuration file (its `[worker]` section).
-    #[arg(long, env = "WSMQ_CONFIG")]
-    config: Option<PathBuf>,
-
-    /// Print the effective configuration as TOML (password masked) and exit.
-    #[arg(long)]
-    print_config: bool,
+    #[command(flatten)]
+    file: wsmq_service::ConfigArgs,
 
     #[command(flatten)]
     overrides: Overrides,
@@ -120,7 +115,7 @@ impl Default for Config {
 
 impl Cli {
     fn config(&self) -> Result<Config, wsmq_service::ConfigError> {
-        wsmq_service::load("worker", self.config.as_deref(), &self.overrides)
+        wsmq_service::load("worker", self.file.config.as_deref(), &self.overrides)
     }
 }
 
@@ -148,25 +143,11 @@ fn main() -> ExitCode {
             };
         }
     };
-    let config = match cli.config() {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("wsmq-worker: invalid configuration: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+    let config = match wsmq_service::startup("wsmq-worker", &cli.file, cli.config(), Config::render)
+    {
+        ControlFlow::Continue(config) => config,
+        ControlFlow::Break(code) => return code,
     };
-    if cli.print_config {
-        return match config.render() {
-            Ok(text) => {
-                print!("{text}");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("wsmq-worker: {e}");
-                ExitCode::FAILURE
-            }
-        };
-    }
     config.log_format.init();
     // The configuration is checked before the runtime and any socket exist.
     let worker = match demo_worker(&config) {
