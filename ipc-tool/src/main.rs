@@ -38,7 +38,9 @@ Exit status:
   0   welcomed, and the bridge's broker (RabbitMQ) is up
   1   welcomed, but the broker is down or blocking publishers (memory/disk alarm)
   2   refused: another gateway is connected (the bridge serves one at a time, so this is the
-      normal answer on a production host), or the bridge speaks another protocol version
+      normal answer on a production host; also for a moment after a gateway or another ping
+      disconnects, until the bridge has ended that session), or the bridge speaks another
+      protocol version
   3   no answer: cannot connect, timed out, the bridge closed, or the answer is not the protocol
   64  bad command line
 

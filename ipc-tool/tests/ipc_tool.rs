@@ -5,6 +5,7 @@
 //! prefix and instance name, socket in a temp dir, queues deleted by `System::cleanup`. Our own
 //! binary is cargo's `CARGO_BIN_EXE_wsmq-ipc`.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
@@ -18,7 +19,9 @@ use wsmq_ipc_proto::{
     ToBridge, ToGateway, Welcome,
 };
 use wsmq_tests::binaries::binaries;
-use wsmq_tests::{LogLine, RECV_TIMEOUT, Service, System, rpc};
+use wsmq_tests::{
+    HEALTH_POLL_INTERVAL, HEALTH_TIMEOUT, LogLine, RECV_TIMEOUT, Service, System, http, rpc,
+};
 
 const WSMQ_IPC: &str = env!("CARGO_BIN_EXE_wsmq-ipc");
 
@@ -64,13 +67,34 @@ fn stdout_lines(output: &Output) -> Vec<Value> {
         .collect()
 }
 
+/// Polls the gateway's `/readyz` until it says a call would be taken.
+async fn wait_ready(addr: SocketAddr) {
+    let deadline = tokio::time::Instant::now() + HEALTH_TIMEOUT;
+    loop {
+        let last = match http::get(addr, "/readyz").await {
+            Ok(response) if response.status == 200 => return,
+            Ok(response) => format!(
+                "HTTP {} {}",
+                response.status,
+                String::from_utf8_lossy(&response.body)
+            ),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz did not say 200 within {HEALTH_TIMEOUT:?}; last: {last}"
+        );
+        tokio::time::sleep(HEALTH_POLL_INTERVAL).await;
+    }
+}
+
 fn path_arg(path: &Path) -> &str {
     path.to_str().expect("temp paths are UTF-8")
 }
 
 #[tokio::test]
 async fn ping_names_the_instance_of_a_bridge_whose_broker_is_up() {
-    let system = System::builder()
+    let mut system = System::builder()
         .without_gateway()
         .without_worker()
         .start()
@@ -87,6 +111,13 @@ async fn ping_names_the_instance_of_a_bridge_whose_broker_is_up() {
     );
     assert!(text.contains("broker up"), "{text}");
 
+    // Until the bridge has ended that ping's session, the slot is taken and a ping is refused.
+    system
+        .bridge()
+        .expect("bridge")
+        .wait_for_message("gateway session ended")
+        .await
+        .expect("the bridge ends the first ping's session");
     let json_run = wsmq_ipc(&["ping", "--ipc", &socket, "--json"], None).await;
     assert_eq!(json_run.status.code(), Some(0));
     let answer = &stdout_lines(&json_run)[0];
@@ -221,17 +252,18 @@ async fn tap_relays_a_real_call_and_prints_each_frame_in_its_direction() {
         .wait_for_message("gateway listening")
         .await
         .expect("gateway listens");
-    let addr = listening
+    let addr: SocketAddr = listening
         .field("addr")
         .and_then(Value::as_str)
         .and_then(|a| a.parse().ok())
         .expect("gateway listening has fields.addr");
-    // The link is up once the bridge's Welcome has gone through the tap.
     tap.wait_for_log("a Welcome line", |l| {
         tap_message(l).is_some_and(|(v, _, _)| v == "Welcome")
     })
     .await
     .expect("the handshake goes through the tap");
+    // The Welcome passing the tap is not yet the gateway having read it.
+    wait_ready(addr).await;
 
     let mut client = wsmq_tests::WsClient::connect(addr)
         .await
