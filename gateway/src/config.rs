@@ -71,6 +71,12 @@ pub struct Overrides {
     )]
     pub max_call_timeout: Option<Duration>,
 
+    /// Calls held while the bridge or RabbitMQ is away (sent when it is back, or answered
+    /// -32000 at their deadline); past it, new calls get -32000 at once. [default: 1024]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_held_calls: Option<usize>,
+
     /// Websocket connections at once; past it, upgrades get HTTP 503. [default: 10000]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -101,6 +107,7 @@ pub struct Config {
     pub call_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub max_call_timeout: Duration,
+    pub max_held_calls: usize,
     pub max_connections: usize,
     /// Seconds.
     pub drain_timeout: u64,
@@ -117,6 +124,7 @@ impl Default for Config {
             max_inflight: 65_536,
             call_timeout: Duration::from_secs(30),
             max_call_timeout: Duration::from_secs(600),
+            max_held_calls: 1024,
             max_connections: 10_000,
             drain_timeout: 10,
             log_format: LogFormat::Plain,

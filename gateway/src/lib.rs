@@ -78,6 +78,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
         global: config.max_inflight,
         default_timeout: config.call_timeout,
         max_timeout: config.max_call_timeout,
+        max_held: config.max_held_calls,
     };
     let to_link = router::ToLink {
         jobs: jobs_tx,

@@ -38,6 +38,10 @@ pub(crate) type ClientId = u64;
 /// Commands from connections. Connections wait for room here, which slows only themselves.
 const COMMAND_CAPACITY: usize = 1024;
 
+/// How often held calls are offered to the bridge again while it is up (after a failed
+/// publish, when no state change would trigger it).
+const HELD_RETRY: Duration = Duration::from_secs(1);
+
 /// How many ended calls the router remembers, to tell a late result from a duplicate or an
 /// unknown one in its counters. Oldest forgotten first.
 const REMEMBERED_ENDINGS: usize = 65_536;
@@ -151,6 +155,8 @@ pub(crate) struct Limits {
     pub(crate) default_timeout: Duration,
     /// Longest deadline a call may ask for (longer requests are cut to this).
     pub(crate) max_timeout: Duration,
+    /// Calls held while the bridge or RabbitMQ is away, at most; past it, -32000 at once.
+    pub(crate) max_held: usize,
 }
 
 /// Where the router sends what the bridge must hear.
@@ -193,10 +199,22 @@ struct Pending {
     id: Option<Box<RawValue>>,
     method: String,
     batch: Option<u64>,
-    /// RabbitMQ confirmed it; its reply will come even across a bridge restart.
-    published: bool,
+    state: CallState,
+    /// The job as submitted, kept until RabbitMQ confirms it, to send again if needed.
+    job: Option<Job>,
     deadline: delay_queue::Key,
     started: Instant,
+}
+
+/// Where a call is on its way to a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallState {
+    /// Waiting for the bridge and RabbitMQ to be back.
+    Held,
+    /// Sent to the bridge, not yet confirmed by RabbitMQ.
+    Submitted,
+    /// RabbitMQ confirmed it; its reply will come even across a bridge restart.
+    Published,
 }
 
 struct ClientEntry {
@@ -223,6 +241,8 @@ pub(crate) fn spawn(
         deadlines: DelayQueue::new(),
         endings: Endings::default(),
         methods: MethodLabels::default(),
+        held: VecDeque::new(),
+        held_count: 0,
         epoch: None,
         broker: BrokerState::Down,
         counters: Counters::default(),
@@ -244,6 +264,11 @@ struct Router {
     endings: Endings,
     /// Method names usable as metric labels.
     methods: MethodLabels,
+    /// Calls waiting for the bridge and RabbitMQ, oldest first (entries whose call has since
+    /// ended or been sent are skipped).
+    held: VecDeque<JobId>,
+    /// How many pending calls are held.
+    held_count: usize,
     /// The current IPC session, if the bridge is connected.
     epoch: Option<u64>,
     broker: BrokerState,
@@ -285,6 +310,8 @@ impl Router {
         mut link_events: mpsc::Receiver<LinkEvent>,
     ) {
         let mut link_open = true;
+        let mut retry = tokio::time::interval(HELD_RETRY);
+        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 // Replies first: they free capacity that new calls want.
@@ -300,6 +327,7 @@ impl Router {
                     Some(cmd) => self.on_command(cmd),
                     None => break,
                 },
+                _ = retry.tick(), if self.held_count > 0 => self.flush_held(),
             }
         }
         let c = &self.counters;
@@ -356,35 +384,15 @@ impl Router {
             }
         };
         let unavailable = "broker unavailable";
-        let Some(epoch) = self.epoch else {
+        if self.broker == BrokerState::Blocked && self.epoch.is_some() {
+            // A resource alarm is not an outage: holding would only grow memory.
             return refuse(
                 self,
                 &call,
                 jsonrpc::BROKER_UNAVAILABLE,
                 unavailable,
-                "the bridge is not connected",
+                "RabbitMQ is blocking publishers (resource alarm)",
             );
-        };
-        match self.broker {
-            BrokerState::Up => {}
-            BrokerState::Down => {
-                return refuse(
-                    self,
-                    &call,
-                    jsonrpc::BROKER_UNAVAILABLE,
-                    unavailable,
-                    "RabbitMQ is not connected",
-                );
-            }
-            BrokerState::Blocked => {
-                return refuse(
-                    self,
-                    &call,
-                    jsonrpc::BROKER_UNAVAILABLE,
-                    unavailable,
-                    "RabbitMQ is blocking publishers (resource alarm)",
-                );
-            }
         }
         let too_many = "too many calls in flight";
         let in_flight = self.clients.get(&client).map_or(0, |c| c.in_flight);
@@ -403,6 +411,15 @@ impl Router {
                 too_many,
                 "the gateway is at capacity",
             );
+        }
+        let available = self.available();
+        if !available && self.held_count >= self.limits.max_held {
+            let data = format!(
+                "{}; {} calls are already waiting for it",
+                self.outage(),
+                self.held_count
+            );
+            return refuse(self, &call, jsonrpc::BROKER_UNAVAILABLE, unavailable, &data);
         }
 
         let timeout = call
@@ -423,11 +440,7 @@ impl Router {
             deadline_unix_ms: unix_ms(SystemTime::now() + timeout),
             priority: call.options.priority,
         };
-        let out = Outgoing {
-            epoch,
-            msg: ToBridge::Submit(job),
-        };
-        if self.to_link.jobs.try_send(out).is_err() {
+        if available && !self.submit(&job) {
             return refuse(
                 self,
                 &call,
@@ -436,7 +449,15 @@ impl Router {
                 "the bridge is backed up",
             );
         }
-        debug!(client, job = %job_id, method = %call.method, ?timeout, "call submitted");
+        let state = if available {
+            debug!(client, job = %job_id, method = %call.method, ?timeout, "call submitted");
+            CallState::Submitted
+        } else {
+            debug!(client, job = %job_id, method = %call.method, ?timeout, "call held until the bridge and RabbitMQ are back");
+            self.held.push_back(job_id);
+            self.held_count += 1;
+            CallState::Held
+        };
         if let Some(c) = self.clients.get_mut(&client) {
             c.in_flight += 1;
             if let Some(id) = &call.id {
@@ -451,12 +472,80 @@ impl Router {
                 id: call.id,
                 method: call.method,
                 batch,
-                published: false,
+                state,
+                job: Some(job),
                 deadline,
                 started: Instant::now(),
             },
         );
         metrics::calls_in_flight(self.pending.len());
+    }
+
+    /// Whether jobs can go to RabbitMQ right now.
+    fn available(&self) -> bool {
+        self.epoch.is_some() && self.broker == BrokerState::Up
+    }
+
+    /// What is down, for error messages.
+    fn outage(&self) -> &'static str {
+        match (self.epoch, self.broker) {
+            (None, _) => "the bridge is not connected",
+            (Some(_), BrokerState::Blocked) => "RabbitMQ is blocking publishers (resource alarm)",
+            (Some(_), _) => "RabbitMQ is not connected",
+        }
+    }
+
+    /// Hands a job to the IPC writer for the current session; false if it has no room.
+    fn submit(&mut self, job: &Job) -> bool {
+        let Some(epoch) = self.epoch else {
+            return false;
+        };
+        let out = Outgoing {
+            epoch,
+            msg: ToBridge::Submit(job.clone()),
+        };
+        self.to_link.jobs.try_send(out).is_ok()
+    }
+
+    /// Puts a submitted call back on hold: its publish failed, or the bridge went away before
+    /// RabbitMQ confirmed it. It is sent again when both are back (at least once: a job that
+    /// was in fact published may run twice, and its second reply is dropped as a duplicate).
+    fn hold(&mut self, job: JobId) {
+        if let Some(p) = self.pending.get_mut(&job)
+            && p.state == CallState::Submitted
+        {
+            p.state = CallState::Held;
+            self.held.push_back(job);
+            self.held_count += 1;
+        }
+    }
+
+    /// Sends held calls, oldest first, while the bridge takes them.
+    fn flush_held(&mut self) {
+        while self.available() {
+            let Some(job) = self.held.pop_front() else {
+                return;
+            };
+            let Some(p) = self.pending.get(&job) else {
+                continue;
+            };
+            if p.state != CallState::Held {
+                continue;
+            }
+            let Some(copy) = p.job.clone() else {
+                continue;
+            };
+            if !self.submit(&copy) {
+                // The bridge is backed up: try again on the next tick.
+                self.held.push_front(job);
+                return;
+            }
+            self.held_count = self.held_count.saturating_sub(1);
+            if let Some(p) = self.pending.get_mut(&job) {
+                p.state = CallState::Submitted;
+            }
+            debug!(%job, "held call submitted");
+        }
     }
 
     fn on_cancel(&mut self, client: ClientId, id: &RawValue) {
@@ -484,6 +573,18 @@ impl Router {
         let Some(pending) = self.pending.get(&job) else {
             return;
         };
+        if pending.state == CallState::Held {
+            // It never reached RabbitMQ: the outage, not the worker, is why it failed.
+            let data = format!("{} until the call's deadline", self.outage());
+            self.finish_with_error(
+                job,
+                Ending::Answered,
+                jsonrpc::BROKER_UNAVAILABLE,
+                "broker unavailable",
+                &data,
+            );
+            return;
+        }
         debug!(%job, client = pending.client, method = %pending.method, "call timed out");
         let data = format!(
             "no result for {:?} before the call's deadline",
@@ -510,33 +611,29 @@ impl Router {
                 metrics::link_connected();
                 self.epoch = Some(epoch);
                 self.broker = broker;
-                info!(broker = ?broker, "bridge connected");
+                info!(broker = ?broker, held = self.held_count, "bridge connected");
+                self.flush_held();
             }
             LinkEvent::Down => {
                 self.epoch = None;
                 self.broker = BrokerState::Down;
-                // Jobs the broker never confirmed may or may not have been published; answer
-                // them now (retryable) rather than leave clients waiting on a maybe. Confirmed
-                // jobs keep waiting: their replies sit in the durable reply queue.
+                // Jobs RabbitMQ never confirmed may or may not have been published: send them
+                // again when the bridge is back (a duplicate reply is dropped). Confirmed jobs
+                // just wait: their replies sit in the durable reply queue.
                 let unconfirmed: Vec<JobId> = self
                     .pending
                     .iter()
-                    .filter(|(_, p)| !p.published)
+                    .filter(|(_, p)| p.state == CallState::Submitted)
                     .map(|(id, _)| *id)
                     .collect();
                 warn!(
                     unconfirmed = unconfirmed.len(),
-                    waiting = self.pending.len() - unconfirmed.len(),
-                    "bridge disconnected"
+                    held = self.held_count,
+                    waiting = self.pending.len(),
+                    "bridge disconnected; holding calls until it is back"
                 );
                 for job in unconfirmed {
-                    self.finish_with_error(
-                        job,
-                        Ending::Answered,
-                        jsonrpc::BROKER_UNAVAILABLE,
-                        "broker unavailable",
-                        "the bridge disconnected before RabbitMQ confirmed the job; it may or may not run",
-                    );
+                    self.hold(job);
                 }
             }
             LinkEvent::Message { epoch, msg } => self.on_bridge_message(epoch, msg),
@@ -556,15 +653,25 @@ impl Router {
         match msg {
             ToGateway::Broker(state) => {
                 if self.epoch == Some(epoch) {
-                    info!(broker = ?state, "broker state changed");
+                    info!(broker = ?state, held = self.held_count, "broker state changed");
                     self.broker = state;
+                    self.flush_held();
                 }
             }
             ToGateway::Published { job } => {
                 if let Some(p) = self.pending.get_mut(&job) {
-                    p.published = true;
+                    p.state = CallState::Published;
+                    p.job = None;
                     self.methods.learn(&p.method);
                 }
+            }
+            ToGateway::Rejected {
+                job,
+                reason: Rejection::BrokerUnavailable | Rejection::Nacked,
+            } => {
+                // Not taken by RabbitMQ: wait and try again (until the call's deadline).
+                debug!(%job, "publish failed; call held for another try");
+                self.hold(job);
             }
             ToGateway::Rejected { job, reason } => {
                 let method = self
@@ -703,6 +810,9 @@ impl Router {
     /// Ends a call: removes it from the table, its timer and its client's books.
     fn end(&mut self, job: JobId, ending: Ending, outcome: Outcome) -> Option<Pending> {
         let pending = self.pending.remove(&job)?;
+        if pending.state == CallState::Held {
+            self.held_count = self.held_count.saturating_sub(1);
+        }
         self.deadlines.try_remove(&pending.deadline);
         self.endings.remember(job, ending);
         let took = pending.started.elapsed();
@@ -810,6 +920,10 @@ mod tests {
     }
 
     fn harness(per_client: usize) -> Harness {
+        harness_with(per_client, 100)
+    }
+
+    fn harness_with(per_client: usize, max_held: usize) -> Harness {
         let (events, events_rx) = mpsc::channel(64);
         let (jobs_tx, jobs) = mpsc::channel(64);
         let (taken_tx, taken) = mpsc::channel(64);
@@ -819,6 +933,7 @@ mod tests {
             global: 1000,
             default_timeout: Duration::from_secs(30),
             max_timeout: Duration::from_secs(60),
+            max_held,
         };
         let to_link = ToLink {
             jobs: jobs_tx,
@@ -972,52 +1087,127 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn calls_while_the_bridge_is_away_get_broker_unavailable() {
+    async fn calls_while_the_bridge_is_away_are_held_and_sent_when_it_returns() {
         let mut h = harness(10);
         let mut a = h.client(1).await;
         h.handle
-            .call(1, call(Some(json!(1)), "echo", json!({})), None)
+            .call(1, call(Some(json!(1)), "echo", json!({"x": 1})), None)
             .await
             .expect("router alive");
+        h.link_up(4).await;
+        let out = h.jobs.recv().await.expect("the held job");
+        assert_eq!(out.epoch, 4, "sent on the new session");
+        let ToBridge::Submit(job) = out.msg else {
+            panic!("expected a job, got {:?}", out.msg);
+        };
+        assert_eq!(job.params, r#"{"x":1}"#);
+        h.reply(4, job.id, ReplyBody::Result("\"ok\"".into())).await;
+        assert_eq!(response(&mut a).await["result"], "ok");
+    }
+
+    #[tokio::test]
+    async fn held_calls_past_the_bound_get_broker_unavailable_at_once() {
+        let mut h = harness_with(10, 2);
+        let mut a = h.client(1).await;
+        for i in 0..3 {
+            h.handle
+                .call(1, call(Some(json!(i)), "echo", json!({})), None)
+                .await
+                .expect("router alive");
+        }
+        let r = response(&mut a).await;
         assert_eq!(
-            response(&mut a).await["error"]["code"],
-            jsonrpc::BROKER_UNAVAILABLE
+            (r["id"].clone(), r["error"]["code"].clone()),
+            (json!(2), json!(jsonrpc::BROKER_UNAVAILABLE))
         );
+        assert!(!h.health.borrow().bridge);
         assert!(
             h.jobs.try_recv().is_err(),
             "nothing sent to a bridge that is not there"
         );
-        assert!(!h.health.borrow().bridge);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn held_call_reaching_its_deadline_gets_broker_unavailable() {
+        let mut h = harness(10);
+        let mut a = h.client(1).await;
+        let mut c = call(Some(json!(1)), "echo", json!({}));
+        c.options.timeout_ms = Some(500);
+        h.handle.call(1, c, None).await.expect("router alive");
+        let r = response(&mut a).await;
+        assert_eq!(r["error"]["code"], jsonrpc::BROKER_UNAVAILABLE);
+        h.link_up(1).await;
+        assert!(
+            h.jobs.try_recv().is_err(),
+            "an answered call is not sent later"
+        );
     }
 
     #[tokio::test]
-    async fn link_loss_answers_unconfirmed_calls_and_keeps_published_ones() {
+    async fn link_loss_resends_unconfirmed_calls_and_keeps_published_ones_waiting() {
         let mut h = harness(10);
         h.link_up(1).await;
         let mut a = h.client(1).await;
         let published = h
             .submit(1, call(Some(json!("p")), "sleep", json!({})))
             .await;
-        let _unconfirmed = h
+        let unconfirmed = h
             .submit(1, call(Some(json!("u")), "sleep", json!({})))
             .await;
         h.bridge_says(1, ToGateway::Published { job: published.id })
             .await;
         h.events.send(LinkEvent::Down).await.expect("router alive");
-
-        let r = response(&mut a).await;
-        assert_eq!(r["id"], "u");
-        assert_eq!(r["error"]["code"], jsonrpc::BROKER_UNAVAILABLE);
-
-        // The published job's reply arrives through the next session.
         h.link_up(2).await;
-        h.reply(2, published.id, ReplyBody::Result("\"done\"".into()))
-            .await;
-        let r = response(&mut a).await;
+
+        let again = h.jobs.recv().await.expect("resent");
+        assert_eq!(again.epoch, 2);
         assert_eq!(
-            (r["id"].clone(), r["result"].clone()),
-            (json!("p"), json!("done"))
+            again.msg,
+            ToBridge::Submit(unconfirmed.clone()),
+            "same job id, resent once"
         );
+        assert!(
+            h.jobs.try_recv().is_err(),
+            "the published job is not sent again"
+        );
+
+        // Both replies arrive through the new session, each answered once.
+        h.reply(2, published.id, ReplyBody::Result("\"p done\"".into()))
+            .await;
+        h.reply(2, unconfirmed.id, ReplyBody::Result("\"u done\"".into()))
+            .await;
+        h.reply(2, unconfirmed.id, ReplyBody::Result("\"u again\"".into()))
+            .await;
+        let mut got = vec![response(&mut a).await, response(&mut a).await];
+        got.sort_by_key(|r| r["id"].to_string());
+        assert_eq!(got[0]["result"], "p done");
+        assert_eq!(got[1]["result"], "u done");
+        for _ in 0..3 {
+            assert!(h.taken.recv().await.is_some());
+        }
+        assert_silent(&mut a);
+    }
+
+    #[tokio::test]
+    async fn failed_publish_is_tried_again_when_the_broker_is_back() {
+        let mut h = harness(10);
+        h.link_up(1).await;
+        let mut a = h.client(1).await;
+        let job = h.submit(1, call(Some(json!(1)), "echo", json!({}))).await;
+        h.bridge_says(1, ToGateway::Broker(BrokerState::Down)).await;
+        h.bridge_says(
+            1,
+            ToGateway::Rejected {
+                job: job.id,
+                reason: Rejection::BrokerUnavailable,
+            },
+        )
+        .await;
+        h.bridge_says(1, ToGateway::Broker(BrokerState::Up)).await;
+        let again = h.jobs.recv().await.expect("resent");
+        assert_eq!(again.msg, ToBridge::Submit(job.clone()));
+        h.reply(1, job.id, ReplyBody::Result("1".into())).await;
+        assert_eq!(response(&mut a).await["result"], 1);
     }
 
     #[tokio::test]
