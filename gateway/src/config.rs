@@ -77,6 +77,13 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_held_calls: Option<usize>,
 
+    /// Seconds a client may take to reconnect to `/ws?session=<token>` and get the results of
+    /// its calls; 0 turns sessions off (a call's result is lost with its connection).
+    /// [default: 0]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_resume_secs: Option<u64>,
+
     /// Websocket connections at once; past it, upgrades get HTTP 503. [default: 10000]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -108,6 +115,8 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub max_call_timeout: Duration,
     pub max_held_calls: usize,
+    /// Seconds; 0: off.
+    pub session_resume_secs: u64,
     pub max_connections: usize,
     /// Seconds.
     pub drain_timeout: u64,
@@ -125,6 +134,7 @@ impl Default for Config {
             call_timeout: Duration::from_secs(30),
             max_call_timeout: Duration::from_secs(600),
             max_held_calls: 1024,
+            session_resume_secs: 0,
             max_connections: 10_000,
             drain_timeout: 10,
             log_format: LogFormat::Plain,

@@ -36,20 +36,18 @@ struct PendingBatch {
     parts: Vec<String>,
 }
 
-/// Serves one client until it leaves, is too slow, or the gateway shuts down.
+/// Serves one client until it leaves, is too slow, or the gateway shuts down. The client is
+/// already attached to its session (`router.connect`), which sends to `rx`.
 pub(crate) async fn serve<S>(
     socket: S,
     client: ClientId,
+    mut rx: mpsc::Receiver<Outbound>,
     router: RouterHandle,
     config: ConnectionConfig,
     shutdown: CancellationToken,
 ) where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
-    let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
-    if router.connect(client, tx).await.is_err() {
-        return;
-    }
     let mut conn = Connection {
         client,
         router: router.clone(),
@@ -58,14 +56,30 @@ pub(crate) async fn serve<S>(
         next_batch: 0,
         awaiting: 0,
     };
-    let close = conn.run(rx, config, shutdown).await;
+    let close = conn.run(&mut rx, config, shutdown).await;
     if let Some(frame) = close {
         debug!(code = frame.code, reason = %frame.reason, "closing websocket");
         // Best effort: the client may be gone already.
         let _ = conn.socket.send(Message::Close(Some(frame))).await;
     }
     let _ = conn.socket.close().await;
-    let _ = router.disconnect(client).await;
+    // What this connection received but never wrote goes back to the session, for a resume:
+    // the parts of unfinished batches, and whatever is still queued.
+    let mut unsent: Vec<Outbound> = conn
+        .batches
+        .drain()
+        .flat_map(|(_, batch)| batch.parts)
+        .map(|text| Outbound {
+            batch: None,
+            kind: OutboundKind::Response,
+            text,
+        })
+        .collect();
+    rx.close();
+    while let Ok(out) = rx.try_recv() {
+        unsent.push(out);
+    }
+    let _ = router.disconnect(client, unsent).await;
 }
 
 struct Connection<S> {
@@ -92,7 +106,7 @@ where
     /// Returns the close frame to send, if any.
     async fn run(
         &mut self,
-        mut rx: mpsc::Receiver<Outbound>,
+        rx: &mut mpsc::Receiver<Outbound>,
         config: ConnectionConfig,
         shutdown: CancellationToken,
     ) -> Option<CloseFrame> {

@@ -7,17 +7,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, State};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info_span, warn};
 
-use crate::connection::{self, ConnectionConfig};
+use crate::connection::{self, ConnectionConfig, OUTBOUND_CAPACITY};
 use crate::router::{Health, RouterHandle};
+use crate::sessions::ResumeRefused;
+
+/// The query of `/ws`: `?session=<token>` resumes a session.
+#[derive(Debug, serde::Deserialize)]
+struct WsQuery {
+    session: Option<String>,
+}
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -48,6 +55,7 @@ pub(crate) fn routes(state: AppState) -> Router {
 async fn websocket(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<WsQuery>,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if app.shutdown.is_cancelled() {
@@ -61,18 +69,38 @@ async fn websocket(
     };
     let client = app.next_client.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("client", id = client, %peer);
+    // Attach to the session before upgrading, so a refused resume is a plain HTTP answer.
+    let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    match app.router.connect(client, tx, query.session).await {
+        Ok(Ok(_grant)) => {}
+        Ok(Err(refused)) => {
+            let status = match refused {
+                ResumeRefused::Unknown => StatusCode::NOT_FOUND,
+                ResumeRefused::InUse => StatusCode::CONFLICT,
+            };
+            tracing::debug!(client, %peer, %refused, "session resume refused");
+            return (status, format!("{refused}\n")).into_response();
+        }
+        Err(_) => return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
+    }
+    let router = app.router.clone();
     let ws_frame_limit = app.max_message_bytes;
     upgrade
         .max_message_size(ws_frame_limit)
         .max_frame_size(ws_frame_limit)
         // Writes are flushed one message at a time, so this only has to hold the largest one.
         .max_write_buffer_size(wsmq_ipc_proto::MAX_FRAME_LEN * 2)
-        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
+        .on_failed_upgrade(move |e| {
+            tracing::debug!(error = %e, "websocket upgrade failed");
+            // The session stays resumable; only this connection is gone.
+            tokio::spawn(async move { router.disconnect(client, Vec::new()).await });
+        })
         .on_upgrade(move |socket| {
             let task = async move {
                 tracing::debug!("connected");
                 crate::metrics::connection_opened();
-                connection::serve(socket, client, app.router, app.connection, app.shutdown).await;
+                connection::serve(socket, client, rx, app.router, app.connection, app.shutdown)
+                    .await;
                 crate::metrics::connection_closed();
                 tracing::debug!("disconnected");
                 drop(permit);

@@ -31,6 +31,9 @@ pub(crate) const MAX_PRIORITY: u8 = 9;
 
 /// The notification a client sends to cancel one of its calls.
 pub(crate) const CANCEL_METHOD: &str = "$/cancel";
+/// The notification the gateway sends first on every connection, naming its session.
+pub(crate) const SESSION_METHOD: &str = "$/session";
+
 /// The notification the gateway sends for each progress report.
 pub(crate) const PROGRESS_METHOD: &str = "$/progress";
 
@@ -255,6 +258,16 @@ pub(crate) fn progress_notification(id: &RawValue, value: &RawValue) -> String {
         params: Params { id, value },
     })
     .unwrap_or_default()
+}
+
+/// The `$/session` notification: the token to resume with, and for how long.
+pub(crate) fn session_notification(token: &str, resume_within_s: u64) -> String {
+    serde_json::json!({
+        "jsonrpc": "2.0",
+        "method": SESSION_METHOD,
+        "params": {"session": token, "resume_within_s": resume_within_s},
+    })
+    .to_string()
 }
 
 /// Methods clients may not call: `rpc.` is reserved by the spec, `$/` for wsmq's own.

@@ -17,6 +17,7 @@ mod jsonrpc;
 mod link;
 mod metrics;
 mod router;
+mod sessions;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -79,6 +80,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
         default_timeout: config.call_timeout,
         max_timeout: config.max_call_timeout,
         max_held: config.max_held_calls,
+        resume_within: Duration::from_secs(config.session_resume_secs),
     };
     let to_link = router::ToLink {
         jobs: jobs_tx,

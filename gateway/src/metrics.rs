@@ -48,6 +48,10 @@ pub(crate) enum Dropped {
     Cancelled,
     Duplicate,
     UnknownJob,
+    /// Kept for a disconnected session that was never resumed.
+    SessionExpired,
+    /// A disconnected session had kept as much as it may.
+    SessionBufferFull,
 }
 
 impl Dropped {
@@ -58,6 +62,8 @@ impl Dropped {
             Dropped::Cancelled => "cancelled",
             Dropped::Duplicate => "duplicate",
             Dropped::UnknownJob => "unknown_job",
+            Dropped::SessionExpired => "session_expired",
+            Dropped::SessionBufferFull => "session_buffer_full",
         }
     }
 }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
 use serde_json::value::RawValue;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::time::{DelayQueue, delay_queue};
 use tracing::{debug, info, warn};
 use wsmq_ipc_proto::{
@@ -31,6 +31,7 @@ use wsmq_ipc_proto::{
 use crate::jsonrpc::{self, Call};
 use crate::link::{LinkEvent, Outgoing};
 use crate::metrics::{self, Dropped, MethodLabels, Outcome};
+use crate::sessions::{Delivery, Grant, ResumeRefused, SessionId, Sessions};
 
 /// Identifies one websocket connection for as long as the gateway runs.
 pub(crate) type ClientId = u64;
@@ -59,7 +60,8 @@ pub(crate) struct Outbound {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum OutboundKind {
     Response,
-    Progress,
+    /// `$/progress` or `$/session`: answers no call.
+    Notification,
 }
 
 #[derive(Debug)]
@@ -67,9 +69,12 @@ enum Command {
     Connect {
         client: ClientId,
         tx: mpsc::Sender<Outbound>,
+        resume: Option<String>,
+        reply: oneshot::Sender<Result<Grant, ResumeRefused>>,
     },
     Disconnect {
         client: ClientId,
+        unsent: Vec<Outbound>,
     },
     Call {
         client: ClientId,
@@ -94,18 +99,35 @@ pub(crate) struct RouterHandle {
 pub(crate) struct RouterGone;
 
 impl RouterHandle {
-    /// Registers a client; its responses arrive on `tx`. Dropping the router's side of `tx`
-    /// (the receiver sees `None`) means the client was too slow and must be closed.
+    /// Registers a connection, for a new session or to resume the one `resume` names; its
+    /// messages arrive on `tx` (first `$/session`, then whatever the session kept). Dropping
+    /// the router's side of `tx` (the receiver sees `None`) means the client was too slow and
+    /// must be closed.
     pub(crate) async fn connect(
         &self,
         client: ClientId,
         tx: mpsc::Sender<Outbound>,
-    ) -> Result<(), RouterGone> {
-        self.send(Command::Connect { client, tx }).await
+        resume: Option<String>,
+    ) -> Result<Result<Grant, ResumeRefused>, RouterGone> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Connect {
+            client,
+            tx,
+            resume,
+            reply,
+        })
+        .await?;
+        answer.await.map_err(|_| RouterGone)
     }
 
-    pub(crate) async fn disconnect(&self, client: ClientId) -> Result<(), RouterGone> {
-        self.send(Command::Disconnect { client }).await
+    /// The connection is gone; `unsent` is what it received and could not write (kept for a
+    /// resume).
+    pub(crate) async fn disconnect(
+        &self,
+        client: ClientId,
+        unsent: Vec<Outbound>,
+    ) -> Result<(), RouterGone> {
+        self.send(Command::Disconnect { client, unsent }).await
     }
 
     /// Starts a call. Every call with an id gets exactly one [`OutboundKind::Response`].
@@ -157,6 +179,8 @@ pub(crate) struct Limits {
     pub(crate) max_timeout: Duration,
     /// Calls held while the bridge or RabbitMQ is away, at most; past it, -32000 at once.
     pub(crate) max_held: usize,
+    /// How long a session outlives its connection; zero: not at all.
+    pub(crate) resume_within: Duration,
 }
 
 /// Where the router sends what the bridge must hear.
@@ -195,7 +219,7 @@ struct Counters {
 }
 
 struct Pending {
-    client: ClientId,
+    session: SessionId,
     id: Option<Box<RawValue>>,
     method: String,
     batch: Option<u64>,
@@ -217,13 +241,6 @@ enum CallState {
     Published,
 }
 
-struct ClientEntry {
-    tx: mpsc::Sender<Outbound>,
-    /// The client's calls in flight that have an id, by the id's JSON text (for `$/cancel`).
-    calls: HashMap<Box<str>, JobId>,
-    in_flight: usize,
-}
-
 /// Starts the router; it runs until every [`RouterHandle`] is dropped.
 pub(crate) fn spawn(
     limits: Limits,
@@ -237,7 +254,7 @@ pub(crate) fn spawn(
         to_link,
         health,
         pending: HashMap::new(),
-        clients: HashMap::new(),
+        sessions: Sessions::new(limits.resume_within),
         deadlines: DelayQueue::new(),
         endings: Endings::default(),
         methods: MethodLabels::default(),
@@ -258,7 +275,7 @@ struct Router {
     to_link: ToLink,
     health: watch::Sender<Health>,
     pending: HashMap<JobId, Pending>,
-    clients: HashMap<ClientId, ClientEntry>,
+    sessions: Sessions,
     /// One timer per pending call.
     deadlines: DelayQueue<JobId>,
     endings: Endings,
@@ -328,6 +345,12 @@ impl Router {
                     None => break,
                 },
                 _ = retry.tick(), if self.held_count > 0 => self.flush_held(),
+                dropped = self.sessions.next_expired(), if self.sessions.expiring() => {
+                    debug!(dropped, "session expired");
+                    for _ in 0..dropped {
+                        metrics::reply_dropped(Dropped::SessionExpired);
+                    }
+                }
             }
         }
         let c = &self.counters;
@@ -345,19 +368,52 @@ impl Router {
 
     fn on_command(&mut self, cmd: Command) {
         match cmd {
-            Command::Connect { client, tx } => {
-                self.clients.insert(
-                    client,
-                    ClientEntry {
-                        tx,
-                        calls: HashMap::new(),
-                        in_flight: 0,
-                    },
-                );
+            Command::Connect {
+                client,
+                tx,
+                resume,
+                reply,
+            } => {
+                let attached = self.sessions.attach(client, tx.clone(), resume.as_deref());
+                let answer = match attached {
+                    Ok((grant, kept)) => {
+                        if self.sessions.resumable() {
+                            let text = jsonrpc::session_notification(
+                                &grant.token,
+                                self.sessions.resume_within().as_secs(),
+                            );
+                            let hello = Outbound {
+                                batch: None,
+                                kind: OutboundKind::Notification,
+                                text,
+                            };
+                            // A fresh queue: these fit (what a session keeps is bounded below
+                            // its size).
+                            let _ = tx.try_send(hello);
+                        }
+                        debug!(
+                            client,
+                            session = grant.session,
+                            resumed = resume.is_some(),
+                            kept = kept.len(),
+                            "connection attached"
+                        );
+                        for out in kept {
+                            let _ = tx.try_send(out);
+                        }
+                        Ok(grant)
+                    }
+                    Err(refused) => Err(refused),
+                };
+                let _ = reply.send(answer);
             }
-            Command::Disconnect { client } => {
-                // Its pending jobs stay until they end: their replies must still be taken.
-                self.clients.remove(&client);
+            Command::Disconnect { client, unsent } => {
+                // The session's calls go on; their results wait for a resume (or are dropped
+                // when it expires).
+                let dropped = self.sessions.detach(client, unsent);
+                for _ in 0..dropped {
+                    metrics::reply_dropped(Dropped::ClientGone);
+                }
             }
             Command::Call {
                 client,
@@ -369,6 +425,10 @@ impl Router {
     }
 
     fn on_call(&mut self, client: ClientId, call: Call, batch: Option<u64>) {
+        let Some(session) = self.sessions.session_of(client) else {
+            debug!(client, "call from a connection that has gone; dropped");
+            return;
+        };
         let refuse = |this: &mut Self, call: &Call, code: i64, message: &str, data: &str| {
             metrics::call_ended(
                 this.methods.label(&call.method),
@@ -378,7 +438,7 @@ impl Router {
             match &call.id {
                 Some(id) => {
                     let text = jsonrpc::error_response(Some(id), code, message, Some(data));
-                    this.respond_to(client, batch, OutboundKind::Response, text);
+                    this.respond_to(session, batch, OutboundKind::Response, text);
                 }
                 None => debug!(client, method = %call.method, message, "notification dropped"),
             }
@@ -395,7 +455,7 @@ impl Router {
             );
         }
         let too_many = "too many calls in flight";
-        let in_flight = self.clients.get(&client).map_or(0, |c| c.in_flight);
+        let in_flight = self.sessions.in_flight(session);
         if in_flight >= self.limits.per_client {
             let data = format!(
                 "at most {} calls in flight per connection",
@@ -458,17 +518,13 @@ impl Router {
             self.held_count += 1;
             CallState::Held
         };
-        if let Some(c) = self.clients.get_mut(&client) {
-            c.in_flight += 1;
-            if let Some(id) = &call.id {
-                c.calls.insert(id.get().into(), job_id);
-            }
-        }
+        self.sessions
+            .call_started(session, call.id.as_deref(), job_id);
         let deadline = self.deadlines.insert(job_id, timeout);
         self.pending.insert(
             job_id,
             Pending {
-                client,
+                session,
                 id: call.id,
                 method: call.method,
                 batch,
@@ -551,9 +607,9 @@ impl Router {
     fn on_cancel(&mut self, client: ClientId, id: &RawValue) {
         // Looked up among this client's calls only: nobody can cancel another's.
         let job = self
-            .clients
-            .get(&client)
-            .and_then(|c| c.calls.get(id.get()).copied());
+            .sessions
+            .session_of(client)
+            .and_then(|session| self.sessions.call_named(session, id));
         let Some(job) = job else {
             debug!(client, id = id.get(), "cancel for an unknown call ignored");
             return;
@@ -585,7 +641,7 @@ impl Router {
             );
             return;
         }
-        debug!(%job, client = pending.client, method = %pending.method, "call timed out");
+        debug!(%job, session = pending.session, method = %pending.method, "call timed out");
         let data = format!(
             "no result for {:?} before the call's deadline",
             pending.method
@@ -729,7 +785,7 @@ impl Router {
             return self.count_orphan(job);
         };
         let Some(id) = pending.id.as_deref() else {
-            debug!(%job, client = pending.client, method = %pending.method, "notification finished");
+            debug!(%job, session = pending.session, method = %pending.method, "notification finished");
             return;
         };
         let text = match body {
@@ -742,12 +798,12 @@ impl Router {
                 jsonrpc::error_response_raw(Some(id), err.code, &err.message, data.as_deref())
             }
             ReplyBody::Invalid { reason } => {
-                warn!(%job, client = pending.client, method = %pending.method, %reason, "worker replied something unreadable");
+                warn!(%job, session = pending.session, method = %pending.method, %reason, "worker replied something unreadable");
                 invalid_reply(id, &pending.method, &reason)
             }
             ReplyBody::Progress(_) => return,
         };
-        self.respond_to(pending.client, pending.batch, OutboundKind::Response, text);
+        self.respond_to(pending.session, pending.batch, OutboundKind::Response, text);
     }
 
     fn on_progress(&mut self, job: JobId, value: String) {
@@ -765,9 +821,9 @@ impl Router {
                 return;
             }
         };
-        let client = pending.client;
+        let session = pending.session;
         metrics::progress_forwarded();
-        self.respond_to(client, None, OutboundKind::Progress, text);
+        self.respond_to(session, None, OutboundKind::Notification, text);
     }
 
     /// Counts a reply that has no call to go to.
@@ -816,19 +872,11 @@ impl Router {
         self.deadlines.try_remove(&pending.deadline);
         self.endings.remember(job, ending);
         let took = pending.started.elapsed();
-        debug!(%job, client = pending.client, method = %pending.method, ?outcome, ?took, "call ended");
+        debug!(%job, session = pending.session, method = %pending.method, ?outcome, ?took, "call ended");
         metrics::call_ended(self.methods.label(&pending.method), outcome, took);
         metrics::calls_in_flight(self.pending.len());
-        if let Some(c) = self.clients.get_mut(&pending.client) {
-            c.in_flight = c.in_flight.saturating_sub(1);
-            // Only if the id still names this call: a client that reused an id while the
-            // first call ran has the newer call under it.
-            if let Some(id) = &pending.id
-                && c.calls.get(id.get()) == Some(&job)
-            {
-                c.calls.remove(id.get());
-            }
-        }
+        self.sessions
+            .call_ended(pending.session, pending.id.as_deref(), job);
         Some(pending)
     }
 
@@ -846,43 +894,45 @@ impl Router {
         match pending.id.as_deref() {
             Some(id) => {
                 let text = jsonrpc::error_response(Some(id), code, message, Some(data));
-                self.respond_to(pending.client, pending.batch, OutboundKind::Response, text);
+                self.respond_to(pending.session, pending.batch, OutboundKind::Response, text);
             }
             None => {
-                debug!(%job, client = pending.client, method = %pending.method, message, "notification failed")
+                debug!(%job, session = pending.session, method = %pending.method, message, "notification failed")
             }
         }
     }
 
     fn respond_to(
         &mut self,
-        client: ClientId,
+        session: SessionId,
         batch: Option<u64>,
         kind: OutboundKind,
         text: String,
     ) {
-        let Some(entry) = self.clients.get(&client) else {
-            self.counters.dropped_client_gone += 1;
-            metrics::reply_dropped(Dropped::ClientGone);
-            debug!(client, "response for a disconnected client dropped");
-            return;
-        };
-        match entry.tx.try_send(Outbound { batch, kind, text }) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                // Dropping its sender closes the connection: buffering more would let one slow
-                // reader eat the gateway's memory.
+        match self
+            .sessions
+            .deliver(session, Outbound { batch, kind, text })
+        {
+            Delivery::Sent | Delivery::Kept => {}
+            Delivery::NoSession => {
+                self.counters.dropped_client_gone += 1;
+                metrics::reply_dropped(Dropped::ClientGone);
+                debug!(session, "response for a session that has ended dropped");
+            }
+            Delivery::BufferFull => {
+                metrics::reply_dropped(Dropped::SessionBufferFull);
+                warn!(
+                    session,
+                    "session kept too much while disconnected; response dropped"
+                );
+            }
+            Delivery::SlowClient(client) => {
                 self.counters.slow_clients_closed += 1;
                 metrics::slow_client_closed();
                 warn!(
                     client,
-                    "client is not reading its responses; disconnecting it"
+                    session, "client is not reading its responses; disconnecting it"
                 );
-                self.clients.remove(&client);
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.counters.dropped_client_gone += 1;
-                self.clients.remove(&client);
             }
         }
     }
@@ -924,6 +974,10 @@ mod tests {
     }
 
     fn harness_with(per_client: usize, max_held: usize) -> Harness {
+        harness_full(per_client, max_held, Duration::ZERO)
+    }
+
+    fn harness_full(per_client: usize, max_held: usize, resume_within: Duration) -> Harness {
         let (events, events_rx) = mpsc::channel(64);
         let (jobs_tx, jobs) = mpsc::channel(64);
         let (taken_tx, taken) = mpsc::channel(64);
@@ -934,6 +988,7 @@ mod tests {
             default_timeout: Duration::from_secs(30),
             max_timeout: Duration::from_secs(60),
             max_held,
+            resume_within,
         };
         let to_link = ToLink {
             jobs: jobs_tx,
@@ -976,7 +1031,11 @@ mod tests {
 
         async fn client(&self, id: ClientId) -> mpsc::Receiver<Outbound> {
             let (tx, rx) = mpsc::channel(4);
-            self.handle.connect(id, tx).await.expect("router alive");
+            self.handle
+                .connect(id, tx, None)
+                .await
+                .expect("router alive")
+                .expect("attached");
             rx
         }
 
@@ -1178,7 +1237,7 @@ mod tests {
             .await;
         h.reply(2, unconfirmed.id, ReplyBody::Result("\"u again\"".into()))
             .await;
-        let mut got = vec![response(&mut a).await, response(&mut a).await];
+        let mut got = [response(&mut a).await, response(&mut a).await];
         got.sort_by_key(|r| r["id"].to_string());
         assert_eq!(got[0]["result"], "p done");
         assert_eq!(got[1]["result"], "u done");
@@ -1239,7 +1298,10 @@ mod tests {
         let _gone = h.client(1).await;
         let mut other = h.client(2).await;
         let job = h.submit(1, call(Some(json!(1)), "echo", json!({}))).await;
-        h.handle.disconnect(1).await.expect("router alive");
+        h.handle
+            .disconnect(1, Vec::new())
+            .await
+            .expect("router alive");
         h.reply(1, job.id, ReplyBody::Result("1".into())).await;
         assert!(h.taken.recv().await.is_some(), "still acked to the bridge");
         assert_silent(&mut other);
@@ -1473,7 +1535,7 @@ mod tests {
             .await;
         for step in 1..=3 {
             let out = a.recv().await.expect("progress");
-            assert_eq!(out.kind, OutboundKind::Progress);
+            assert_eq!(out.kind, OutboundKind::Notification);
             let v: Value = serde_json::from_str(&out.text).expect("json");
             assert_eq!(
                 v,
@@ -1503,5 +1565,74 @@ mod tests {
         let r = response(&mut a).await;
         assert_eq!(r["error"]["code"], jsonrpc::BROKER_UNAVAILABLE);
         assert!(h.jobs.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_resumed_session_gets_what_arrived_while_it_was_away_then_the_rest() {
+        let mut h = harness_full(10, 100, Duration::from_secs(30));
+        h.link_up(1).await;
+        let (tx, mut first) = mpsc::channel(8);
+        let grant = h
+            .handle
+            .connect(1, tx, None)
+            .await
+            .expect("router alive")
+            .expect("attached");
+        let hello: Value =
+            serde_json::from_str(&first.recv().await.expect("$/session").text).expect("json");
+        assert_eq!(
+            hello,
+            json!({"jsonrpc":"2.0","method":"$/session","params":{"session": grant.token, "resume_within_s": 30}})
+        );
+        let early = h
+            .submit(1, call(Some(json!("early")), "echo", json!({})))
+            .await;
+        let late = h
+            .submit(1, call(Some(json!("late")), "echo", json!({})))
+            .await;
+        h.handle
+            .disconnect(1, Vec::new())
+            .await
+            .expect("router alive");
+        // Commands are handled in order, so once another connection is attached the
+        // disconnect has been too (link events, which carry the reply, go first otherwise).
+        let _other = h.client(99).await;
+        h.reply(1, early.id, ReplyBody::Result("1".into())).await;
+        assert!(h.taken.recv().await.is_some());
+
+        let (tx2, mut second) = mpsc::channel(8);
+        let again = h
+            .handle
+            .connect(2, tx2, Some(grant.token.clone()))
+            .await
+            .expect("router alive")
+            .expect("resumed");
+        assert_eq!(again.token, grant.token);
+        assert_eq!(
+            second.recv().await.expect("$/session").kind,
+            OutboundKind::Notification
+        );
+        assert_eq!(response(&mut second).await["id"], "early");
+        h.reply(1, late.id, ReplyBody::Result("2".into())).await;
+        assert_eq!(response(&mut second).await["id"], "late");
+        assert_silent(&mut first);
+    }
+
+    #[tokio::test]
+    async fn a_session_is_served_by_one_connection_at_a_time() {
+        let h = harness_full(10, 100, Duration::from_secs(30));
+        let (tx, _rx) = mpsc::channel(8);
+        let grant = h
+            .handle
+            .connect(1, tx.clone(), None)
+            .await
+            .expect("router alive")
+            .expect("attached");
+        let second = h
+            .handle
+            .connect(2, tx, Some(grant.token))
+            .await
+            .expect("router alive");
+        assert_eq!(second.err(), Some(ResumeRefused::InUse));
     }
 }

@@ -1,0 +1,426 @@
+//! Sessions: what a client's calls belong to, so that a dropped connection can come back.
+//!
+//! Every websocket connection serves one session. The session, not the connection, owns the
+//! calls in flight, so when a connection drops its calls go on; what they produce while no
+//! connection serves the session is kept (bounded) and handed to the connection that resumes it
+//! with the session's token, within the resume window. A session is served by one connection
+//! at a time, and is forgotten when the window passes (what it still held is dropped and
+//! counted). The router owns the one [`Sessions`]; nothing here is shared.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio_util::time::{DelayQueue, delay_queue};
+use wsmq_ipc_proto::JobId;
+
+use crate::router::{ClientId, Outbound, OutboundKind};
+
+/// Responses and progress kept for a session while no connection serves it. Past it, more are
+/// dropped (and counted); it is below the connection's outbound queue, so a resuming connection
+/// always has room for all of them.
+pub(crate) const MAX_SESSION_BUFFER: usize = 256;
+
+/// Identifies a session inside the gateway (never shown to clients; the token is).
+pub(crate) type SessionId = u64;
+
+/// Why a connection could not resume a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ResumeRefused {
+    #[error("unknown or expired session")]
+    Unknown,
+    #[error("the session is served by another connection")]
+    InUse,
+}
+
+/// What a connection is told about its session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Grant {
+    pub(crate) session: SessionId,
+    pub(crate) token: String,
+}
+
+/// What became of something sent to a session.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// On its way to the connection.
+    Sent,
+    /// Kept until a connection resumes the session.
+    Kept,
+    /// The session is gone (expired, or resumption is off and its connection left).
+    NoSession,
+    /// The session's buffer is full.
+    BufferFull,
+    /// The connection is not reading; it has been let go and the message kept for a resume.
+    SlowClient(ClientId),
+}
+
+struct Session {
+    token: String,
+    /// The connection serving the session, if any.
+    attached: Option<(ClientId, mpsc::Sender<Outbound>)>,
+    buffer: VecDeque<Outbound>,
+    expiry: Option<delay_queue::Key>,
+    /// Calls in flight that have an id, by the id's JSON text (for `$/cancel`).
+    calls: HashMap<Box<str>, JobId>,
+    in_flight: usize,
+}
+
+/// All sessions, and the connections attached to them.
+pub(crate) struct Sessions {
+    sessions: HashMap<SessionId, Session>,
+    tokens: HashMap<String, SessionId>,
+    clients: HashMap<ClientId, SessionId>,
+    expiries: DelayQueue<SessionId>,
+    next: SessionId,
+    /// How long a session without a connection is kept; zero turns resumption off.
+    resume_within: Duration,
+}
+
+/// A new unguessable token: 128 random bits from the thread's CSPRNG, as hex.
+fn new_token() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+impl Sessions {
+    pub(crate) fn new(resume_within: Duration) -> Self {
+        Self {
+            sessions: HashMap::new(),
+            tokens: HashMap::new(),
+            clients: HashMap::new(),
+            expiries: DelayQueue::new(),
+            next: 1,
+            resume_within,
+        }
+    }
+
+    /// Whether sessions outlive their connection.
+    pub(crate) fn resumable(&self) -> bool {
+        !self.resume_within.is_zero()
+    }
+
+    pub(crate) fn resume_within(&self) -> Duration {
+        self.resume_within
+    }
+
+    /// Attaches a new connection to a new session, or to the session `resume` names. The
+    /// returned messages (kept while the session had no connection) must go to `tx` first.
+    pub(crate) fn attach(
+        &mut self,
+        client: ClientId,
+        tx: mpsc::Sender<Outbound>,
+        resume: Option<&str>,
+    ) -> Result<(Grant, Vec<Outbound>), ResumeRefused> {
+        let Some(token) = resume else {
+            let id = self.next;
+            self.next += 1;
+            let token = new_token();
+            self.tokens.insert(token.clone(), id);
+            self.sessions.insert(
+                id,
+                Session {
+                    token: token.clone(),
+                    attached: Some((client, tx)),
+                    buffer: VecDeque::new(),
+                    expiry: None,
+                    calls: HashMap::new(),
+                    in_flight: 0,
+                },
+            );
+            self.clients.insert(client, id);
+            return Ok((Grant { session: id, token }, Vec::new()));
+        };
+        let id = *self.tokens.get(token).ok_or(ResumeRefused::Unknown)?;
+        let session = self.sessions.get_mut(&id).ok_or(ResumeRefused::Unknown)?;
+        if session.attached.is_some() {
+            return Err(ResumeRefused::InUse);
+        }
+        if let Some(key) = session.expiry.take() {
+            self.expiries.try_remove(&key);
+        }
+        session.attached = Some((client, tx));
+        let kept = session.buffer.drain(..).collect();
+        self.clients.insert(client, id);
+        Ok((
+            Grant {
+                session: id,
+                token: session.token.clone(),
+            },
+            kept,
+        ))
+    }
+
+    /// The connection left (or was let go). What it had not written (`unsent`) is kept for a
+    /// resume. Returns how many messages were dropped because the session ends here.
+    pub(crate) fn detach(&mut self, client: ClientId, unsent: Vec<Outbound>) -> usize {
+        let Some(id) = self.clients.remove(&client) else {
+            return unsent.len();
+        };
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return unsent.len();
+        };
+        if session.attached.as_ref().is_some_and(|(c, _)| *c == client) {
+            session.attached = None;
+        }
+        if session.attached.is_some() {
+            // A newer connection already serves it (resumed after a slow-client close).
+            return unsent.len();
+        }
+        let mut dropped = 0;
+        for out in unsent {
+            if !keep(&mut session.buffer, out) {
+                dropped += 1;
+            }
+        }
+        if self.resume_within.is_zero() {
+            return dropped + self.forget(id);
+        }
+        if session.expiry.is_none() {
+            session.expiry = Some(self.expiries.insert(id, self.resume_within));
+        }
+        dropped
+    }
+
+    /// Forgets a session; returns how many kept messages that drops.
+    fn forget(&mut self, id: SessionId) -> usize {
+        let Some(session) = self.sessions.remove(&id) else {
+            return 0;
+        };
+        self.tokens.remove(&session.token);
+        if let Some((client, _)) = session.attached {
+            self.clients.remove(&client);
+        }
+        if let Some(key) = session.expiry {
+            self.expiries.try_remove(&key);
+        }
+        session.buffer.len()
+    }
+
+    /// The next session whose resume window passed; it is forgotten. Returns the number of
+    /// kept messages dropped with it. Pending forever while there is none.
+    pub(crate) async fn next_expired(&mut self) -> usize {
+        loop {
+            match self.expiries.next().await {
+                Some(expired) => {
+                    let id = expired.into_inner();
+                    if let Some(s) = self.sessions.get_mut(&id) {
+                        s.expiry = None;
+                    }
+                    return self.forget(id);
+                }
+                None => std::future::pending::<()>().await,
+            }
+        }
+    }
+
+    /// Whether any session is waiting to expire (so [`Self::next_expired`] can complete).
+    pub(crate) fn expiring(&self) -> bool {
+        !self.expiries.is_empty()
+    }
+
+    pub(crate) fn session_of(&self, client: ClientId) -> Option<SessionId> {
+        self.clients.get(&client).copied()
+    }
+
+    /// Calls in flight of a session.
+    pub(crate) fn in_flight(&self, id: SessionId) -> usize {
+        self.sessions.get(&id).map_or(0, |s| s.in_flight)
+    }
+
+    /// A call started: counts it, and remembers its id for `$/cancel`.
+    pub(crate) fn call_started(&mut self, id: SessionId, rpc_id: Option<&RawValue>, job: JobId) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.in_flight += 1;
+            if let Some(rpc_id) = rpc_id {
+                s.calls.insert(rpc_id.get().into(), job);
+            }
+        }
+    }
+
+    /// A call ended.
+    pub(crate) fn call_ended(&mut self, id: SessionId, rpc_id: Option<&RawValue>, job: JobId) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.in_flight = s.in_flight.saturating_sub(1);
+            // Only if the id still names this call: a client that reused an id while the first
+            // call ran has the newer call under it.
+            if let Some(rpc_id) = rpc_id
+                && s.calls.get(rpc_id.get()) == Some(&job)
+            {
+                s.calls.remove(rpc_id.get());
+            }
+        }
+    }
+
+    /// The job of the session's call with JSON-RPC id `rpc_id`.
+    pub(crate) fn call_named(&self, id: SessionId, rpc_id: &RawValue) -> Option<JobId> {
+        self.sessions.get(&id)?.calls.get(rpc_id.get()).copied()
+    }
+
+    /// Sends to the session's connection, or keeps it for a resume.
+    pub(crate) fn deliver(&mut self, id: SessionId, out: Outbound) -> Delivery {
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return Delivery::NoSession;
+        };
+        let Some((client, tx)) = &session.attached else {
+            return if keep(&mut session.buffer, out) {
+                Delivery::Kept
+            } else {
+                Delivery::BufferFull
+            };
+        };
+        let client = *client;
+        match tx.try_send(out) {
+            Ok(()) => Delivery::Sent,
+            Err(mpsc::error::TrySendError::Full(out) | mpsc::error::TrySendError::Closed(out)) => {
+                // Dropping its sender closes the connection: buffering more there would let one
+                // slow reader eat the gateway's memory. The session lives on for a resume.
+                session.attached = None;
+                let kept = keep(&mut session.buffer, out);
+                if self.resume_within.is_zero() {
+                    self.clients.remove(&client);
+                    self.forget(id);
+                } else if session.expiry.is_none() {
+                    session.expiry = Some(self.expiries.insert(id, self.resume_within));
+                }
+                if kept {
+                    Delivery::SlowClient(client)
+                } else {
+                    Delivery::BufferFull
+                }
+            }
+        }
+    }
+}
+
+/// Keeps a message for a later connection. Responses that belonged to a batch of the old
+/// connection go out on their own: the new connection never saw that batch.
+fn keep(buffer: &mut VecDeque<Outbound>, mut out: Outbound) -> bool {
+    if buffer.len() >= MAX_SESSION_BUFFER {
+        return false;
+    }
+    if out.kind == OutboundKind::Response {
+        out.batch = None;
+    }
+    buffer.push_back(out);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn response(text: &str) -> Outbound {
+        Outbound {
+            batch: Some(3),
+            kind: OutboundKind::Response,
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn tokens_are_128_bit_hex_and_differ() {
+        let a = new_token();
+        let b = new_token();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[tokio::test]
+    async fn detached_session_keeps_messages_for_the_connection_that_resumes_it() {
+        let mut s = Sessions::new(Duration::from_secs(30));
+        let (tx, _rx) = mpsc::channel(8);
+        let (grant, kept) = s.attach(1, tx, None).expect("new session");
+        assert!(kept.is_empty());
+        assert_eq!(s.detach(1, vec![response("a")]), 0);
+        assert_eq!(s.deliver(grant.session, response("b")), Delivery::Kept);
+
+        let (tx2, _rx2) = mpsc::channel(8);
+        let (again, kept) = s.attach(2, tx2, Some(&grant.token)).expect("resumes");
+        assert_eq!(again, grant);
+        let texts: Vec<_> = kept.iter().map(|o| o.text.as_str()).collect();
+        assert_eq!(texts, ["a", "b"]);
+        assert!(
+            kept.iter().all(|o| o.batch.is_none()),
+            "old batches go out on their own"
+        );
+        assert_eq!(s.session_of(2), Some(grant.session));
+    }
+
+    #[tokio::test]
+    async fn a_live_session_cannot_be_taken_and_unknown_tokens_are_refused() {
+        let mut s = Sessions::new(Duration::from_secs(30));
+        let (tx, _rx) = mpsc::channel(8);
+        let (grant, _) = s.attach(1, tx.clone(), None).expect("new session");
+        assert_eq!(
+            s.attach(2, tx.clone(), Some(&grant.token)).err(),
+            Some(ResumeRefused::InUse)
+        );
+        assert_eq!(
+            s.attach(3, tx, Some("00ff")).err(),
+            Some(ResumeRefused::Unknown)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unresumed_session_expires_and_drops_what_it_kept() {
+        let mut s = Sessions::new(Duration::from_secs(5));
+        let (tx, _rx) = mpsc::channel(8);
+        let (grant, _) = s.attach(1, tx, None).expect("new session");
+        s.detach(1, vec![response("a"), response("b")]);
+        assert!(s.expiring());
+        assert_eq!(s.next_expired().await, 2);
+        let (tx2, _rx2) = mpsc::channel(8);
+        assert_eq!(
+            s.attach(2, tx2, Some(&grant.token)).err(),
+            Some(ResumeRefused::Unknown)
+        );
+        assert_eq!(s.deliver(grant.session, response("c")), Delivery::NoSession);
+    }
+
+    #[tokio::test]
+    async fn without_resumption_a_session_ends_with_its_connection() {
+        let mut s = Sessions::new(Duration::ZERO);
+        let (tx, _rx) = mpsc::channel(8);
+        let (grant, _) = s.attach(1, tx, None).expect("new session");
+        assert_eq!(s.detach(1, vec![response("a")]), 1);
+        assert_eq!(s.deliver(grant.session, response("b")), Delivery::NoSession);
+    }
+
+    #[tokio::test]
+    async fn kept_messages_are_bounded() {
+        let mut s = Sessions::new(Duration::from_secs(30));
+        let (tx, _rx) = mpsc::channel(8);
+        let (grant, _) = s.attach(1, tx, None).expect("new session");
+        s.detach(1, Vec::new());
+        for i in 0..MAX_SESSION_BUFFER {
+            assert_eq!(
+                s.deliver(grant.session, response(&i.to_string())),
+                Delivery::Kept
+            );
+        }
+        assert_eq!(
+            s.deliver(grant.session, response("over")),
+            Delivery::BufferFull
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_connection_is_let_go_but_its_session_lives_on() {
+        let mut s = Sessions::new(Duration::from_secs(30));
+        let (tx, _rx) = mpsc::channel(1);
+        let (grant, _) = s.attach(1, tx, None).expect("new session");
+        assert_eq!(s.deliver(grant.session, response("a")), Delivery::Sent);
+        assert_eq!(
+            s.deliver(grant.session, response("b")),
+            Delivery::SlowClient(1)
+        );
+        // The connection's own goodbye comes later and finds nothing more to do.
+        assert_eq!(s.detach(1, Vec::new()), 0);
+        let (tx2, _rx2) = mpsc::channel(8);
+        let (_, kept) = s.attach(2, tx2, Some(&grant.token)).expect("resumes");
+        assert_eq!(kept.len(), 1);
+    }
+}
