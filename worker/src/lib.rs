@@ -46,6 +46,32 @@
 //! with [`WorkerBuilder::max_priority`]`(None)`. The bridge never declares the method queues;
 //! keep it that way, so there is one declaration to agree on.
 //!
+//! ## Quorum queues and poison jobs
+//! A job that kills every worker taking it is redelivered from a classic queue forever. With
+//! [`WorkerBuilder::queue_type`]`(`[`QueueType::Quorum`]` { delivery_limit: N })` a worker
+//! declares the method queues as quorum queues instead, with these arguments and no others
+//! ([`contract::quorum_queue_arguments`]):
+//! - `x-queue-type` = `quorum`;
+//! - `x-delivery-limit` = N (any AMQP integer type);
+//! - `x-dead-letter-exchange` = `<queue-prefix>wsmq.dead`;
+//! - `x-dead-letter-routing-key` = `wsmq.delivery-limit.N`.
+//!
+//! and, before them, declares the fanout exchange
+//! [`<queue-prefix>wsmq.dead`](contract::DEAD_LETTER_EXCHANGE): durable, no arguments (the bridge
+//! declares it alike). RabbitMQ counts every return of a job to its queue (a worker crashed, its
+//! connection or channel closed with the job unacked, or it nacked the job) and, when a job is
+//! returned for the (N+1)-th time, i.e. after N + 1 deliveries, dead-letters it to that
+//! exchange instead of delivering it again. The bridge consumes `<queue-prefix>wsmq.dead` and
+//! answers the caller `-32004 "job failed"` with `data` `{"attempts": N + 1, "method": ...,
+//! "reason": "delivery_limit"}` (a job that dead-letters because its `expiration` passed is
+//! dropped quietly: its caller had its `-32001` already). RabbitMQ does not tell a dead job's
+//! delivery count (the dead-lettered message carries no `x-delivery-count`, and `x-death`'s
+//! `count` counts dead-letterings), so the routing key carries the limit.
+//!
+//! The trade-off: RabbitMQ 3.10's quorum queues have **no priorities**, so no `x-max-priority`
+//! is declared and a job's `priority` is ignored. A crash also returns every other job the
+//! worker held unacked (up to its prefetch), and each of those returns counts too.
+//!
 //! ## Jobs
 //! - `correlation_id` and `message_id`: the job id (a hyphenated UUID);
 //! - `reply_to`: the bridge's reply queue;
@@ -133,6 +159,7 @@ mod progress;
 mod request;
 mod worker;
 
+pub use contract::QueueType;
 pub use error::{BuildError, RpcError, WorkerError};
 pub use progress::ProgressError;
 pub use request::Request;

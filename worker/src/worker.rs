@@ -40,7 +40,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     backoff::Backoff,
-    contract::{self, Cancellation, MAX_QUEUE_NAME_LEN, ReplyAddress},
+    contract::{self, Cancellation, MAX_QUEUE_NAME_LEN, QueueType, ReplyAddress},
     error::{BuildError, Chain, RpcError, WorkerError},
     job::{self, Job, JobShared},
     lifecycle::{Admission, JobTable, RECENTLY_CANCELLED_CAPACITY, Ticket},
@@ -92,6 +92,7 @@ pub struct WorkerBuilder {
     shutdown_grace: Duration,
     max_reply_bytes: usize,
     max_priority: Option<u8>,
+    queue_type: QueueType,
     methods: Vec<(String, Handler)>,
     method_concurrency: HashMap<String, u16>,
 }
@@ -142,6 +143,23 @@ impl WorkerBuilder {
     #[must_use]
     pub fn max_priority(mut self, max_priority: Option<u8>) -> Self {
         self.max_priority = max_priority;
+        self
+    }
+
+    /// The type of the method queues (default [`QueueType::Classic`]).
+    ///
+    /// [`QueueType::Quorum`] makes a job that kills every worker taking it (a poison job) end:
+    /// past its delivery limit the broker dead-letters it to `<prefix>wsmq.dead`, which this
+    /// worker declares (a durable fanout exchange, no arguments) before its queues, and the
+    /// bridge answers the caller `-32004 "job failed"`. Quorum queues of RabbitMQ 3.10 have no
+    /// priorities: with it, [`max_priority`](Self::max_priority) is ignored.
+    ///
+    /// A queue keeps its type: switching a method's workers to another type means deleting the
+    /// queue once (`rabbitmqctl delete_queue <prefix><method>`), or the broker refuses the
+    /// declaration and the worker keeps retrying, logging why.
+    #[must_use]
+    pub fn queue_type(mut self, queue_type: QueueType) -> Self {
+        self.queue_type = queue_type;
         self
     }
 
@@ -239,6 +257,19 @@ impl WorkerBuilder {
             ShortString::try_new(cancel_exchange).map_err(|_| BuildError::QueuePrefixTooLong {
                 len: self.queue_prefix.len(),
             })?;
+        // `wsmq.dead` is shorter than `wsmq.cancel`, so the prefix fits here too.
+        let dead_letter_exchange = match self.queue_type {
+            QueueType::Classic => None,
+            QueueType::Quorum { .. } => Some(
+                ShortString::try_new(contract::dead_letter_exchange_name(&self.queue_prefix))
+                    .map_err(|_| BuildError::QueuePrefixTooLong {
+                        len: self.queue_prefix.len(),
+                    })?,
+            ),
+        };
+        let queue_arguments = self
+            .queue_type
+            .arguments(&self.queue_prefix, self.max_priority);
         let connection_name = self
             .connection_name
             .unwrap_or_else(|| format!("wsmq-worker pid {}", std::process::id()));
@@ -248,10 +279,13 @@ impl WorkerBuilder {
             routes,
             handlers: Arc::new(handlers),
             cancel_exchange,
+            dead_letter_exchange,
+            queue_arguments,
             concurrency: self.concurrency,
             shutdown_grace: self.shutdown_grace,
             max_reply_bytes: self.max_reply_bytes,
             max_priority: self.max_priority,
+            queue_type: self.queue_type,
             state: watch::Sender::new(WorkerState::Connecting),
         })
     }
@@ -264,6 +298,7 @@ impl fmt::Debug for WorkerBuilder {
             .field("queue_prefix", &self.queue_prefix)
             .field("concurrency", &self.concurrency)
             .field("max_priority", &self.max_priority)
+            .field("queue_type", &self.queue_type)
             .field(
                 "methods",
                 &self.methods.iter().map(|(m, _)| m).collect::<Vec<_>>(),
@@ -289,10 +324,15 @@ pub struct Worker {
     handlers: Arc<HashMap<String, Handler>>,
     /// `<prefix>wsmq.cancel`.
     cancel_exchange: ShortString,
+    /// `<prefix>wsmq.dead`, declared before the queues when they dead-letter to it.
+    dead_letter_exchange: Option<ShortString>,
+    /// What every method queue is declared with (from the queue type and max priority).
+    queue_arguments: FieldTable,
     concurrency: u16,
     shutdown_grace: Duration,
     max_reply_bytes: usize,
     max_priority: Option<u8>,
+    queue_type: QueueType,
     state: watch::Sender<WorkerState>,
 }
 
@@ -306,6 +346,7 @@ impl fmt::Debug for Worker {
             .field("queues", &self.queue_names().collect::<Vec<_>>())
             .field("concurrency", &self.concurrency)
             .field("max_priority", &self.max_priority)
+            .field("queue_type", &self.queue_type)
             .finish_non_exhaustive()
     }
 }
@@ -487,6 +528,7 @@ impl Worker {
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             max_reply_bytes: DEFAULT_MAX_REPLY_BYTES,
             max_priority: Some(contract::DEFAULT_MAX_PRIORITY),
+            queue_type: QueueType::Classic,
             methods: Vec::new(),
             method_concurrency: HashMap::new(),
         }
@@ -527,6 +569,7 @@ impl Worker {
                         vhost = %self.uri.vhost,
                         queues = ?self.queue_names().collect::<Vec<_>>(),
                         concurrency = self.concurrency,
+                        queue_type = ?self.queue_type,
                         max_priority = ?self.max_priority,
                         "connected to the broker; consuming"
                     );
@@ -601,7 +644,10 @@ impl Worker {
         // Cancellations are listened to before any job arrives, so that none sent after a
         // job's delivery is missed.
         let cancels = self.consume_cancellations(&consume_channel).await?;
-        let arguments = contract::method_queue_arguments(self.max_priority);
+        if let Some(exchange) = &self.dead_letter_exchange {
+            // Before the queues: a job dead-lettered to a missing exchange is lost silently.
+            declare_durable_fanout(&consume_channel, exchange).await?;
+        }
         for route in &self.routes {
             // Exactly these options and arguments: the contract fixes the queue's shape, and a
             // redeclaration with other arguments would be refused by the broker.
@@ -610,7 +656,7 @@ impl Worker {
                 ..Default::default()
             };
             consume_channel
-                .queue_declare(route.queue.clone(), options, arguments.clone())
+                .queue_declare(route.queue.clone(), options, self.queue_arguments.clone())
                 .await
                 .map_err(|source| SetupError::Declare {
                     queue: route.queue.clone(),
@@ -681,24 +727,7 @@ impl Worker {
         channel: &Channel,
     ) -> Result<BoxStream<'static, CancelItem>, SetupError> {
         let exchange = self.cancel_exchange.clone();
-        // Exactly these settings: the bridge declares the exchange too, and the broker refuses
-        // a redeclaration that differs.
-        let options = ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        };
-        channel
-            .exchange_declare(
-                exchange.clone(),
-                ExchangeKind::Fanout,
-                options,
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|source| SetupError::DeclareExchange {
-                exchange: exchange.clone(),
-                source,
-            })?;
+        declare_durable_fanout(channel, &exchange).await?;
         // Server-named, and gone with the connection: each session of each worker process hears
         // every cancellation once.
         let options = QueueDeclareOptions {
@@ -902,6 +931,31 @@ impl Worker {
         close_connection(&session.connection, "worker shutting down").await;
         info!("worker stopped");
     }
+}
+
+/// Declares `exchange` a durable fanout with no arguments: exactly these settings, since the
+/// bridge declares it too (both the cancellation and the dead-letter exchange) and the broker
+/// refuses a redeclaration that differs.
+async fn declare_durable_fanout(
+    channel: &Channel,
+    exchange: &ShortString,
+) -> Result<(), SetupError> {
+    let options = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    channel
+        .exchange_declare(
+            exchange.clone(),
+            ExchangeKind::Fanout,
+            options,
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|source| SetupError::DeclareExchange {
+            exchange: exchange.clone(),
+            source,
+        })
 }
 
 /// Waits up to `limit` for every job task to end, meanwhile still passing cancellations to the
@@ -1135,6 +1189,38 @@ mod tests {
             .build()
             .expect("valid configuration");
         assert_eq!(worker.max_priority, None);
+    }
+
+    #[test]
+    fn quorum_queues_dead_letter_and_drop_the_priority() {
+        let worker = echo(
+            Worker::builder(URI)
+                .queue_prefix("t1.")
+                .queue_type(QueueType::Quorum { delivery_limit: 2 }),
+            "echo",
+        )
+        .build()
+        .expect("valid configuration");
+        assert_eq!(
+            worker
+                .dead_letter_exchange
+                .as_ref()
+                .map(ShortString::as_str),
+            Some("t1.wsmq.dead")
+        );
+        assert_eq!(
+            worker.queue_arguments,
+            contract::quorum_queue_arguments("t1.", 2)
+        );
+        let classic = echo(Worker::builder(URI), "echo")
+            .build()
+            .expect("valid configuration");
+        assert_eq!(classic.queue_type, QueueType::Classic);
+        assert_eq!(classic.dead_letter_exchange, None);
+        assert_eq!(
+            classic.queue_arguments,
+            contract::method_queue_arguments(Some(9))
+        );
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! `wsmq-worker`: the demo worker, serving `echo`, `sleep`, `progress`, `fib` and `fail` through
-//! the SDK.
+//! the SDK (and `crash`, which aborts the process, when started with `--allow-crash`).
 
 use std::{collections::BTreeMap, ops::ControlFlow, process::ExitCode, time::Duration};
 
@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 use wsmq_service::LogFormat;
 use wsmq_worker::{
-    BuildError, DEFAULT_CONCURRENCY, Request, RpcError, Worker, WorkerState,
+    BuildError, DEFAULT_CONCURRENCY, QueueType, Request, RpcError, Worker, WorkerState,
     contract::DEFAULT_MAX_PRIORITY,
 };
 
@@ -30,6 +30,10 @@ const MAX_PROGRESS_STEP_MS: u64 = 60_000;
 const MAX_FIB_N: u64 = 93;
 /// `fail`'s error code.
 const FAIL_CODE: i64 = 4000;
+/// Default `--delivery-limit`: a poison job kills four workers, then its caller hears of it.
+const DEFAULT_DELIVERY_LIMIT: u32 = 3;
+/// The method that aborts the worker, served only with `--allow-crash`.
+const CRASH_METHOD: &str = "crash";
 
 /// The demo wsmq worker: serves `echo`, `sleep`, `progress`, `fib` and `fail` from RabbitMQ.
 ///
@@ -77,11 +81,39 @@ struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     max_priority: Option<u8>,
 
+    /// Type of the method queues. quorum: a job returned to its queue more than
+    /// --delivery-limit times (its workers died) is dead-lettered and its caller gets -32004;
+    /// quorum queues have no priorities (--max-priority is ignored). Every worker of a queue
+    /// must use the same type. [default: classic]
+    #[arg(long, value_enum)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    queue_type: Option<QueueKind>,
+
+    /// With --queue-type quorum: returns to the queue a job survives (it is delivered at most
+    /// N + 1 times). [default: 3]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    delivery_limit: Option<u32>,
+
+    /// Serve `crash`, which aborts this process at once (to test poison jobs). Never in
+    /// production: any client could kill the workers.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    allow_crash: bool,
+
     /// Format of the log lines on stderr (level filter from RUST_LOG, default info).
     /// [default: plain]
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
     log_format: Option<LogFormat>,
+}
+
+/// `--queue-type`: the [`QueueType`] without its delivery limit, which has its own setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+enum QueueKind {
+    Classic,
+    Quorum,
 }
 
 fn as_map<S: serde::Serializer>(pairs: &[(String, u16)], s: S) -> Result<S::Ok, S::Error> {
@@ -97,6 +129,9 @@ struct Config {
     concurrency: u16,
     method_concurrency: BTreeMap<String, u16>,
     max_priority: u8,
+    queue_type: QueueKind,
+    delivery_limit: u32,
+    allow_crash: bool,
     log_format: LogFormat,
 }
 
@@ -108,6 +143,9 @@ impl Default for Config {
             concurrency: DEFAULT_CONCURRENCY,
             method_concurrency: BTreeMap::new(),
             max_priority: DEFAULT_MAX_PRIORITY,
+            queue_type: QueueKind::Classic,
+            delivery_limit: DEFAULT_DELIVERY_LIMIT,
+            allow_crash: false,
             log_format: LogFormat::Plain,
         }
     }
@@ -127,6 +165,15 @@ impl Config {
             ..self.clone()
         };
         wsmq_service::render("worker", &masked)
+    }
+
+    fn queue_type(&self) -> QueueType {
+        match self.queue_type {
+            QueueKind::Classic => QueueType::Classic,
+            QueueKind::Quorum => QueueType::Quorum {
+                delivery_limit: self.delivery_limit,
+            },
+        }
     }
 }
 
@@ -149,6 +196,12 @@ fn main() -> ExitCode {
         ControlFlow::Break(code) => return code,
     };
     config.log_format.init();
+    if config.allow_crash {
+        warn!(
+            method = CRASH_METHOD,
+            "allow_crash is on: any client can abort this worker by calling `crash`; never run it so in production"
+        );
+    }
     // The configuration is checked before the runtime and any socket exist.
     let worker = match demo_worker(&config) {
         Ok(worker) => worker,
@@ -232,6 +285,7 @@ fn demo_worker(config: &Config) -> Result<Worker, BuildError> {
         .queue_prefix(config.queue_prefix.as_str())
         .concurrency(config.concurrency)
         .max_priority(Some(config.max_priority).filter(|max| *max > 0))
+        .queue_type(config.queue_type())
         .connection_name(format!("wsmq-worker demo pid {}", std::process::id()))
         .method("echo", |request: Request| async move { Ok(request.params) })
         .method("sleep", sleep)
@@ -241,6 +295,12 @@ fn demo_worker(config: &Config) -> Result<Worker, BuildError> {
             |request: Request| async move { fib_method(&request) },
         )
         .method("fail", |request: Request| async move { Err(fail(request)) });
+    if config.allow_crash {
+        builder = builder.method(
+            CRASH_METHOD,
+            |request: Request| async move { crash(&request) },
+        );
+    }
     for (method, concurrency) in &config.method_concurrency {
         builder = builder.method_concurrency(method.as_str(), *concurrency);
     }
@@ -352,6 +412,13 @@ fn fib(n: u64) -> Option<u64> {
 /// `fail`: always the error 4000 "requested failure", carrying the params as data.
 fn fail(request: Request) -> RpcError {
     RpcError::new(FAIL_CODE, "requested failure").with_data(request.params)
+}
+
+/// `crash`: aborts the whole process at once, as a job that kills its worker would (no reply,
+/// no ack, no unwinding, so the broker sees the connection drop with the job unacked).
+fn crash(request: &Request) -> ! {
+    error!(job_id = %request.job_id, "crash requested: aborting the process");
+    std::process::abort()
 }
 
 #[cfg(test)]
@@ -524,6 +591,9 @@ mod tests {
         assert_eq!(cli.amqp, "amqp://guest:guest@127.0.0.1:5672/%2f");
         assert_eq!(cli.concurrency, DEFAULT_CONCURRENCY);
         assert_eq!(cli.max_priority, 9);
+        assert_eq!(cli.queue_type, QueueKind::Classic);
+        assert_eq!(cli.delivery_limit, 3);
+        assert!(!cli.allow_crash);
         assert!(cli.method_concurrency.is_empty());
         assert_eq!(cli.log_format, LogFormat::Plain);
         let cli = Cli::try_parse_from([
@@ -592,6 +662,66 @@ mod tests {
             demo_worker(&config),
             Err(BuildError::UnknownMethodConcurrency { .. })
         ));
+    }
+
+    #[test]
+    fn quorum_flags_make_quorum_queues_with_the_delivery_limit() {
+        let config = Cli::try_parse_from([
+            "wsmq-worker",
+            "--queue-type",
+            "quorum",
+            "--delivery-limit",
+            "2",
+        ])
+        .expect("flags")
+        .config()
+        .expect("valid");
+        assert_eq!(config.queue_type(), QueueType::Quorum { delivery_limit: 2 });
+        let config = Cli::try_parse_from(["wsmq-worker", "--queue-type", "quorum"])
+            .expect("flags")
+            .config()
+            .expect("valid");
+        assert_eq!(config.queue_type(), QueueType::Quorum { delivery_limit: 3 });
+        assert!(Cli::try_parse_from(["wsmq-worker", "--queue-type", "stream"]).is_err());
+    }
+
+    #[test]
+    fn queue_type_and_allow_crash_come_from_the_config_file_too() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("wsmq.toml");
+        std::fs::write(
+            &path,
+            "[worker]\nqueue_type = \"quorum\"\ndelivery_limit = 5\nallow_crash = true\n",
+        )
+        .expect("write config");
+        let path = path.to_str().expect("utf-8 path").to_owned();
+        let config = Cli::try_parse_from(["wsmq-worker", "--config", &path])
+            .expect("flags")
+            .config()
+            .expect("valid");
+        assert_eq!(config.queue_type(), QueueType::Quorum { delivery_limit: 5 });
+        assert!(config.allow_crash);
+        // Rendered back, the settings are there to paste.
+        let text = config.render().expect("renders");
+        assert!(text.contains("queue_type = \"quorum\""), "{text}");
+        assert!(text.contains("allow_crash = true"), "{text}");
+    }
+
+    #[test]
+    fn crash_is_served_only_when_allowed() {
+        let config = Cli::try_parse_from(["wsmq-worker", "--allow-crash"])
+            .expect("flags")
+            .config()
+            .expect("valid");
+        assert!(config.allow_crash);
+        let worker = demo_worker(&config).expect("valid configuration");
+        assert!(worker.queue_names().any(|q| q == "crash"));
+        let config = Cli::try_parse_from(["wsmq-worker"])
+            .expect("flags")
+            .config()
+            .expect("valid");
+        let worker = demo_worker(&config).expect("valid configuration");
+        assert!(!worker.queue_names().any(|q| q == "crash"));
     }
 
     #[test]
