@@ -2,9 +2,10 @@
 //!
 //! lapin's own recovery is not dependable, so one supervising task owns the connection: it
 //! connects, builds the topology (a confirm-mode publishing channel, the durable reply queue and
-//! its consumer), then watches for the connection's death and starts over with capped,
-//! jittered backoff. Everything else reaches it through [`BrokerHandle`]: the current publishing
-//! channel and state as `watch` values, and the reply deliveries through a bounded channel.
+//! its consumer, the dead-letter relay), then watches for the connection's death and starts over
+//! with capped, jittered backoff. Everything else reaches it through [`BrokerHandle`]: the
+//! current publishing channel and state as `watch` values, and the reply deliveries through a
+//! bounded channel.
 
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use wsmq_ipc_proto::BrokerState;
 
+use crate::dead::{Relay, RelayError};
 use crate::publisher::Publishers;
 
 /// Reply deliveries waiting for the gateway session. When full (no gateway, or a slow one) the
@@ -31,6 +33,9 @@ const REPLY_QUEUE_CAPACITY: usize = 256;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// First wait after a failed connection attempt.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// How long the dead-letter relay may take, when its connection ends, to finish the dead job in
+/// hand (its reply's confirm, then its ack) before it is dropped; the job then stays queued.
+const RELAY_STOP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Everything the supervisor needs to (re)build its topology.
 #[derive(Debug, Clone)]
@@ -62,6 +67,16 @@ enum BrokerError {
     Consumer(#[source] lapin::Error),
     #[error("reply consumer was cancelled by the broker")]
     ConsumerEnded,
+    #[error("cannot set up the dead-letter exchange and queue {name}")]
+    DeadLetterTopology {
+        name: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("dead-letter relay failed")]
+    DeadLetters(#[source] RelayError),
+    #[error("dead-letter relay panicked")]
+    RelayPanicked,
 }
 
 /// The other tasks' view of the broker.
@@ -200,6 +215,15 @@ impl Supervisor {
             )
             .await
             .map_err(topology)?;
+        let relay = Relay::open(&connection, &s.queue_prefix, &s.connection_name)
+            .await
+            .map_err(|source| BrokerError::DeadLetterTopology {
+                name: crate::dead::dead_letter_name(&s.queue_prefix),
+                source,
+            })?;
+        // Its own task: a reply's confirm must not hold up this loop.
+        let relay_stop = self.shutdown.child_token();
+        let mut relay = Some(tokio::spawn(relay.run(relay_stop.clone())));
 
         info!(reply_queue = %s.reply_queue, "broker connected");
         crate::metrics::broker_connected();
@@ -223,6 +247,14 @@ impl Supervisor {
                     Some(other) => debug!(event = ?other, "connection event"),
                     None => break Err(BrokerError::ConsumerEnded),
                 },
+                ended = async { relay.as_mut()?.await.ok() }, if relay.is_some() => {
+                    relay = None;
+                    match ended {
+                        Some(Ok(())) => break Ok(()),
+                        Some(Err(e)) => break Err(BrokerError::DeadLetters(e)),
+                        None => break Err(BrokerError::RelayPanicked),
+                    }
+                }
                 Some(()) = replace.recv() => match crate::publisher::open_channel(&connection).await {
                     Ok(channel) => publishers.give_back(channel),
                     Err(e) => break Err(BrokerError::Connection(e)),
@@ -243,6 +275,15 @@ impl Supervisor {
         };
         self.publisher_tx.send_replace(None);
         self.set_state(BrokerState::Down);
+        relay_stop.cancel();
+        if let Some(mut relay) = relay
+            && tokio::time::timeout(RELAY_STOP_TIMEOUT, &mut relay)
+                .await
+                .is_err()
+        {
+            debug!("dead-letter relay did not stop in time; dropped");
+            relay.abort();
+        }
         if result.is_ok() {
             // Unacked replies go back to the queue for the next bridge.
             if let Err(e) = connection

@@ -8,6 +8,7 @@
 
 mod broker;
 mod config;
+mod dead;
 mod http;
 mod metrics;
 mod publisher;

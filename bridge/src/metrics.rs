@@ -25,6 +25,11 @@ pub(crate) fn cancellation_broadcast(ok: bool) {
     counter!("wsmq_bridge_cancellations_total", "outcome" => label).increment(1);
 }
 
+/// A dead job (from `<prefix>wsmq.dead`) was relayed to its caller, dropped, or failed.
+pub(crate) fn dead_letter(outcome: crate::dead::Outcome) {
+    counter!("wsmq_bridge_dead_letters_total", "outcome" => outcome.as_str()).increment(1);
+}
+
 pub(crate) fn reply_forwarded(body: &ReplyBody) {
     let kind = match body {
         ReplyBody::Result(_) => "result",
