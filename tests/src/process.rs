@@ -218,6 +218,15 @@ impl Service {
         }
     }
 
+    /// Waits for the process to exit, with no limit of its own (bound it with a timeout), and
+    /// keeps the [`Service`]: for a test that watches processes it expects to die.
+    pub async fn exited(&mut self) -> Result<ExitStatus> {
+        self.child
+            .wait()
+            .await
+            .with_context(|| format!("cannot wait for [{}]", self.name))
+    }
+
     /// Sends SIGTERM and waits (up to [`SHUTDOWN_TIMEOUT`]) for the process to exit. If it does
     /// not, it is killed and this is an error: every binary must shut down on SIGTERM.
     pub async fn terminate(mut self) -> Result<ExitStatus> {

@@ -124,8 +124,11 @@ impl SystemBuilder {
             .map(|m| format!("{prefix}{m}"))
             .collect();
         queues.push(format!("wsmq.reply.{instance}"));
+        // Every bridge declares `<prefix>wsmq.dead`, a fanout exchange (quorum-queue workers
+        // declare it too) and a queue bound to it, to answer the callers of dead jobs.
+        queues.push(format!("{prefix}wsmq.dead"));
         // The bridge and the workers declare it (durable) to broadcast cancellations.
-        let exchanges = vec![format!("{prefix}wsmq.cancel")];
+        let exchanges = vec![format!("{prefix}wsmq.cancel"), format!("{prefix}wsmq.dead")];
         let mut system = System {
             prefix,
             instance,
@@ -230,6 +233,11 @@ impl System {
     /// The fanout exchange on which cancellations are broadcast to the workers.
     pub fn cancel_exchange(&self) -> String {
         format!("{}wsmq.cancel", self.prefix)
+    }
+
+    /// The dead-letter fanout exchange, and the bridge's queue bound to it (same name).
+    pub fn dead_letter_name(&self) -> String {
+        format!("{}wsmq.dead", self.prefix)
     }
 
     /// The bridge's Unix socket.
