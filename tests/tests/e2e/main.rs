@@ -7,6 +7,7 @@ mod ipc;
 mod jsonrpc;
 mod lifecycle;
 mod limits;
+mod poison;
 mod resilience;
 mod routing;
 mod workers;
