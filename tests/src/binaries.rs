@@ -69,13 +69,20 @@ async fn locate() -> Result<Binaries> {
     Ok(bins)
 }
 
-/// `target/<profile>/`, from this test's own path `target/<profile>/deps/<test>-<hash>`.
+/// `target/<profile>/`, from this process's own path: `target/<profile>/deps/<test>-<hash>`
+/// for a test, `target/<profile>/<name>` for a binary of this crate (the soak runner).
 fn profile_dir() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("cannot find the test executable's path")?;
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .with_context(|| format!("{} is not in target/<profile>/deps/", exe.display()))
+    let exe = std::env::current_exe().context("cannot find the executable's path")?;
+    let dir = exe
+        .parent()
+        .with_context(|| format!("{} has no parent directory", exe.display()))?;
+    let dir = if dir.file_name().is_some_and(|n| n == "deps") {
+        dir.parent()
+            .with_context(|| format!("{} is not in target/<profile>/deps/", exe.display()))?
+    } else {
+        dir
+    };
+    Ok(dir.to_path_buf())
 }
 
 async fn build(profile_dir: &Path) -> Result<()> {

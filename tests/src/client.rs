@@ -41,29 +41,117 @@ pub struct WsClient {
     ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     next_id: u64,
     number: u64,
+    /// Whether frames are written to stderr (off for load, where thousands would drown the rest).
+    transcript: bool,
+    /// The last `$/session` greeting received, if the gateway resumes sessions.
+    session: Option<SessionGreeting>,
+}
+
+/// The `$/session` notification a gateway with `--session-resume-secs` sends first on every
+/// connection (a resumed one too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionGreeting {
+    /// The token to resume with (`/ws?session=<token>`).
+    pub token: String,
+    /// How long, in seconds, the session waits for a connection to resume it.
+    pub resume_within_s: u64,
+}
+
+/// The method of the session greeting.
+pub const SESSION_METHOD: &str = "$/session";
+
+/// The greeting's fields if `text` is a `$/session` notification.
+fn session_greeting(text: &str) -> Option<SessionGreeting> {
+    // Cheap test first: every response frame passes here.
+    if !text.contains(SESSION_METHOD) {
+        return None;
+    }
+    let frame: Value = serde_json::from_str(text).ok()?;
+    if frame.get("method")?.as_str()? != SESSION_METHOD || frame.get("id").is_some() {
+        return None;
+    }
+    let params = frame.get("params")?;
+    Some(SessionGreeting {
+        token: params.get("session")?.as_str()?.to_owned(),
+        resume_within_s: params.get("resume_within_s")?.as_u64()?,
+    })
+}
+
+/// Why a websocket handshake did not give a connection.
+#[derive(Debug)]
+pub enum Refusal {
+    /// The server answered the upgrade with this HTTP status instead of 101.
+    Status(u16),
+    /// No HTTP answer: the TCP connection was refused, reset or the handshake broke.
+    Failed(String),
 }
 
 impl WsClient {
     /// Connects to `ws://addr/ws`.
     pub async fn connect(addr: SocketAddr) -> Result<Self> {
-        let url = format!("ws://{addr}/ws");
-        let (ws, _response) = tokio::time::timeout(RECV_TIMEOUT, connect_async(url.as_str()))
+        Self::connect_path(addr, "/ws").await
+    }
+
+    /// Connects to `ws://addr{path}` (`path` may carry a query, e.g. `/ws?session=...`).
+    pub async fn connect_path(addr: SocketAddr, path: &str) -> Result<Self> {
+        match Self::try_connect(addr, path).await? {
+            Ok(client) => Ok(client),
+            Err(refusal) => {
+                bail!("websocket handshake with ws://{addr}{path} refused: {refusal:?}")
+            }
+        }
+    }
+
+    /// Connects to `ws://addr{path}`; a refused handshake is `Ok(Err(refusal))`, so a test can
+    /// check how it was refused. Only a handshake that takes over [`RECV_TIMEOUT`] is an error.
+    pub async fn try_connect(addr: SocketAddr, path: &str) -> Result<Result<Self, Refusal>> {
+        use tokio_tungstenite::tungstenite::Error as WsError;
+        let url = format!("ws://{addr}{path}");
+        let handshake = tokio::time::timeout(RECV_TIMEOUT, connect_async(url.as_str()))
             .await
-            .with_context(|| format!("websocket handshake with {url} took over {RECV_TIMEOUT:?}"))?
-            .with_context(|| format!("websocket handshake with {url} failed"))?;
+            .with_context(|| {
+                format!("websocket handshake with {url} took over {RECV_TIMEOUT:?}")
+            })?;
+        let ws = match handshake {
+            Ok((ws, _response)) => ws,
+            Err(WsError::Http(response)) => {
+                let status = response.status().as_u16();
+                eprintln!("[client] upgrade at {url} refused with HTTP {status}");
+                return Ok(Err(Refusal::Status(status)));
+            }
+            Err(e) => {
+                eprintln!("[client] handshake with {url} failed: {e}");
+                return Ok(Err(Refusal::Failed(e.to_string())));
+            }
+        };
         let number = NEXT_CLIENT.fetch_add(1, Ordering::Relaxed);
         eprintln!("[client {number}] connected to {url}");
-        Ok(Self {
+        Ok(Ok(Self {
             ws,
             next_id: 1,
             number,
-        })
+            transcript: true,
+            session: None,
+        }))
+    }
+
+    /// Stops writing this client's frames to stderr (connects and closes are still noted).
+    pub fn quiet(mut self) -> Self {
+        self.transcript = false;
+        self
+    }
+
+    /// The client's number in the transcript.
+    pub fn number(&self) -> u64 {
+        self.number
     }
 
     /// Sends one text frame.
     pub async fn send_text(&mut self, text: impl Into<String>) -> Result<()> {
         let text: String = text.into();
-        eprintln!("[client {}] -> {}", self.number, shorten(&text));
+        if self.transcript {
+            eprintln!("[client {}] -> {}", self.number, shorten(&text));
+        }
         self.ws
             .send(Message::text(text))
             .await
@@ -77,6 +165,60 @@ impl WsClient {
 
     /// The next frame other than ping/pong, within `limit`.
     pub async fn next_incoming(&mut self, limit: Duration) -> Result<Incoming> {
+        self.try_next_incoming(limit)
+            .await
+            .with_context(|| format!("no websocket frame within {limit:?}"))
+    }
+
+    /// The session greeting, once it has been received (see [`Self::await_session`]).
+    pub fn session(&self) -> Option<&SessionGreeting> {
+        self.session.as_ref()
+    }
+
+    /// The `$/session` greeting, which must be the first frame of the connection, within
+    /// `limit`.
+    pub async fn await_session(&mut self, limit: Duration) -> Result<SessionGreeting> {
+        if let Some(greeting) = &self.session {
+            return Ok(greeting.clone());
+        }
+        let frame = self
+            .read_frame(limit)
+            .await
+            .with_context(|| format!("no $/session greeting within {limit:?}"))?;
+        self.log_incoming(&frame);
+        match &frame {
+            Incoming::Text(text) => match session_greeting(text) {
+                Some(greeting) => {
+                    self.session = Some(greeting.clone());
+                    Ok(greeting)
+                }
+                None => bail!("expected the $/session greeting first, got {text}"),
+            },
+            other => bail!("expected the $/session greeting first, got {other:?}"),
+        }
+    }
+
+    /// The next frame other than ping/pong and the session greeting (which is kept, see
+    /// [`Self::session`]), or `None` if none came within `limit`. Cancel-safe: a frame is never
+    /// lost to the timeout.
+    pub async fn try_next_incoming(&mut self, limit: Duration) -> Option<Incoming> {
+        let until = tokio::time::Instant::now() + limit;
+        loop {
+            let left = until.saturating_duration_since(tokio::time::Instant::now());
+            let incoming = self.read_frame(left).await?;
+            self.log_incoming(&incoming);
+            if let Incoming::Text(text) = &incoming
+                && let Some(greeting) = session_greeting(text)
+            {
+                self.session = Some(greeting);
+                continue;
+            }
+            return Some(incoming);
+        }
+    }
+
+    /// The next frame other than ping/pong, as is, within `limit`.
+    async fn read_frame(&mut self, limit: Duration) -> Option<Incoming> {
         let wait = async {
             loop {
                 let incoming = match self.ws.next().await {
@@ -92,14 +234,17 @@ impl WsClient {
                 return incoming;
             }
         };
-        let incoming = tokio::time::timeout(limit, wait)
-            .await
-            .with_context(|| format!("no websocket frame within {limit:?}"))?;
-        match &incoming {
-            Incoming::Text(text) => eprintln!("[client {}] <- {}", self.number, shorten(text)),
+        tokio::time::timeout(limit, wait).await.ok()
+    }
+
+    fn log_incoming(&self, incoming: &Incoming) {
+        match incoming {
+            Incoming::Text(text) if self.transcript => {
+                eprintln!("[client {}] <- {}", self.number, shorten(text));
+            }
+            Incoming::Text(_) => {}
             other => eprintln!("[client {}] <- {other:?}", self.number),
         }
-        Ok(incoming)
     }
 
     /// The next text frame parsed as JSON, within [`RECV_TIMEOUT`].
@@ -205,7 +350,11 @@ impl WsClient {
             .await
             .context("cannot close the websocket")?;
         // Drain until the server's close arrives or the stream ends.
-        let _ = self.next_incoming(RECV_TIMEOUT).await;
+        if let Some(frame) = self.read_frame(RECV_TIMEOUT).await
+            && self.transcript
+        {
+            self.log_incoming(&frame);
+        }
         Ok(())
     }
 }

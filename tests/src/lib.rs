@@ -3,7 +3,8 @@
 //! A test builds a [`System`] (bridge, demo worker, gateway, each a child process with per-test
 //! queue and instance names and a temp-dir socket), talks to it through [`WsClient`] and
 //! [`System::healthz`], and ends with [`System::cleanup`], which stops the processes and deletes
-//! every queue and exchange the test created.
+//! every queue and exchange the test created. Fault tests count every call with a [`Ledger`]
+//! (driven under load by [`drive`]) and stop RabbitMQ through [`rabbitmq`].
 //!
 //! Every wait is bounded by one of the constants below, so a broken binary fails a test with a
 //! message naming what never happened instead of hanging the suite.
@@ -17,12 +18,17 @@ pub mod broker;
 pub mod client;
 pub mod fake_worker;
 pub mod http;
+pub mod ledger;
+pub mod load;
 pub mod process;
+pub mod rabbitmq;
 pub mod rpc;
 pub mod system;
 
-pub use client::{Incoming, WsClient};
+pub use client::{Incoming, Refusal, SessionGreeting, WsClient};
 pub use fake_worker::{CancelListener, Cancellation, FakeJob, FakeWorker};
+pub use ledger::{Ledger, Tally};
+pub use load::{LoadSpec, drive};
 pub use process::{LogLine, Service};
 pub use system::{System, SystemBuilder};
 

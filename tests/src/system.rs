@@ -29,6 +29,8 @@ pub const DEFAULT_WORKER_CONCURRENCY: u32 = 8;
 #[derive(Debug, Clone)]
 pub struct SystemBuilder {
     worker: bool,
+    /// How many demo workers to start (when `worker`).
+    workers: u32,
     worker_concurrency: u32,
     gateway: bool,
     gateway_args: Vec<String>,
@@ -38,6 +40,7 @@ impl Default for SystemBuilder {
     fn default() -> Self {
         Self {
             worker: true,
+            workers: 1,
             worker_concurrency: DEFAULT_WORKER_CONCURRENCY,
             gateway: true,
             gateway_args: Vec::new(),
@@ -62,6 +65,31 @@ impl SystemBuilder {
     pub fn worker_concurrency(mut self, n: u32) -> Self {
         self.worker_concurrency = n;
         self
+    }
+
+    /// Start `n` demo workers (default 1), each with the same `--concurrency`.
+    pub fn workers(mut self, n: u32) -> Self {
+        self.worker = n > 0;
+        self.workers = n;
+        self
+    }
+
+    /// Any gateway flag with its value, for flags the builder has no method for.
+    pub fn gateway_arg(mut self, flag: &str, value: impl ToString) -> Self {
+        self.gateway_args
+            .extend([flag.to_owned(), value.to_string()]);
+        self
+    }
+
+    /// The gateway's `--session-resume-secs`: how long a session waits for a connection to
+    /// resume it (0, the gateway's default, turns sessions off).
+    pub fn session_resume_secs(self, secs: u64) -> Self {
+        self.gateway_arg("--session-resume-secs", secs)
+    }
+
+    /// The gateway's `--drain-timeout` (whole seconds).
+    pub fn drain_timeout_secs(self, secs: u64) -> Self {
+        self.gateway_arg("--drain-timeout", secs)
     }
 
     /// The gateway's `--max-message-bytes`.
@@ -141,6 +169,7 @@ impl SystemBuilder {
             gateway: None,
             workers: Vec::new(),
             addr: None,
+            pairs: Vec::new(),
             queues,
             exchanges,
             cleaned: false,
@@ -155,15 +184,15 @@ impl SystemBuilder {
         // Bridge and worker start in parallel; both must be ready before the gateway runs,
         // or the first calls could find no queue (-32601) or no bridge (-32000).
         let mut bridge = system.spawn_bridge()?;
-        let mut worker = if self.worker {
-            Some(system.spawn_worker(self.worker_concurrency)?)
-        } else {
-            None
-        };
+        let worker_count = if self.worker { self.workers } else { 0 };
+        let mut workers = Vec::new();
+        for _ in 0..worker_count {
+            workers.push(system.spawn_worker(self.worker_concurrency)?);
+        }
         let bridge_ready = System::await_bridge_ready(&mut bridge).await;
         system.bridge = Some(bridge);
         bridge_ready?;
-        if let Some(mut worker) = worker.take() {
+        for mut worker in workers {
             let ready = System::await_worker_ready(&mut worker).await;
             system.workers.push(worker);
             ready?;
@@ -192,6 +221,8 @@ pub struct System {
     gateway: Option<Service>,
     workers: Vec<Service>,
     addr: Option<SocketAddr>,
+    /// Further bridge+gateway pairs on the same queue prefix ([`System::start_pair`]).
+    pairs: Vec<Pair>,
     /// Every queue the test may have created, deleted by cleanup.
     queues: Vec<String>,
     /// Every exchange the test may have created, deleted by cleanup.
@@ -320,18 +351,7 @@ impl System {
         what: &str,
         pred: impl Fn(u16, &Value) -> bool,
     ) -> Result<(u16, Value)> {
-        let deadline = tokio::time::Instant::now() + HEALTH_TIMEOUT;
-        loop {
-            let last = match self.healthz().await {
-                Ok((status, body)) if pred(status, &body) => return Ok((status, body)),
-                Ok((status, body)) => format!("HTTP {status} {body}"),
-                Err(e) => format!("{e:#}"),
-            };
-            if tokio::time::Instant::now() >= deadline {
-                bail!("/healthz did not report {what} within {HEALTH_TIMEOUT:?}; last: {last}");
-            }
-            tokio::time::sleep(HEALTH_POLL_INTERVAL).await;
-        }
+        self.wait_health_within(HEALTH_TIMEOUT, what, pred).await
     }
 
     /// Polls `/healthz` until it answers 200.
@@ -345,25 +365,81 @@ impl System {
         if self.gateway.is_some() {
             bail!("the gateway is already running");
         }
-        let mut args: Vec<String> = [
-            "--listen",
-            "127.0.0.1:0",
-            "--ipc",
-            path_arg(&self.socket)?,
-            "--log-format",
-            "json",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        args.extend(self.gateway_args.iter().cloned());
-        let mut gateway = Service::spawn("gateway", &self.bins.gateway, &args, &log_env())?;
+        let mut gateway = self.spawn_gateway("gateway", &self.socket)?;
         let listening = gateway.wait_for_message("gateway listening").await;
         self.gateway = Some(gateway);
         let addr = listening_addr(&listening?)?;
         self.addr = Some(addr);
         self.wait_healthy().await?;
         Ok(())
+    }
+
+    /// Polls `/healthz` like [`Self::wait_health`], for up to `limit` (a broker restart takes
+    /// longer than [`HEALTH_TIMEOUT`]).
+    pub async fn wait_health_within(
+        &self,
+        limit: Duration,
+        what: &str,
+        pred: impl Fn(u16, &Value) -> bool,
+    ) -> Result<(u16, Value)> {
+        wait_healthz_at(self.gateway_addr()?, limit, what, pred).await
+    }
+
+    /// Starts another bridge (instance `<instance>-<n>`, its own socket and reply queue, the
+    /// SAME queue prefix, so it publishes to the same job queues the workers consume) and a
+    /// gateway of its own on it; waits until that gateway's `/healthz` says 200. Returns the
+    /// pair's number (1, 2, ...; the first pair, [`Self::gateway_addr`], is 0).
+    pub async fn start_pair(&mut self) -> Result<usize> {
+        let number = self.pairs.len() + 1;
+        let instance = format!("{}-{number}", self.instance);
+        let socket = self.socket.with_file_name(format!("bridge-{number}.sock"));
+        self.track_queue(format!("wsmq.reply.{instance}"));
+        let mut bridge = self.spawn_bridge_as(&format!("bridge-{number}"), &socket, &instance)?;
+        let ready = Self::await_bridge_ready(&mut bridge).await;
+        let mut pair = Pair {
+            bridge: Some(bridge),
+            gateway: None,
+            addr: None,
+        };
+        if let Err(e) = ready {
+            self.pairs.push(pair);
+            return Err(e);
+        }
+        let mut gateway = self.spawn_gateway(&format!("gateway-{number}"), &socket)?;
+        let listening = gateway.wait_for_message("gateway listening").await;
+        pair.gateway = Some(gateway);
+        let addr = listening.and_then(|l| listening_addr(&l));
+        pair.addr = addr.as_ref().ok().copied();
+        self.pairs.push(pair);
+        wait_healthz_at(addr?, HEALTH_TIMEOUT, "200", |status, _| status == 200)
+            .await
+            .with_context(|| format!("gateway-{number} is not healthy"))?;
+        Ok(number)
+    }
+
+    /// The gateway address of pair `number` (0 is the first pair).
+    pub fn pair_addr(&self, number: usize) -> Result<SocketAddr> {
+        if number == 0 {
+            return self.gateway_addr();
+        }
+        self.pairs
+            .get(number - 1)
+            .and_then(|p| p.addr)
+            .with_context(|| format!("pair {number} has no running gateway"))
+    }
+
+    /// How many demo (or pika) workers run.
+    pub fn worker_count(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// SIGKILL to worker `index` (in start order; a killed worker leaves the list, so the
+    /// next one moves up); waits for it to be gone.
+    pub async fn kill_worker(&mut self, index: usize) -> Result<()> {
+        if index >= self.workers.len() {
+            bail!("no worker {index}: {} running", self.workers.len());
+        }
+        self.workers.remove(index).kill().await
     }
 
     /// Starts the bridge (same socket, instance and prefix as before) and waits until it
@@ -462,13 +538,19 @@ impl System {
     /// [`Self::cleanup`], returning the failure instead of panicking.
     pub async fn try_cleanup(mut self) -> Result<()> {
         let mut problems = Vec::new();
-        // Clients first, then what they depend on: gateway, workers, bridge.
+        // Clients first, then what they depend on: gateways, workers, bridges.
+        let (pair_gateways, pair_bridges): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pairs)
+            .into_iter()
+            .map(|p| (p.gateway, p.bridge))
+            .unzip();
         let services = self
             .gateway
             .take()
             .into_iter()
+            .chain(pair_gateways.into_iter().flatten())
             .chain(std::mem::take(&mut self.workers))
-            .chain(self.bridge.take());
+            .chain(self.bridge.take())
+            .chain(pair_bridges.into_iter().flatten());
         for service in services {
             let name = service.name().to_owned();
             match service.terminate().await {
@@ -491,20 +573,40 @@ impl System {
         }
     }
 
+    fn spawn_gateway(&self, name: &str, socket: &Path) -> Result<Service> {
+        let mut args: Vec<String> = [
+            "--listen",
+            "127.0.0.1:0",
+            "--ipc",
+            path_arg(socket)?,
+            "--log-format",
+            "json",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        args.extend(self.gateway_args.iter().cloned());
+        Service::spawn(name, &self.bins.gateway, &args, &log_env())
+    }
+
     fn spawn_bridge(&self) -> Result<Service> {
+        self.spawn_bridge_as("bridge", &self.socket, &self.instance)
+    }
+
+    fn spawn_bridge_as(&self, name: &str, socket: &Path, instance: &str) -> Result<Service> {
         let args = [
             "--ipc",
-            path_arg(&self.socket)?,
+            path_arg(socket)?,
             "--amqp",
             &self.amqp_url,
             "--instance",
-            &self.instance,
+            instance,
             "--queue-prefix",
             &self.prefix,
             "--log-format",
             "json",
         ];
-        Service::spawn("bridge", &self.bins.bridge, args, &log_env())
+        Service::spawn(name, &self.bins.bridge, args, &log_env())
     }
 
     async fn await_bridge_ready(bridge: &mut Service) -> Result<()> {
@@ -550,6 +652,11 @@ impl Drop for System {
             .iter_mut()
             .chain(self.workers.iter_mut())
             .chain(self.bridge.iter_mut())
+            .chain(
+                self.pairs
+                    .iter_mut()
+                    .flat_map(|p| p.gateway.iter_mut().chain(p.bridge.iter_mut())),
+            )
         {
             service.start_kill();
         }
@@ -570,6 +677,39 @@ impl Drop for System {
             Err(_) => eprintln!("[harness] cleanup after failure panicked"),
         }
     }
+}
+
+/// Polls `GET /healthz` on `addr` until `pred(status, body)` holds, for up to `limit`. `what`
+/// names the awaited state for the error, which also shows the last answer seen.
+async fn wait_healthz_at(
+    addr: SocketAddr,
+    limit: Duration,
+    what: &str,
+    pred: impl Fn(u16, &Value) -> bool,
+) -> Result<(u16, Value)> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let answer = match http::get(addr, "/healthz").await {
+            Ok(response) => response.json().map(|body| (response.status, body)),
+            Err(e) => Err(e),
+        };
+        let last = match answer {
+            Ok((status, body)) if pred(status, &body) => return Ok((status, body)),
+            Ok((status, body)) => format!("HTTP {status} {body}"),
+            Err(e) => format!("{e:#}"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            bail!("/healthz did not report {what} within {limit:?}; last: {last}");
+        }
+        tokio::time::sleep(HEALTH_POLL_INTERVAL).await;
+    }
+}
+
+/// A further bridge and its gateway, on the same queue prefix as the first.
+struct Pair {
+    bridge: Option<Service>,
+    gateway: Option<Service>,
+    addr: Option<SocketAddr>,
 }
 
 /// `fields.addr` of the gateway's "gateway listening" line.
