@@ -1,0 +1,496 @@
+//! Fault injection: "nothing lost, nobody dropped", counted.
+//!
+//! Every test makes its calls through a [`Ledger`]: each call has an id no other call uses and
+//! the result only it may get back, and at the end every call must have been answered exactly
+//! once, with its own result (or, where the fault makes it legitimate, the retryable -32000),
+//! nothing else may have arrived, and no websocket may have closed unless the test closed it.
+//!
+//! Tests named `serial_...` stop RabbitMQ, which every test shares: `scripts/test` runs them
+//! on their own, one at a time, after the rest of the suite.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use nix::sys::signal::Signal;
+use serde_json::json;
+use wsmq_tests::ledger::{Ledger, Tally};
+use wsmq_tests::load::{self, Load, LoadSpec};
+use wsmq_tests::rabbitmq::{self, BrokerOutage};
+use wsmq_tests::{FakeWorker, HEALTH_POLL_INTERVAL, HEALTH_TIMEOUT, Incoming, Refusal, System};
+
+/// How long a test's load runs before and after its fault.
+const LOAD_BEFORE_FAULT: Duration = Duration::from_millis(1500);
+const LOAD_AFTER_FAULT: Duration = Duration::from_millis(2000);
+
+/// Load clients per gateway in the load tests.
+const LOAD_CLIENTS: usize = 8;
+
+/// How long the bridge stays dead before it is restarted.
+const BRIDGE_DOWN_FOR: Duration = Duration::from_secs(1);
+
+/// How long RabbitMQ's application stays stopped.
+const BROKER_DOWN_FOR: Duration = Duration::from_secs(2);
+
+/// How long `/healthz` may take to say 200 again after RabbitMQ restarts: the bridge
+/// reconnects with a capped backoff, so this is several of its steps.
+const BROKER_RECOVERY_LIMIT: Duration = Duration::from_secs(60);
+
+/// A `sleep` long enough to be running on a worker when the test kills it.
+const LONG_SLEEP_MS: u64 = 1500;
+
+/// How long a handful of calls may take to be answered once nothing is wrong any more
+/// (including a job redelivered after its worker died, which then runs again).
+const ANSWERS_LIMIT: Duration = Duration::from_secs(20);
+
+/// Load clients labelled `<label><n>` on `addr`.
+fn targets(addr: SocketAddr, label: &str, n: usize) -> Vec<(SocketAddr, String)> {
+    (0..n).map(|i| (addr, format!("{label}{i}-"))).collect()
+}
+
+/// Prints a test's counts where nextest shows them (stderr; `--no-capture` to see them on a
+/// pass).
+fn report(test: &str, tally: &Tally) {
+    eprintln!("[{test}] counts:\n{tally}");
+}
+
+/// Polls `rabbitmqctl` until `queue` has `ready` ready and `unacked` unacknowledged messages,
+/// within [`HEALTH_TIMEOUT`].
+async fn wait_queue_counts(queue: &str, ready: u64, unacked: u64) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + HEALTH_TIMEOUT;
+    loop {
+        let last = match rabbitmq::queue_counts(queue).await {
+            Ok(counts) if counts == (ready, unacked) => return Ok(()),
+            Ok((r, u)) => format!("{r} ready, {u} unacknowledged"),
+            Err(e) => format!("{e:#}"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            bail!(
+                "{queue} did not reach {ready} ready / {unacked} unacknowledged within \
+                 {HEALTH_TIMEOUT:?}; last: {last}"
+            );
+        }
+        tokio::time::sleep(HEALTH_POLL_INTERVAL).await;
+    }
+}
+
+#[tokio::test]
+async fn worker_killed_mid_job_is_redelivered_and_answered_once() {
+    // Two workers that run one job at a time (and so each take one `sleep` at a time).
+    let mut system = System::builder()
+        .workers(2)
+        .worker_concurrency(1)
+        .start()
+        .await
+        .expect("system starts");
+    let mut client = system.client().await.expect("client connects");
+    let mut ledger = Ledger::new("killed-worker-");
+
+    // Two long sleeps: one on each worker, so whichever is killed holds one.
+    for _ in 0..2 {
+        let call = ledger.sleep(LONG_SLEEP_MS);
+        client.send_json(&call).await.expect("sends a sleep");
+    }
+    wait_queue_counts(&system.queue_for("sleep"), 0, 2)
+        .await
+        .expect("each worker has taken one sleep");
+    // A few more behind them, queued while both workers are busy.
+    for call in [ledger.echo(), ledger.sleep(100), ledger.echo()] {
+        client.send_json(&call).await.expect("sends a call");
+    }
+
+    system.kill_worker(0).await.expect("kill -9 a worker");
+    system
+        .start_worker(1)
+        .await
+        .expect("a replacement worker starts");
+
+    let open = load::collect(&mut client, &mut ledger, ANSWERS_LIMIT).await;
+    assert!(open, "the websocket stays open");
+    assert!(
+        load::probe(&mut client, &mut ledger).await,
+        "the websocket stays open"
+    );
+    let tally = ledger.finish();
+    report("worker_killed_mid_job", &tally);
+    tally
+        .check(false)
+        .expect("every call answered once with its own result");
+    client.close().await.expect("client closes");
+
+    system.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateway_bridge_pairs_share_workers_and_each_result_returns_through_its_own_pair() {
+    let mut system = System::builder()
+        .workers(2)
+        .start()
+        .await
+        .expect("system starts");
+    let second = system.start_pair().await.expect("a second bridge+gateway");
+    let mut clients = targets(system.pair_addr(0).expect("pair 0"), "pair0.", 3);
+    clients.extend(targets(
+        system.pair_addr(second).expect("pair 1"),
+        "pair1.",
+        3,
+    ));
+
+    let load = Load::start(&clients, &LoadSpec::default());
+    tokio::time::sleep(LOAD_BEFORE_FAULT + LOAD_AFTER_FAULT).await;
+    let tally = load.finish().await.expect("load clients run");
+    report("two_pairs", &tally);
+    tally
+        .check(false)
+        .expect("every call answered once, through its own gateway, with its own result");
+
+    system.cleanup().await;
+}
+
+#[tokio::test]
+async fn duplicate_reply_is_answered_once() {
+    const METHOD: &str = "twice";
+    let mut system = System::start().await.expect("system starts");
+    let mut fake = FakeWorker::start(&mut system, METHOD, |_| None)
+        .await
+        .expect("fake worker starts");
+    let mut client = system.client().await.expect("client connects");
+    let mut ledger = Ledger::new("dup-");
+
+    let call = ledger.call(METHOD, json!({"n": 1}), json!({"answer": 1}));
+    client.send_json(&call).await.expect("sends");
+    let job = fake
+        .next_job()
+        .await
+        .expect("the job reaches the fake worker");
+    // The same reply twice, as a redelivery after a crash would bring it.
+    for _ in 0..2 {
+        fake.send(&job, None, br#"{"answer":1}"#)
+            .await
+            .expect("reply published");
+    }
+    assert!(load::collect(&mut client, &mut ledger, ANSWERS_LIMIT).await);
+
+    // The following call still works, and the duplicate, queued before its reply, would have
+    // been read on the way.
+    let call = ledger.call(METHOD, json!({"n": 2}), json!({"answer": 2}));
+    client.send_json(&call).await.expect("sends");
+    let job = fake.next_job().await.expect("the second job arrives");
+    fake.send(&job, None, br#"{"answer":2}"#)
+        .await
+        .expect("reply published");
+    assert!(load::collect(&mut client, &mut ledger, ANSWERS_LIMIT).await);
+    assert!(load::probe(&mut client, &mut ledger).await);
+
+    let tally = ledger.finish();
+    report("duplicate_reply", &tally);
+    tally.check(false).expect("each call answered exactly once");
+    client.close().await.expect("client closes");
+    fake.stop().await;
+    system.cleanup().await;
+}
+
+#[tokio::test]
+async fn gateway_sigterm_drains_then_closes_with_1001() {
+    let mut system = System::start().await.expect("system starts");
+    let addr = system.gateway_addr().expect("gateway runs");
+    let mut client = system.client().await.expect("client connects");
+    let mut ledger = Ledger::new("drain-");
+
+    let slow = ledger.sleep(LONG_SLEEP_MS);
+    client.send_json(&slow).await.expect("sends the slow call");
+    // An echo answered before the signal proves the gateway has read the slow call.
+    let echo = ledger.echo();
+    let echo_id = echo["id"].as_str().unwrap_or_default().to_owned();
+    client.send_json(&echo).await.expect("sends");
+    while !ledger.is_answered(&echo_id) {
+        let frame = client
+            .next_incoming(HEALTH_TIMEOUT)
+            .await
+            .expect("echo answered");
+        ledger.record(&frame);
+    }
+
+    let mut gateway = system.take_gateway().expect("gateway runs");
+    gateway.signal(Signal::SIGTERM).expect("SIGTERM sent");
+    gateway
+        .wait_for_message("SIGTERM: shutting down")
+        .await
+        .expect("the gateway takes the signal");
+    // From now on a new connection must not get in; the one above is still served. The
+    // listener closes a moment after the log line, so a connection may slip in first: it is
+    // then closed at once (it has no calls), and the next attempt must be refused.
+    let refused = refused_during_drain(addr)
+        .await
+        .expect("a new connection is refused during the drain");
+    eprintln!("[drain] new connection refused: {refused:?}");
+
+    // The call in flight is answered, then the socket is closed with 1001.
+    let close = loop {
+        let frame = client
+            .next_incoming(HEALTH_TIMEOUT)
+            .await
+            .expect("the drain answers the call in flight, then closes");
+        match frame {
+            Incoming::Close(close) => break close,
+            other => ledger.record(&other),
+        }
+    };
+    let code = close.as_ref().map(|(code, _)| *code);
+    assert_eq!(code, Some(1001), "close frame {close:?}");
+    let tally = ledger.finish();
+    report("gateway_sigterm_drain", &tally);
+    tally
+        .check(false)
+        .expect("the call in flight is answered once, before the close");
+    let status = gateway.wait_exit().await.expect("gateway exits");
+    assert!(status.success(), "gateway exit status: {status}");
+
+    system.cleanup().await;
+}
+
+/// Tries to connect until the gateway refuses (within [`HEALTH_TIMEOUT`]); returns how.
+async fn refused_during_drain(addr: SocketAddr) -> Result<Refusal> {
+    let deadline = tokio::time::Instant::now() + HEALTH_TIMEOUT;
+    loop {
+        match wsmq_tests::WsClient::try_connect(addr, "/ws").await? {
+            Err(refusal) => return Ok(refusal),
+            Ok(client) => {
+                let _ = client.close().await;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("new connections still accepted {HEALTH_TIMEOUT:?} into the drain");
+        }
+        tokio::time::sleep(HEALTH_POLL_INTERVAL).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bridge_killed_under_load_keeps_every_client() {
+    let mut system = System::builder()
+        .workers(2)
+        .start()
+        .await
+        .expect("system starts");
+    let clients = targets(
+        system.gateway_addr().expect("gateway runs"),
+        "bridge-kill.",
+        LOAD_CLIENTS,
+    );
+    let load = Load::start(&clients, &LoadSpec::default());
+    tokio::time::sleep(LOAD_BEFORE_FAULT).await;
+
+    system.kill_bridge().await.expect("kill -9 the bridge");
+    system
+        .wait_health("the bridge down", |status, body| {
+            status == 503 && body["bridge"] == "down"
+        })
+        .await
+        .expect("the gateway notices");
+    tokio::time::sleep(BRIDGE_DOWN_FOR).await;
+    system.start_bridge().await.expect("the bridge restarts");
+    system.wait_healthy().await.expect("healthy again");
+    tokio::time::sleep(LOAD_AFTER_FAULT).await;
+
+    let tally = load.finish().await.expect("load clients run");
+    report("bridge_killed_under_load", &tally);
+    tally
+        .check(true)
+        .expect("every call answered once (result or -32000), no socket closed");
+
+    system.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serial_rabbitmq_restart_under_load_loses_no_confirmed_call() {
+    let system = System::builder()
+        .workers(2)
+        .start()
+        .await
+        .expect("system starts");
+    let clients = targets(
+        system.gateway_addr().expect("gateway runs"),
+        "broker-restart.",
+        LOAD_CLIENTS,
+    );
+    let load = Load::start(&clients, &LoadSpec::default());
+    tokio::time::sleep(LOAD_BEFORE_FAULT).await;
+
+    let outage = BrokerOutage::begin().await.expect("rabbitmqctl stop_app");
+    system
+        .wait_health("the broker down", |status, body| {
+            status == 503 && body["broker"] == "down"
+        })
+        .await
+        .expect("the gateway hears the broker is down");
+    tokio::time::sleep(BROKER_DOWN_FOR).await;
+    outage.end().await.expect("rabbitmqctl start_app");
+    system
+        .wait_health_within(BROKER_RECOVERY_LIMIT, "200", |status, _| status == 200)
+        .await
+        .expect("healthy again after the broker restart");
+    tokio::time::sleep(LOAD_AFTER_FAULT).await;
+
+    let tally = load.finish().await.expect("load clients run");
+    report("rabbitmq_restart_under_load", &tally);
+    tally
+        .check(true)
+        .expect("every call answered once (result or -32000), no socket closed");
+
+    system.cleanup().await;
+}
+
+// Session resume (`--session-resume-secs`): a connection that drops can come back for its
+// calls' results.
+
+/// The resume window of the session tests that do not test its expiry.
+const RESUME_WITHIN_S: u64 = 10;
+
+/// `/ws?session=<token>`.
+fn resume_path(token: &str) -> String {
+    format!("/ws?session={token}")
+}
+
+#[tokio::test]
+async fn client_reconnects_and_resumes_its_session() {
+    const CALLS: usize = 5;
+    const SLEEP_MS: u64 = 500;
+    let system = System::builder()
+        .session_resume_secs(RESUME_WITHIN_S)
+        .start()
+        .await
+        .expect("system starts");
+    let addr = system.gateway_addr().expect("gateway runs");
+    let mut first = system.client().await.expect("client connects");
+    let greeting = first
+        .await_session(HEALTH_TIMEOUT)
+        .await
+        .expect("the gateway names the session first");
+    assert_eq!(greeting.resume_within_s, RESUME_WITHIN_S, "{greeting:?}");
+
+    let mut ledger = Ledger::new("resume-");
+    for _ in 0..CALLS {
+        let call = ledger.sleep(SLEEP_MS);
+        first.send_json(&call).await.expect("sends");
+    }
+    // Gone before any result: every one has to come through the resumed connection.
+    first.close().await.expect("the first connection closes");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut resumed = match wsmq_tests::WsClient::try_connect(addr, &resume_path(&greeting.token))
+        .await
+        .expect("handshake answered")
+    {
+        Ok(client) => client,
+        Err(refusal) => panic!("resuming the session was refused: {refusal:?}"),
+    };
+    let again = resumed
+        .await_session(HEALTH_TIMEOUT)
+        .await
+        .expect("the resumed connection is greeted too");
+    assert_eq!(again.token, greeting.token, "the same session is resumed");
+    assert!(load::collect(&mut resumed, &mut ledger, ANSWERS_LIMIT).await);
+    assert!(load::probe(&mut resumed, &mut ledger).await);
+    let tally = ledger.finish();
+    report("session_resume", &tally);
+    tally
+        .check(false)
+        .expect("every call made before the drop is answered exactly once after the resume");
+    resumed.close().await.expect("closes");
+
+    system.cleanup().await;
+}
+
+#[tokio::test]
+async fn second_connection_cannot_take_a_live_session() {
+    let system = System::builder()
+        .session_resume_secs(RESUME_WITHIN_S)
+        .start()
+        .await
+        .expect("system starts");
+    let addr = system.gateway_addr().expect("gateway runs");
+    let mut owner = system.client().await.expect("client connects");
+    let greeting = owner
+        .await_session(HEALTH_TIMEOUT)
+        .await
+        .expect("the gateway names the session first");
+    let mut ledger = Ledger::new("live-session-");
+    let call = ledger.sleep(300);
+    owner.send_json(&call).await.expect("sends");
+
+    match wsmq_tests::WsClient::try_connect(addr, &resume_path(&greeting.token))
+        .await
+        .expect("handshake answered")
+    {
+        Err(Refusal::Status(409)) => {}
+        Err(other) => panic!("expected HTTP 409 for a session in use, got {other:?}"),
+        Ok(mut thief) => {
+            // Allowed too: the connection is told at once, with an error or a close, and gets
+            // nothing of the session's.
+            let frame = thief
+                .next_incoming(HEALTH_TIMEOUT)
+                .await
+                .expect("the second connection is told");
+            let told = match &frame {
+                Incoming::Close(_) | Incoming::Ended(_) => true,
+                Incoming::Text(text) => text.contains("\"error\""),
+                Incoming::Binary(_) => false,
+            };
+            assert!(told, "the second connection was not refused: {frame:?}");
+        }
+    }
+
+    // The owner still has its session and its call.
+    assert!(load::collect(&mut owner, &mut ledger, ANSWERS_LIMIT).await);
+    assert!(load::probe(&mut owner, &mut ledger).await);
+    let tally = ledger.finish();
+    report("live_session", &tally);
+    tally
+        .check(false)
+        .expect("the owner's calls are answered once");
+    owner.close().await.expect("closes");
+
+    system.cleanup().await;
+}
+
+#[tokio::test]
+async fn expired_session_is_not_resumable() {
+    let system = System::builder()
+        .session_resume_secs(1)
+        .start()
+        .await
+        .expect("system starts");
+    let addr = system.gateway_addr().expect("gateway runs");
+    let mut first = system.client().await.expect("client connects");
+    let greeting = first
+        .await_session(HEALTH_TIMEOUT)
+        .await
+        .expect("the gateway names the session first");
+    assert_eq!(greeting.resume_within_s, 1, "{greeting:?}");
+    first.close().await.expect("closes");
+    // The window is the point of this test: wait past it.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    match wsmq_tests::WsClient::try_connect(addr, &resume_path(&greeting.token))
+        .await
+        .expect("handshake answered")
+    {
+        Err(Refusal::Status(404 | 410)) => {}
+        Err(other) => panic!("expected HTTP 404 or 410 for an expired session, got {other:?}"),
+        Ok(mut fresh) => {
+            // Allowed too: a fresh session, never the old one.
+            let again = fresh
+                .await_session(HEALTH_TIMEOUT)
+                .await
+                .expect("a new connection is greeted");
+            assert_ne!(
+                again.token, greeting.token,
+                "an expired session was resumed"
+            );
+            fresh.close().await.expect("closes");
+        }
+    }
+
+    system.cleanup().await;
+}
