@@ -36,8 +36,10 @@ const BROKER_DOWN_FOR: Duration = Duration::from_secs(2);
 /// reconnects with a capped backoff, so this is several of its steps.
 const BROKER_RECOVERY_LIMIT: Duration = Duration::from_secs(60);
 
-/// A `sleep` long enough to be running on a worker when the test kills it.
-const LONG_SLEEP_MS: u64 = 1500;
+/// A `sleep` long enough to be in flight while a test acts: it must outlast a few
+/// `rabbitmqctl` polls (each boots an Erlang VM: a second or more when the suite loads both
+/// cores) or the gateway's shutdown steps.
+const LONG_SLEEP_MS: u64 = 4000;
 
 /// How long a handful of calls may take to be answered once nothing is wrong any more
 /// (including a job redelivered after its worker died, which then runs again).
