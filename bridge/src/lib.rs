@@ -30,6 +30,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
         wsmq_service::signals::shutdown_requested().await;
+        // Before anything else: once shutdown starts, the process may exit before a spawned
+        // task would get to say it.
+        wsmq_service::notify::stopping();
         on_signal.cancel();
     });
     run_until(config, shutdown).await
@@ -76,7 +79,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
 
 /// Tells systemd the bridge is ready (its socket is listening; the gateway learns the broker's
 /// state from it), keeps `systemctl status` current with the broker's state, pings the
-/// watchdog, and says STOPPING=1 as soon as shutdown begins.
+/// watchdog (STOPPING=1 is sent by the signal handler).
 fn report_to_systemd(
     ipc: &std::path::Path,
     mut broker: tokio::sync::watch::Receiver<wsmq_ipc_proto::BrokerState>,
@@ -89,10 +92,7 @@ fn report_to_systemd(
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                () = shutdown.cancelled() => {
-                    notify::stopping();
-                    return;
-                }
+                () = shutdown.cancelled() => return,
                 changed = broker.changed() => {
                     if changed.is_err() {
                         return;

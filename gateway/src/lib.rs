@@ -45,6 +45,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let on_signal = shutdown.clone();
     tokio::spawn(async move {
         wsmq_service::signals::shutdown_requested().await;
+        // Before anything else: once shutdown starts, the process may exit before a spawned
+        // task would get to say it.
+        wsmq_service::notify::stopping();
         on_signal.cancel();
     });
     run_until(config, shutdown).await
@@ -131,9 +134,9 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     Ok(())
 }
 
-/// Tells systemd the gateway is ready (it is listening; calls get -32000 until the bridge is
-/// up), keeps `systemctl status` current with the link's state, pings the watchdog, and says
-/// STOPPING=1 as soon as shutdown begins.
+/// Tells systemd the gateway is ready (it is listening; calls are held until the bridge is
+/// up), keeps `systemctl status` current with the link's state, and pings the watchdog
+/// (STOPPING=1 is sent by the signal handler).
 fn report_to_systemd(
     addr: SocketAddr,
     mut health: watch::Receiver<router::Health>,
@@ -145,10 +148,7 @@ fn report_to_systemd(
     tokio::spawn(async move {
         loop {
             tokio::select! {
-                () = shutdown.cancelled() => {
-                    notify::stopping();
-                    return;
-                }
+                () = shutdown.cancelled() => return,
                 changed = health.changed() => {
                     if changed.is_err() {
                         return;
