@@ -285,6 +285,13 @@ async fn tap_relays_a_real_call_and_prints_each_frame_in_its_direction() {
     })
     .await
     .expect("the reply's Taken goes through the tap");
+    // The bridge sends Published from the publish's own task, so it can reach the tap after
+    // the reply (and even after Taken): wait for it too.
+    tap.wait_for_log("a Published line", |l| {
+        tap_message(l).is_some_and(|(v, _, _)| v == "Published")
+    })
+    .await
+    .expect("the job's Published goes through the tap");
     let frames: Vec<(String, Value, String)> = tap
         .lines()
         .await
@@ -329,7 +336,7 @@ async fn tap_relays_a_real_call_and_prints_each_frame_in_its_direction() {
     let (taken, taken_msg, dir) = find("Taken");
     assert_eq!(dir, to_bridge);
     assert_eq!(taken_msg["reply"], reply_msg["seq"]);
-    // Causal order; Published and Reply race each other, so only each after Submit.
+    // Causal order; Published races Reply and Taken, so only after Submit.
     assert!(hello < welcome && welcome < submit, "{frames:#?}");
     assert!(
         submit < published && submit < reply && reply < taken,
