@@ -29,6 +29,9 @@ use crate::publisher::Publishers;
 /// supervisor stops taking deliveries from lapin; RabbitMQ keeps the rest, bounded by prefetch.
 const REPLY_QUEUE_CAPACITY: usize = 256;
 
+/// How long shutdown waits for RabbitMQ to confirm the connection's close.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// Longest wait between two connection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// First wait after a failed connection attempt.
@@ -225,11 +228,12 @@ impl Supervisor {
         let relay_stop = self.shutdown.child_token();
         let mut relay = Some(tokio::spawn(relay.run(relay_stop.clone())));
 
-        info!(reply_queue = %s.reply_queue, "broker connected");
-        crate::metrics::broker_connected();
         reset_backoff();
         self.publisher_tx.send_replace(Some(publishers.clone()));
         self.set_state(BrokerState::Up);
+        // Only now: whoever waits for this line (an operator, the tests) may rely on it.
+        info!(reply_queue = %s.reply_queue, "broker connected");
+        crate::metrics::broker_connected();
 
         let result = loop {
             tokio::select! {
@@ -286,13 +290,15 @@ impl Supervisor {
         }
         if result.is_ok() {
             // Unacked replies go back to the queue for the next bridge.
-            if let Err(e) = connection
-                .close(200, "wsmq-bridge shutting down".into())
-                .await
-            {
-                debug!(error = %e, "closing the RabbitMQ connection");
+            let close = connection.close(200, "wsmq-bridge shutting down".into());
+            match tokio::time::timeout(CLOSE_TIMEOUT, close).await {
+                Ok(Ok(())) => info!("broker connection closed"),
+                Ok(Err(e)) => debug!(error = %e, "closing the RabbitMQ connection"),
+                // RabbitMQ requeues the unacked replies when the socket goes anyway.
+                Err(_) => {
+                    warn!(timeout = ?CLOSE_TIMEOUT, "RabbitMQ did not confirm the close; leaving")
+                }
             }
-            info!("broker connection closed");
         }
         result
     }

@@ -72,7 +72,14 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     // The session has finished its publishes and requeued what the gateway did not take; only
     // now close the broker connection.
     broker_shutdown.cancel();
-    supervisor.await.context("broker supervisor panicked")?;
+    let stop_limit = Duration::from_secs(config.drain_timeout) + Duration::from_secs(5);
+    match tokio::time::timeout(stop_limit, supervisor).await {
+        Ok(joined) => joined.context("broker supervisor panicked")?,
+        Err(_) => tracing::warn!(
+            ?stop_limit,
+            "broker connection did not close in time; exiting anyway"
+        ),
+    }
     info!("bridge stopped");
     Ok(())
 }

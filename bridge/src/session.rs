@@ -326,14 +326,25 @@ impl Session {
         }
         crate::metrics::replies_requeued(self.untaken.len());
         crate::metrics::untaken_replies(0);
-        for (_, (acker, _permit)) in self.untaken.drain() {
-            let requeue = BasicNackOptions {
-                requeue: true,
-                ..BasicNackOptions::default()
-            };
-            if let Err(e) = acker.nack(requeue).await {
-                debug!(error = %e, "nack failed; the broker requeues it when the channel closes");
+        let untaken: Vec<_> = self.untaken.drain().collect();
+        let requeue_all = async {
+            for (_, (acker, _permit)) in untaken {
+                let requeue = BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                };
+                if let Err(e) = acker.nack(requeue).await {
+                    debug!(error = %e, "nack failed; the broker requeues it when the channel closes");
+                }
             }
+        };
+        // A broker that stopped answering must not hold up shutdown: it requeues whatever is
+        // unacked when the connection goes.
+        if tokio::time::timeout(grace, requeue_all).await.is_err() {
+            warn!(
+                ?grace,
+                "returning untaken replies timed out; RabbitMQ requeues them on close"
+            );
         }
     }
 }
