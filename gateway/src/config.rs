@@ -79,7 +79,7 @@ pub struct Overrides {
 
     /// Seconds a client may take to reconnect to `/ws?session=<token>` and get the results of
     /// its calls; 0 turns sessions off (a call's result is lost with its connection).
-    /// [default: 0]
+    /// [default: 30]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_resume_secs: Option<u64>,
@@ -134,7 +134,7 @@ impl Default for Config {
             call_timeout: Duration::from_secs(30),
             max_call_timeout: Duration::from_secs(600),
             max_held_calls: 1024,
-            session_resume_secs: 0,
+            session_resume_secs: 30,
             max_connections: 10_000,
             drain_timeout: 10,
             log_format: LogFormat::Plain,
