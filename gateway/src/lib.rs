@@ -41,16 +41,7 @@ const LINK_EVENTS_CAPACITY: usize = 1024;
 
 /// Runs the gateway until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let shutdown = CancellationToken::new();
-    let on_signal = shutdown.clone();
-    tokio::spawn(async move {
-        wsmq_service::signals::shutdown_requested().await;
-        // Before anything else: once shutdown starts, the process may exit before a spawned
-        // task would get to say it.
-        wsmq_service::notify::stopping();
-        on_signal.cancel();
-    });
-    run_until(config, shutdown).await
+    run_until(config, wsmq_service::signals::shutdown_token()).await
 }
 
 /// Runs the gateway until `shutdown` is cancelled, then drains.

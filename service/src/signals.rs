@@ -18,3 +18,17 @@ pub async fn shutdown_requested() {
         _ = int.recv() => info!("SIGINT: shutting down"),
     }
 }
+
+/// A token cancelled at the first SIGTERM or SIGINT, after telling systemd STOPPING=1 — from
+/// the signal task itself, since once the token fires the process may exit before any other
+/// task would get to say it. Call inside a tokio runtime.
+pub fn shutdown_token() -> tokio_util::sync::CancellationToken {
+    let token = tokio_util::sync::CancellationToken::new();
+    let on_signal = token.clone();
+    tokio::spawn(async move {
+        shutdown_requested().await;
+        crate::notify::stopping();
+        on_signal.cancel();
+    });
+    token
+}
