@@ -6,7 +6,9 @@
 //! nothing else may have arrived, and no websocket may have closed unless the test closed it.
 //!
 //! Tests named `serial_...` stop RabbitMQ, which every test shares: `scripts/test` runs them
-//! on their own, one at a time, after the rest of the suite.
+//! on their own, one at a time, after the rest of the suite. To run them without disturbing
+//! anyone else on the machine, point them at a private node: `WSMQ_AMQP_URL` (its URL) and
+//! `WSMQ_RABBITMQCTL` (a script running `rabbitmqctl -n <node> "$@"`).
 
 use std::net::SocketAddr;
 use std::time::Duration;
