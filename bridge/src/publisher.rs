@@ -18,6 +18,9 @@ use tokio::sync::mpsc;
 use tracing::{debug, error};
 use wsmq_ipc_proto::{CancelReason, Job, JobId, Rejection};
 
+/// Longest wait for RabbitMQ to confirm one publish.
+const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// AMQP 0-9-1 short strings (routing keys, queue names) hold at most 255 bytes.
 const MAX_ROUTING_KEY: usize = 255;
 
@@ -205,7 +208,13 @@ async fn publish_on(
             debug!(job = %job.id, error = %e, "publish failed");
             Rejection::BrokerUnavailable
         })?;
-    match confirm.await {
+    // A confirm can hang while the connection dies; the job then counts as not taken and the
+    // gateway sends it again (at least once).
+    let Ok(confirmed) = tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await else {
+        debug!(job = %job.id, timeout = ?CONFIRM_TIMEOUT, "publish confirm timed out");
+        return Err(Rejection::BrokerUnavailable);
+    };
+    match confirmed {
         Ok(Confirmation::Ack(None)) => Ok(()),
         Ok(Confirmation::Ack(Some(returned))) => {
             // One publish in flight on this channel: the return is this job's. Check anyway.

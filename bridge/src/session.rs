@@ -34,6 +34,9 @@ use crate::reply;
 /// Frames waiting for the writer. When full, publishes and replies wait for the gateway to read.
 const OUTBOUND_CAPACITY: usize = 1024;
 
+/// How long one acknowledgement may take before the session gives up on it.
+const ACK_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// How long a connecting gateway has to say hello.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -213,12 +216,7 @@ impl Session {
                 let removed = self.untaken.remove(&reply);
                 crate::metrics::untaken_replies(self.untaken.len());
                 match removed {
-                    Some((acker, _permit)) => {
-                        if let Err(e) = acker.ack(BasicAckOptions::default()).await {
-                            // The channel it came on is gone; RabbitMQ requeued it already.
-                            debug!(seq = reply.0, error = %e, "ack failed");
-                        }
-                    }
+                    Some((acker, _permit)) => ack(&acker, reply.0).await,
                     None => warn!(seq = reply.0, "gateway took a reply it was never sent"),
                 }
                 Ok(())
@@ -293,9 +291,7 @@ impl Session {
                 correlation_id = ?props.correlation_id(),
                 "reply without a valid correlation_id dropped"
             );
-            if let Err(e) = delivery.acker.ack(BasicAckOptions::default()).await {
-                debug!(error = %e, "ack failed");
-            }
+            ack(&delivery.acker, 0).await;
             return Ok(());
         };
         let body = reply::classify(props.headers().as_ref(), &delivery.data);
@@ -345,6 +341,20 @@ impl Session {
                 ?grace,
                 "returning untaken replies timed out; RabbitMQ requeues them on close"
             );
+        }
+    }
+}
+
+/// Acknowledges a reply, giving up after [`ACK_TIMEOUT`]. lapin's ack can hang while the
+/// connection is dying, and this runs on the session loop: a hang there stopped the whole link
+/// to the gateway. An ack that fails or times out leaves the reply unacked; RabbitMQ requeues it
+/// when the channel goes, and the gateway drops the second copy.
+async fn ack(acker: &Acker, seq: u64) {
+    match tokio::time::timeout(ACK_TIMEOUT, acker.ack(BasicAckOptions::default())).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => debug!(seq, error = %e, "ack failed; the reply will be redelivered"),
+        Err(_) => {
+            warn!(seq, timeout = ?ACK_TIMEOUT, "ack timed out; the reply will be redelivered")
         }
     }
 }
