@@ -103,26 +103,22 @@ pub(crate) enum Incoming {
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct FrameRejected(pub(crate) String);
 
+/// The -32700 answer to a frame that is not JSON.
+fn parse_error(e: serde_json::Error) -> FrameRejected {
+    FrameRejected(error_response(
+        None,
+        PARSE_ERROR,
+        "Parse error",
+        Some(&e.to_string()),
+    ))
+}
+
 /// Parses one websocket text frame.
 pub(crate) fn parse(text: &str) -> Result<Incoming, FrameRejected> {
-    let raw: &RawValue = serde_json::from_str(text).map_err(|e| {
-        FrameRejected(error_response(
-            None,
-            PARSE_ERROR,
-            "Parse error",
-            Some(&e.to_string()),
-        ))
-    })?;
+    let raw: &RawValue = serde_json::from_str(text).map_err(parse_error)?;
     let json = raw.get();
     if json.starts_with('[') {
-        let members: Vec<&RawValue> = serde_json::from_str(json).map_err(|e| {
-            FrameRejected(error_response(
-                None,
-                PARSE_ERROR,
-                "Parse error",
-                Some(&e.to_string()),
-            ))
-        })?;
+        let members: Vec<&RawValue> = serde_json::from_str(json).map_err(parse_error)?;
         if members.is_empty() {
             return Err(FrameRejected(error_response(
                 None,
