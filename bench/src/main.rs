@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
+use futures::future::{join_all, try_join_all};
 use serde::Serialize;
 use serde_json::json;
 
@@ -100,8 +101,8 @@ struct Cli {
     #[arg(long)]
     gateway_pid: Option<u32>,
 
-    /// NAME=PID of a process whose RSS each run reports at --rss-early and at its end
-    /// (repeatable), to see whether memory grows under load.
+    /// NAME=PID of a process whose CPU time per call and RSS each run reports (repeatable):
+    /// RSS at --rss-early and at the end shows whether memory grows under load.
     #[arg(long = "watch", value_name = "NAME=PID", value_parser = parse_watch)]
     watch: Vec<(String, u32)>,
 
@@ -138,15 +139,6 @@ fn parse_watch(s: &str) -> Result<(String, u32), String> {
     let (name, pid) = s.split_once('=').ok_or("expected NAME=PID")?;
     let pid = pid.parse().map_err(|e| format!("bad pid {pid:?}: {e}"))?;
     Ok((name.to_owned(), pid))
-}
-
-/// RSS of a watched process early in a run and at its end.
-#[derive(Debug, Clone, Serialize)]
-struct RssGrowth {
-    name: String,
-    early_kib: u64,
-    end_kib: u64,
-    growth_pct: f64,
 }
 
 fn main() -> ExitCode {
@@ -218,10 +210,10 @@ async fn run(cli: Cli) -> Result<bool> {
     }
 
     let mut runs: BTreeMap<Mode, Vec<RunResult>> = BTreeMap::new();
-    let mut rss_growth = Vec::new();
+    let mut usage_json = Vec::new();
     for round in 1..=cli.rounds {
         for &mode in &load_modes {
-            let (result, growth) = run_once(&cli, mode, &params).await?;
+            let (result, usage) = run_once(&cli, mode, &params).await?;
             println!(
                 "{:<8} round {round}: {:>9.0} calls/s  p50 {:>6} µs  p99 {:>7} µs  max {:>7} µs  errors {}{}",
                 mode.name(),
@@ -236,13 +228,26 @@ async fn run(cli: Cli) -> Result<bool> {
                     .map(|e| format!(" (first: {e})"))
                     .unwrap_or_default()
             );
-            for g in &growth {
+            for u in &usage {
                 println!(
-                    "         {} RSS {} KiB at {:?} -> {} KiB at the end ({:+.1}%)",
-                    g.name, g.early_kib, cli.rss_early, g.end_kib, g.growth_pct
+                    "         {:<9} {:>6.1} µs CPU per call; RSS {} KiB at the end{}",
+                    u.name,
+                    u.cpu_us_per_call,
+                    u.rss_end_kib,
+                    u.rss_early_kib
+                        .map(|e| format!(
+                            ", {e} KiB at {:?} ({:+.1}%)",
+                            cli.rss_early,
+                            (u.rss_end_kib as f64 - e as f64) * 100.0 / e.max(1) as f64
+                        ))
+                        .unwrap_or_default()
                 );
             }
-            rss_growth.extend(growth.into_iter().map(|g| (mode, round, g)));
+            usage_json.extend(
+                usage
+                    .into_iter()
+                    .map(|u| json!({"mode": mode.name(), "round": round, "process": u})),
+            );
             runs.entry(mode).or_default().push(result);
         }
     }
@@ -270,10 +275,6 @@ async fn run(cli: Cli) -> Result<bool> {
             .iter()
             .map(|(mode, s)| (mode.name().to_owned(), json!(s)))
             .collect();
-        let rss_json: Vec<_> = rss_growth
-            .iter()
-            .map(|(mode, round, g)| json!({"mode": mode.name(), "round": round, "process": g}))
-            .collect();
         let summary = json!({
             "config": {
                 "connections": cli.connections,
@@ -286,7 +287,7 @@ async fn run(cli: Cli) -> Result<bool> {
             },
             "modes": modes_json,
             "idle": idle_report,
-            "rss": rss_json,
+            "usage": usage_json,
             "ok": ok,
         });
         println!("{summary}");
@@ -343,42 +344,60 @@ fn share_of(total: usize, lanes: usize, i: usize) -> usize {
     total / lanes + usize::from(i < total % lanes)
 }
 
+/// The connected lanes of one run, before any call.
+enum Lanes {
+    Gateway(Vec<gateway::Ws>, gateway::Target),
+    Amqp(Vec<amqp::Caller>, amqp::Target, lapin::Connection),
+    Stomp(Vec<gateway::Ws>, stomp::Target),
+}
+
+/// What a watched process used during one run.
+#[derive(Debug, Clone, Serialize)]
+struct Usage {
+    name: String,
+    /// CPU time used inside the measuring window, per call measured.
+    cpu_us_per_call: f64,
+    /// RSS at --rss-early (absent when the run is shorter) and at the end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rss_early_kib: Option<u64>,
+    rss_end_kib: u64,
+}
+
 /// One run of one load mode: connect every lane, then call for warm-up + duration.
-async fn run_once(cli: &Cli, mode: Mode, params: &str) -> Result<(RunResult, Vec<RssGrowth>)> {
-    let lanes = cli.connections.max(1);
-    let queue = format!("{}{}", cli.queue_prefix, cli.method);
+async fn run_once(cli: &Cli, mode: Mode, params: &str) -> Result<(RunResult, Vec<Usage>)> {
+    let lanes = connect(cli, mode, params).await?;
+    let shares = |i| share_of(cli.in_flight, cli.connections.max(1), i);
     let early = watch_early(&cli.watch, cli.rss_early);
-    let stats: Vec<LaneStats> = match mode {
-        Mode::Gateway => {
-            let target = gateway::Target::new(&cli.url, &cli.method, params.to_owned()).await?;
-            let conns = futures::future::try_join_all(
-                (0..lanes).map(|_| gateway::connect(&target.url, target.addr, None, None)),
+    let window = Window::new(cli.warmup, cli.duration);
+    let cpu = watch_cpu(&cli.watch, window);
+    let stats: Vec<LaneStats> = match lanes {
+        Lanes::Gateway(conns, target) => {
+            let target = &target;
+            join_all(
+                conns
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, ws)| gateway::drive(ws, shares(i), target, window)),
             )
             .await
-            .context("cannot connect to the gateway")?;
-            let window = Window::new(cli.warmup, cli.duration);
+        }
+        Lanes::Stomp(conns, target) => {
             let target = &target;
-            futures::future::join_all(conns.into_iter().enumerate().map(|(i, ws)| {
-                gateway::drive(ws, share_of(cli.in_flight, lanes, i), target, window)
-            }))
+            join_all(
+                conns
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, ws)| stomp::drive(ws, shares(i), target, window)),
+            )
             .await
         }
-        Mode::Amqp => {
-            let target = amqp::Target {
-                queue,
-                params: params.to_owned(),
-            };
-            let connection = amqp::connect(&cli.amqp).await?;
-            let callers =
-                futures::future::try_join_all((0..lanes).map(|_| amqp::Caller::open(&connection)))
-                    .await?;
-            let window = Window::new(cli.warmup, cli.duration);
+        Lanes::Amqp(callers, target, connection) => {
             let target = &target;
-            let stats = futures::future::join_all(
+            let stats = join_all(
                 callers
                     .into_iter()
                     .enumerate()
-                    .map(|(i, c)| c.drive(share_of(cli.in_flight, lanes, i), target, window)),
+                    .map(|(i, c)| c.drive(shares(i), target, window)),
             )
             .await;
             let _ = tokio::time::timeout(
@@ -387,6 +406,55 @@ async fn run_once(cli: &Cli, mode: Mode, params: &str) -> Result<(RunResult, Vec
             )
             .await;
             stats
+        }
+    };
+    let result = RunResult::from_lanes(&stats, cli.duration);
+    // A run shorter than --rss-early has no early sample.
+    let early = if early.is_finished() {
+        early.await.unwrap_or_default()
+    } else {
+        early.abort();
+        Vec::new()
+    };
+    let cpu = cpu.await.unwrap_or_default();
+    let usage = cli
+        .watch
+        .iter()
+        .filter_map(|(name, pid)| {
+            let cpu = cpu.iter().find(|(n, _)| n == name)?.1;
+            Some(Usage {
+                name: name.clone(),
+                cpu_us_per_call: cpu.as_secs_f64() * 1e6 / result.calls.max(1) as f64,
+                rss_early_kib: early.iter().find(|(n, _)| n == name).map(|e| e.1),
+                rss_end_kib: rss::rss_kib(*pid).ok()?,
+            })
+        })
+        .collect();
+    Ok((result, usage))
+}
+
+/// Opens the lanes of one run.
+async fn connect(cli: &Cli, mode: Mode, params: &str) -> Result<Lanes> {
+    let lanes = cli.connections.max(1);
+    let queue = format!("{}{}", cli.queue_prefix, cli.method);
+    Ok(match mode {
+        Mode::Gateway => {
+            let target = gateway::Target::new(&cli.url, &cli.method, params.to_owned()).await?;
+            let conns = try_join_all(
+                (0..lanes).map(|_| gateway::connect(&target.url, target.addr, None, None)),
+            )
+            .await
+            .context("cannot connect to the gateway")?;
+            Lanes::Gateway(conns, target)
+        }
+        Mode::Amqp => {
+            let connection = amqp::connect(&cli.amqp).await?;
+            let callers = try_join_all((0..lanes).map(|_| amqp::Caller::open(&connection))).await?;
+            let target = amqp::Target {
+                queue,
+                params: params.to_owned(),
+            };
+            Lanes::Amqp(callers, target, connection)
         }
         Mode::Stomp => {
             let (login, passcode) = cli
@@ -400,47 +468,15 @@ async fn run_once(cli: &Cli, mode: Mode, params: &str) -> Result<(RunResult, Vec
                 queue,
                 params: params.to_owned(),
             };
-            let conns = futures::future::try_join_all((0..lanes).map(|_| stomp::connect(&target)))
+            let conns = try_join_all((0..lanes).map(|_| stomp::connect(&target)))
                 .await
                 .context(
                     "cannot connect to Web-STOMP (rabbitmq-plugins enable rabbitmq_web_stomp)",
                 )?;
-            let window = Window::new(cli.warmup, cli.duration);
-            let target = &target;
-            futures::future::join_all(
-                conns.into_iter().enumerate().map(|(i, ws)| {
-                    stomp::drive(ws, share_of(cli.in_flight, lanes, i), target, window)
-                }),
-            )
-            .await
+            Lanes::Stomp(conns, target)
         }
-        Mode::Idle => unreachable!("idle is not a load mode"),
-    };
-    let end: Vec<(String, u64)> = cli
-        .watch
-        .iter()
-        .filter_map(|(name, pid)| rss::rss_kib(*pid).ok().map(|kib| (name.clone(), kib)))
-        .collect();
-    // A run shorter than --rss-early has no early sample.
-    let early = if early.is_finished() {
-        early.await.unwrap_or_default()
-    } else {
-        early.abort();
-        Vec::new()
-    };
-    let growth = early
-        .into_iter()
-        .filter_map(|(name, early_kib)| {
-            let end_kib = end.iter().find(|(n, _)| *n == name)?.1;
-            Some(RssGrowth {
-                growth_pct: (end_kib as f64 - early_kib as f64) * 100.0 / early_kib.max(1) as f64,
-                name,
-                early_kib,
-                end_kib,
-            })
-        })
-        .collect();
-    Ok((RunResult::from_lanes(&stats, cli.duration), growth))
+        Mode::Idle => anyhow::bail!("idle is not a load mode"),
+    })
 }
 
 /// Samples the watched processes' RSS once, `after` from now (skipped if the run ends first).
@@ -457,6 +493,29 @@ fn watch_early(
         watch
             .iter()
             .filter_map(|(name, pid)| rss::rss_kib(*pid).ok().map(|kib| (name.clone(), kib)))
+            .collect()
+    })
+}
+
+/// The CPU time each watched process uses inside `window`.
+fn watch_cpu(
+    watch: &[(String, u32)],
+    window: Window,
+) -> tokio::task::JoinHandle<Vec<(String, Duration)>> {
+    let names: Vec<String> = watch.iter().map(|(n, _)| n.clone()).collect();
+    let pids: Vec<u32> = watch.iter().map(|(_, pid)| *pid).collect();
+    let sample = move || -> Vec<Option<Duration>> {
+        pids.iter().map(|pid| rss::cpu_time(*pid).ok()).collect()
+    };
+    tokio::spawn(async move {
+        tokio::time::sleep_until(window.start.into()).await;
+        let before = sample();
+        tokio::time::sleep_until(window.end.into()).await;
+        let after = sample();
+        names
+            .into_iter()
+            .zip(before.into_iter().zip(after))
+            .filter_map(|(name, (b, a))| Some((name, a?.saturating_sub(b?))))
             .collect()
     })
 }
