@@ -18,7 +18,7 @@ use tokio::sync::OnceCell;
 use crate::BUILD_TIMEOUT;
 
 /// The packages whose binaries the tests run.
-const PACKAGES: [&str; 3] = ["wsmq-gateway", "wsmq-bridge", "wsmq-worker"];
+const PACKAGES: [&str; 4] = ["wsmq-gateway", "wsmq-bridge", "wsmq-worker", "wsmq-cli"];
 
 /// Where the binaries are.
 #[derive(Debug, Clone)]
@@ -29,6 +29,8 @@ pub struct Binaries {
     pub bridge: PathBuf,
     /// `wsmq-worker`, the demo worker.
     pub worker: PathBuf,
+    /// `wsmq`, the command-line client.
+    pub cli: PathBuf,
 }
 
 static BINARIES: OnceCell<Binaries> = OnceCell::const_new();
@@ -58,8 +60,9 @@ async fn locate() -> Result<Binaries> {
         gateway: dir.join("wsmq-gateway"),
         bridge: dir.join("wsmq-bridge"),
         worker: dir.join("wsmq-worker"),
+        cli: dir.join("wsmq"),
     };
-    for bin in [&bins.gateway, &bins.bridge, &bins.worker] {
+    for bin in [&bins.gateway, &bins.bridge, &bins.worker, &bins.cli] {
         ensure!(
             bin.is_file(),
             "{} does not exist (set WSMQ_BIN_DIR to the directory holding the wsmq binaries)",
