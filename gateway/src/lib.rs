@@ -98,7 +98,14 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
         next_client: Arc::new(AtomicU64::new(1)),
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
-        connection: connection::ConnectionConfig { drain },
+        connection: connection::ConnectionConfig {
+            drain,
+            limits: jsonrpc::ParseLimits {
+                max_depth: config.max_json_depth,
+                max_batch_len: config.max_batch_len,
+                max_params_bytes: config.max_params_bytes,
+            },
+        },
         max_message_bytes: config.max_message_bytes,
         metrics,
     };
