@@ -10,8 +10,8 @@ pub(crate) enum Exit {
     Ok,
     /// The worker answered an error of its own (any code not listed below).
     WorkerError,
-    /// The call is wrong: not parseable, not a valid request, no such method, bad params
-    /// (-32700, -32600, -32601, -32602).
+    /// The call is wrong: not parseable, not a valid request, no such method, bad params,
+    /// over the gateway's size limits (-32700, -32600, -32601, -32602, -32010, -32011, -32012).
     Refused,
     /// Try again later: the broker is unavailable or too many calls are in flight (-32000,
     /// -32003).
@@ -36,7 +36,7 @@ impl Exit {
     /// The class of a JSON-RPC error code.
     pub(crate) fn for_code(code: i64) -> Self {
         match code {
-            -32700 | -32600 | -32601 | -32602 => Exit::Refused,
+            -32700 | -32600 | -32601 | -32602 | -32010 | -32011 | -32012 => Exit::Refused,
             -32000 | -32003 => Exit::Unavailable,
             -32001 => Exit::Timeout,
             -32002 => Exit::Cancelled,
@@ -75,7 +75,8 @@ pub(crate) const TABLE: &str = "\
 Exit status:
   0    the call answered a result (with --many: every call did)
   1    the worker answered an error of its own
-  2    the call is wrong: -32700, -32600 invalid request, -32601 no such method, -32602 bad params
+  2    the call is wrong: -32700, -32600 invalid request, -32601 no such method, -32602 bad
+       params, -32010/-32011/-32012 over the gateway's nesting, batch or params size limits
   3    try again later: -32000 broker unavailable, -32003 too many calls in flight
   4    timeout: -32001 (the gateway's, or no answer by the deadline plus 5 s)
   5    cancelled: -32002
@@ -97,6 +98,9 @@ mod tests {
             (-32600, 2),
             (-32601, 2),
             (-32602, 2),
+            (-32010, 2),
+            (-32011, 2),
+            (-32012, 2),
             (-32000, 3),
             (-32003, 3),
             (-32001, 4),

@@ -27,6 +27,9 @@ export const codes = Object.freeze({
   CANCELLED: -32002,
   TOO_MANY_IN_FLIGHT: -32003,
   JOB_FAILED: -32004,
+  JSON_TOO_DEEP: -32010,
+  BATCH_TOO_LONG: -32011,
+  PARAMS_TOO_LARGE: -32012,
   /** Client-side: the connection was lost and its session could not be resumed, or the
    * client was closed. Not a JSON-RPC code; outside the range JSON-RPC reserves. */
   CONNECTION_LOST: -1,
