@@ -28,6 +28,8 @@ pub(crate) const OUTBOUND_CAPACITY: usize = 512;
 pub(crate) struct ConnectionConfig {
     /// On shutdown, how long to keep delivering responses to calls already made.
     pub(crate) drain: Duration,
+    /// What one text message may hold.
+    pub(crate) limits: jsonrpc::ParseLimits,
 }
 
 /// A batch whose responses are still arriving.
@@ -128,7 +130,7 @@ where
                 }
                 msg = self.socket.next(), if !draining => match msg {
                     Some(Ok(Message::Text(text))) => {
-                        if let Err(close) = self.on_text(text.as_str()).await {
+                        if let Err(close) = self.on_text(text.as_str(), &config.limits).await {
                             return close;
                         }
                     }
@@ -164,8 +166,12 @@ where
         }
     }
 
-    async fn on_text(&mut self, text: &str) -> Result<(), Option<CloseFrame>> {
-        match jsonrpc::parse(text) {
+    async fn on_text(
+        &mut self,
+        text: &str,
+        limits: &jsonrpc::ParseLimits,
+    ) -> Result<(), Option<CloseFrame>> {
+        match jsonrpc::parse(text, limits) {
             Err(FrameRejected(error)) => self.write(error).await.map_err(|()| None),
             Ok(Incoming::Single(entry)) => match self.submit(entry, None).await? {
                 Some(error) => self.write(error).await.map_err(|()| None),

@@ -61,6 +61,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     let link = tokio::spawn(
         link::Link {
             path: config.ipc.clone(),
+            trust: link::BridgeTrust::for_this_process(config.ipc_bridge_uid),
             events: events_tx,
             jobs: jobs_rx,
             taken: taken_rx,
@@ -98,7 +99,14 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
         next_client: Arc::new(AtomicU64::new(1)),
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
-        connection: connection::ConnectionConfig { drain },
+        connection: connection::ConnectionConfig {
+            drain,
+            limits: jsonrpc::ParseLimits {
+                max_depth: config.max_json_depth,
+                max_batch_len: config.max_batch_len,
+                max_params_bytes: config.max_params_bytes,
+            },
+        },
         max_message_bytes: config.max_message_bytes,
         metrics,
     };

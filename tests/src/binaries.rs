@@ -18,7 +18,14 @@ use tokio::sync::OnceCell;
 use crate::BUILD_TIMEOUT;
 
 /// The packages whose binaries the tests run.
-const PACKAGES: [&str; 4] = ["wsmq-gateway", "wsmq-bridge", "wsmq-worker", "wsmq-bench"];
+const PACKAGES: [&str; 6] = [
+    "wsmq-gateway",
+    "wsmq-bridge",
+    "wsmq-worker",
+    "wsmq-cli",
+    "wsmq-ipc",
+    "wsmq-bench",
+];
 
 /// Where the binaries are.
 #[derive(Debug, Clone)]
@@ -29,6 +36,10 @@ pub struct Binaries {
     pub bridge: PathBuf,
     /// `wsmq-worker`, the demo worker.
     pub worker: PathBuf,
+    /// `wsmq`, the command-line client.
+    pub cli: PathBuf,
+    /// `wsmq-ipc`, the socket debugging tool (its `ping` is a minimal IPC client).
+    pub ipc: PathBuf,
     /// `wsmq-bench`, the load generator.
     pub bench: PathBuf,
 }
@@ -60,9 +71,18 @@ async fn locate() -> Result<Binaries> {
         gateway: dir.join("wsmq-gateway"),
         bridge: dir.join("wsmq-bridge"),
         worker: dir.join("wsmq-worker"),
+        cli: dir.join("wsmq"),
+        ipc: dir.join("wsmq-ipc"),
         bench: dir.join("wsmq-bench"),
     };
-    for bin in [&bins.gateway, &bins.bridge, &bins.worker, &bins.bench] {
+    for bin in [
+        &bins.gateway,
+        &bins.bridge,
+        &bins.worker,
+        &bins.cli,
+        &bins.ipc,
+        &bins.bench,
+    ] {
         ensure!(
             bin.is_file(),
             "{} does not exist (set WSMQ_BIN_DIR to the directory holding the wsmq binaries)",

@@ -4,6 +4,7 @@
 //! on two cores); nextest still runs every test in its own process.
 
 mod bench;
+mod clients;
 mod faults;
 mod ipc;
 mod jsonrpc;
