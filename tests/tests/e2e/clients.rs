@@ -362,3 +362,32 @@ async fn cli_interrupted_cancels_its_call_and_exits_130() {
     }
     system.cleanup().await;
 }
+
+#[tokio::test]
+async fn python_example_shows_every_kind_of_answer() {
+    let system = System::start().await.expect("system starts");
+    let url = ws_url(&system);
+    let python = std::env::var("WSMQ_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let out = run(
+        &python,
+        &["clients/python/example.py", "--url", &url],
+        &[("PYTHONUNBUFFERED", "1")],
+    )
+    .await
+    .expect("python3 runs (needs `pip install websockets`)");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let expected = [
+        // fib answers before the sleep that was sent first.
+        "finished: 832040",
+        r#"finished: {"slept_ms": 300}"#,
+        r#"progress: {"of": 3, "step": 1}"#,
+        r#"progress: {"of": 3, "step": 2}"#,
+        r#"progress: {"of": 3, "step": 3}"#,
+        r#"progress result: {"done": 3}"#,
+        "worker error: 4000 requested failure",
+        "timeout: -32001",
+        "cancelled: sleep",
+    ];
+    assert_eq!(stdout_of(&out).lines().collect::<Vec<_>>(), expected);
+    system.cleanup().await;
+}
