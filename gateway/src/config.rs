@@ -38,6 +38,13 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ipc: Option<PathBuf>,
 
+    /// Uid the bridge may run as besides the gateway's own and root's: the gateway reads the
+    /// bridge's credentials (SO_PEERCRED) on every connection and refuses any other, so a
+    /// process that took the socket path cannot receive the jobs. [default: none]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipc_bridge_uid: Option<u32>,
+
     /// Largest websocket message a client may send, in bytes; a larger one closes the
     /// connection with 1009. [default: 1048576]
     #[arg(long)]
@@ -123,6 +130,9 @@ pub struct Overrides {
 pub struct Config {
     pub listen: SocketAddr,
     pub ipc: PathBuf,
+    /// None: the gateway's own uid and root only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipc_bridge_uid: Option<u32>,
     pub max_message_bytes: usize,
     pub max_json_depth: usize,
     pub max_batch_len: usize,
@@ -147,6 +157,7 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             ipc: PathBuf::from("/run/wsmq/bridge.sock"),
+            ipc_bridge_uid: None,
             max_message_bytes: 1024 * 1024,
             max_json_depth: 32,
             max_batch_len: 1000,

@@ -62,6 +62,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     let link = tokio::spawn(
         link::Link {
             path: config.ipc.clone(),
+            trust: link::BridgeTrust::for_this_process(config.ipc_bridge_uid),
             events: events_tx,
             jobs: jobs_rx,
             taken: taken_rx,

@@ -18,7 +18,13 @@ use tokio::sync::OnceCell;
 use crate::BUILD_TIMEOUT;
 
 /// The packages whose binaries the tests run.
-const PACKAGES: [&str; 4] = ["wsmq-gateway", "wsmq-bridge", "wsmq-worker", "wsmq-cli"];
+const PACKAGES: [&str; 5] = [
+    "wsmq-gateway",
+    "wsmq-bridge",
+    "wsmq-worker",
+    "wsmq-cli",
+    "wsmq-ipc",
+];
 
 /// Where the binaries are.
 #[derive(Debug, Clone)]
@@ -31,6 +37,8 @@ pub struct Binaries {
     pub worker: PathBuf,
     /// `wsmq`, the command-line client.
     pub cli: PathBuf,
+    /// `wsmq-ipc`, the socket debugging tool (its `ping` is a minimal IPC client).
+    pub ipc: PathBuf,
 }
 
 static BINARIES: OnceCell<Binaries> = OnceCell::const_new();
@@ -61,8 +69,15 @@ async fn locate() -> Result<Binaries> {
         bridge: dir.join("wsmq-bridge"),
         worker: dir.join("wsmq-worker"),
         cli: dir.join("wsmq"),
+        ipc: dir.join("wsmq-ipc"),
     };
-    for bin in [&bins.gateway, &bins.bridge, &bins.worker, &bins.cli] {
+    for bin in [
+        &bins.gateway,
+        &bins.bridge,
+        &bins.worker,
+        &bins.cli,
+        &bins.ipc,
+    ] {
         ensure!(
             bin.is_file(),
             "{} does not exist (set WSMQ_BIN_DIR to the directory holding the wsmq binaries)",
