@@ -5,6 +5,7 @@
 
 mod clients;
 mod faults;
+mod hostile;
 mod ipc;
 mod jsonrpc;
 mod lifecycle;
