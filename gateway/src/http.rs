@@ -1,5 +1,6 @@
 //! HTTP routes on the gateway's port: the websocket upgrade at `/ws`, `/healthz` (the bridge
-//! and RabbitMQ are reachable), `/readyz` (new calls would be accepted) and `/metrics`.
+//! and RabbitMQ are reachable), `/readyz` (new calls would be accepted), `/metrics`, and the
+//! browser page with its scripts ([`crate::ui`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,6 +50,7 @@ pub(crate) fn routes(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::ui::routes())
         .with_state(state)
 }
 

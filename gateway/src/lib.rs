@@ -18,6 +18,7 @@ mod link;
 mod metrics;
 mod router;
 mod sessions;
+mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
