@@ -335,6 +335,11 @@ impl Service {
         Ok(())
     }
 
+    /// The process id, while the process has not been reaped.
+    pub fn os_pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Sends SIGKILL without waiting (for `Drop` paths).
     pub fn start_kill(&mut self) {
         let _ = self.child.start_kill();

@@ -6,6 +6,7 @@
 mod bench;
 mod clients;
 mod faults;
+mod hostile;
 mod ipc;
 mod jsonrpc;
 mod lifecycle;
