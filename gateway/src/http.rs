@@ -21,6 +21,11 @@ use crate::connection::{self, ConnectionConfig, OUTBOUND_CAPACITY};
 use crate::router::{Health, RouterHandle};
 use crate::sessions::ResumeRefused;
 
+/// Each connection's websocket read buffer. tungstenite zero-fills all of it on the first
+/// read, so its default (128 KiB) made every idle connection cost the gateway 128 KiB of RSS;
+/// JSON-RPC calls are small, and a larger message is simply read in several pieces.
+const WS_READ_BUFFER: usize = 8 * 1024;
+
 /// The query of `/ws`: `?session=<token>` resumes a session.
 #[derive(Debug, serde::Deserialize)]
 struct WsQuery {
@@ -90,6 +95,7 @@ async fn websocket(
     upgrade
         .max_message_size(ws_frame_limit)
         .max_frame_size(ws_frame_limit)
+        .read_buffer_size(WS_READ_BUFFER)
         // Writes are flushed one message at a time, so this only has to hold the largest one.
         .max_write_buffer_size(wsmq_ipc_proto::MAX_FRAME_LEN * 2)
         .on_failed_upgrade(move |e| {
