@@ -46,7 +46,7 @@ impl Target {
 /// Opens a websocket to Web-STOMP and logs in.
 pub(crate) async fn connect(target: &Target) -> Result<Ws> {
     let addr = gateway::resolve(&target.url).await?;
-    let mut ws = gateway::connect(&target.url, addr, None, None).await?;
+    let mut ws = gateway::connect(&target.url, addr, None, Some(crate::ws_config())).await?;
     let login = format!(
         "CONNECT\naccept-version:1.2\nhost:/\nlogin:{}\npasscode:{}\nheart-beat:0,0\n\n\0",
         target.login, target.passcode
