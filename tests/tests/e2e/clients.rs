@@ -379,7 +379,7 @@ async fn python_example_shows_every_kind_of_answer() {
     let expected = [
         // fib answers before the sleep that was sent first.
         "finished: 832040",
-        r#"finished: {"slept_ms": 300}"#,
+        r#"finished: {"slept_ms": 1000}"#,
         r#"progress: {"of": 3, "step": 1}"#,
         r#"progress: {"of": 3, "step": 2}"#,
         r#"progress: {"of": 3, "step": 3}"#,
