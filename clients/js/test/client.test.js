@@ -103,6 +103,8 @@ test('errors are typed and carry the JSON-RPC code and data', async () => {
   const missing = await c.call('no-such-method-here', {}).catch((e) => e);
   assert.equal(missing.code, codes.METHOD_NOT_FOUND);
 
+  await assert.rejects(c.call('echo', {}, { timeoutMs: 0 }), RangeError);
+
   const badPriority = await c.call('echo', {}, { priority: 10 }).catch((e) => e);
   assert.equal(badPriority.code, codes.INVALID_REQUEST);
   assert.equal(badPriority.retryable, false);
