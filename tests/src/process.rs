@@ -211,6 +211,11 @@ impl Service {
         })
     }
 
+    /// The process id, while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The name used to prefix its lines.
     pub fn name(&self) -> &str {
         &self.name
