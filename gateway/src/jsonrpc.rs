@@ -25,6 +25,8 @@ pub(crate) const TOO_MANY_IN_FLIGHT: i64 = -32003;
 pub(crate) const TIMEOUT: i64 = -32001;
 /// The client cancelled the call with `$/cancel`.
 pub(crate) const CANCELLED: i64 = -32002;
+/// The connection is calling faster than `--call-rate` allows (after its `--call-burst`).
+pub(crate) const RATE_LIMITED: i64 = -32005;
 
 /// Highest AMQP priority a call may ask for.
 pub(crate) const MAX_PRIORITY: u8 = 9;

@@ -72,6 +72,7 @@ pub(crate) fn to_bridge(msg: &ToBridge) -> Value {
             client,
             deadline_unix_ms,
             priority,
+            caller,
         }) => json!({"Submit": {
             "id": job_id(*id),
             "method": method,
@@ -79,6 +80,7 @@ pub(crate) fn to_bridge(msg: &ToBridge) -> Value {
             "client": client,
             "deadline_unix_ms": deadline_unix_ms,
             "priority": priority,
+            "caller": caller,
         }}),
         ToBridge::Taken { reply } => json!({"Taken": {"reply": reply.0}}),
         ToBridge::Cancel { job, reason } => {
@@ -258,6 +260,7 @@ mod tests {
                 client: 3,
                 deadline_unix_ms: 1_800_000_000_000,
                 priority: Some(5),
+                caller: None,
             }),
             ToBridge::Submit(Job {
                 id: JobId(8),
@@ -266,6 +269,7 @@ mod tests {
                 client: 0,
                 deadline_unix_ms: 0,
                 priority: None,
+                caller: None,
             }),
             ToBridge::Taken {
                 reply: ReplySeq(300),
@@ -423,6 +427,7 @@ mod tests {
             client: 1,
             deadline_unix_ms: 1_795_639_185_542,
             priority: None,
+            caller: None,
         });
         assert_eq!(
             wire_hex::<ToGateway, _>(submit),
