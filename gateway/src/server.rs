@@ -112,9 +112,10 @@ async fn serve_http<I>(
         app.clone().oneshot(request)
     });
     let mut builder = http1::Builder::new();
+    // hyper's own header timeout only as a backstop, after ours has had its chance to log.
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(handshake_timeout);
+        .header_read_timeout(handshake_timeout + CLOSE_GRACE * 2);
     let connection = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();

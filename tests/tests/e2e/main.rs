@@ -11,4 +11,5 @@ mod limits;
 mod poison;
 mod resilience;
 mod routing;
+mod security;
 mod workers;
