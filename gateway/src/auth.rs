@@ -354,29 +354,34 @@ impl TokensReloader {
             ),
         }
     }
+}
 
-    /// Reloads on every SIGHUP until `shutdown`.
-    pub(crate) fn spawn_on_sighup(self, shutdown: tokio_util::sync::CancellationToken) {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut hup = match signal(SignalKind::hangup()) {
-            Ok(hup) => hup,
-            Err(e) => {
-                warn!(error = %e, "cannot install a SIGHUP handler; the tokens file will not be reloaded");
-                return;
+/// Handles SIGHUP until `shutdown`: reloads the tokens file if there is one. Installed in every
+/// case, since SIGHUP's default action (`systemctl reload` sends it) would end the process.
+pub(crate) fn spawn_sighup_handler(
+    reloader: Option<TokensReloader>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(hup) => hup,
+        Err(e) => {
+            warn!(error = %e, "cannot install a SIGHUP handler; the tokens file will not be reloaded");
+            return;
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                got = hup.recv() => match (got, &reloader) {
+                    (None, _) => return,
+                    (Some(()), Some(reloader)) => reloader.reload(),
+                    (Some(()), None) => info!("SIGHUP: no tokens file to reload"),
+                },
             }
-        };
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    got = hup.recv() => match got {
-                        Some(()) => self.reload(),
-                        None => return,
-                    },
-                }
-            }
-        });
-    }
+        }
+    });
 }
 
 impl Authenticator {

@@ -109,13 +109,13 @@ pub struct Overrides {
     pub max_connections_per_ip: Option<usize>,
 
     /// Calls per second one connection may make on average (a token bucket); past it, calls
-    /// get -32005. 0 turns the limit off. [default: 100]
+    /// get -32005. 0 turns the limit off. [default: 1000]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub call_rate: Option<u32>,
 
     /// Calls one connection may make at once above --call-rate (the bucket's size).
-    /// [default: 200]
+    /// [default: 2000]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub call_burst: Option<u32>,
@@ -265,8 +265,8 @@ impl Default for Config {
             log_format: LogFormat::Plain,
             max_frame_bytes: 0,
             max_connections_per_ip: 256,
-            call_rate: 100,
-            call_burst: 200,
+            call_rate: 1000,
+            call_burst: 2000,
             handshake_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),

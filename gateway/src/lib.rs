@@ -71,9 +71,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
             "no --allowed-origin on a non-loopback address: any web page may open a websocket here with its visitors' browsers"
         );
     }
-    if let Some(reloader) = tokens_reloader {
-        reloader.spawn_on_sighup(shutdown.clone());
-    }
+    auth::spawn_sighup_handler(tokens_reloader, shutdown.clone());
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -410,12 +410,12 @@ mod tests {
             .parse()
             .expect("uuid");
         let hello = ToBridge::Hello(Hello {
-            version: 2,
+            version: 3,
             peer: "wsmq-ipc ping".into(),
         });
         assert_eq!(
             wire_hex::<ToGateway, _>(hello),
-            "00000010_00_02_0d_77736d712d6970632070696e67".replace('_', "")
+            "00000010_00_03_0d_77736d712d6970632070696e67".replace('_', "")
         );
         let taken = |n| ToBridge::Taken { reply: ReplySeq(n) };
         assert_eq!(wire_hex::<ToGateway, _>(taken(1)), "000000020201");
@@ -431,8 +431,8 @@ mod tests {
         });
         assert_eq!(
             wire_hex::<ToGateway, _>(submit),
-            "00000029_01_f3edaabd8494d9fdbfe7949a929ad6bbe7bf03_04_6563686f_07_7b2278223a317d\
-             _01_86a1bea3a134_00"
+            "0000002a_01_f3edaabd8494d9fdbfe7949a929ad6bbe7bf03_04_6563686f_07_7b2278223a317d\
+             _01_86a1bea3a134_00_00"
                 .replace('_', "")
         );
         let welcome = ToGateway::Welcome(Welcome {

@@ -540,6 +540,17 @@ mod tests {
     }
 
     #[test]
+    fn caller_header_is_read_as_a_string_and_absent_otherwise() {
+        let mut h = FieldTable::default();
+        assert_eq!(caller_from_headers(None), None);
+        assert_eq!(caller_from_headers(Some(&h)), None);
+        h.insert(CALLER_HEADER.into(), AMQPValue::LongString("alice".into()));
+        assert_eq!(caller_from_headers(Some(&h)).as_deref(), Some("alice"));
+        h.insert(CALLER_HEADER.into(), AMQPValue::LongLongInt(7));
+        assert_eq!(caller_from_headers(Some(&h)), None);
+    }
+
+    #[test]
     fn job_without_deadline_header_has_no_deadline() {
         assert_eq!(deadline_from_headers(None), Ok(None));
         let unrelated = {

@@ -798,3 +798,62 @@ async fn frames_over_the_frame_limit_close_with_1009_while_fragmented_messages_p
     }
     system.cleanup().await;
 }
+
+#[tokio::test]
+async fn bridge_speaks_tls_to_an_amqps_url_and_never_logs_its_password() {
+    let bins = wsmq_tests::binaries::binaries().await.expect("binaries");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let socket = dir.path().join("bridge.sock");
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let password = format!("s3cret-{id}");
+    // RabbitMQ's plain port: the TLS handshake the amqps:// URL asks for must fail there.
+    let url = format!("amqps://guest:{password}@127.0.0.1:5672/%2f");
+    let mut bridge = wsmq_tests::Service::spawn(
+        "bridge",
+        &bins.bridge,
+        [
+            "--ipc",
+            socket.to_str().expect("utf-8"),
+            "--amqp",
+            &url,
+            "--instance",
+            &format!("test-{id}"),
+            "--queue-prefix",
+            &format!("wsmq-test.{id}."),
+            "--log-format",
+            "json",
+        ],
+        &[] as &[(&str, &str)],
+    )
+    .expect("bridge starts");
+    let lost = bridge
+        .wait_for_message("broker connection lost")
+        .await
+        .expect("the connection fails");
+    let printed = bridge
+        .lines()
+        .await
+        .expect("lines")
+        .into_iter()
+        .map(|l| l.text)
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        !printed.contains(&password),
+        "the password leaked: {printed}"
+    );
+    // rustls met RabbitMQ's plain AMQP greeting where a TLS record should be.
+    let cause = lost
+        .field("cause")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(
+        ["corrupt message", "invalidcontenttype", "tls", "handshake"]
+            .iter()
+            .any(|w| cause.contains(w)),
+        "an amqps:// URL must make the bridge speak TLS: {}",
+        lost.text
+    );
+    bridge.terminate().await.expect("stops");
+}
