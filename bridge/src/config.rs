@@ -30,6 +30,14 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ipc: Option<PathBuf>,
 
+    /// Group (name or number) allowed to use the socket besides the bridge's own user: the
+    /// socket becomes 0660 owned by it, and peers with that effective gid are let in. Use it
+    /// when the gateway runs as another user; set that user's primary group (systemd `Group=`)
+    /// to it, since the kernel reports only the primary gid. [default: none]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipc_group: Option<String>,
+
     /// RabbitMQ URL. [default: amqp://guest:guest@127.0.0.1:5672/%2f]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,6 +95,8 @@ pub struct Overrides {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub ipc: PathBuf,
+    /// Empty: only the bridge's user (and root).
+    pub ipc_group: String,
     pub amqp: String,
     /// Empty: the host name.
     pub instance: String,
@@ -105,6 +115,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             ipc: PathBuf::from("/run/wsmq/bridge.sock"),
+            ipc_group: String::new(),
             amqp: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
             instance: String::new(),
             queue_prefix: String::new(),
@@ -135,6 +146,8 @@ pub enum ConfigError {
     ZeroUnconfirmed,
     #[error("metrics_listen {0:?} is not an address like 127.0.0.1:9464")]
     MetricsListen(String),
+    #[error("ipc_group {0:?} is not a group on this host")]
+    UnknownGroup(String),
     #[error("cannot read the host name for the default instance")]
     Hostname(#[source] nix::Error),
 }
@@ -180,7 +193,23 @@ impl Config {
             return Err(ConfigError::ZeroUnconfirmed);
         }
         self.metrics_addr()?;
+        self.ipc_gid()?;
         Ok(())
+    }
+
+    /// The gid `ipc_group` names (a number is taken as is), or `None` when it is empty.
+    pub fn ipc_gid(&self) -> Result<Option<u32>, ConfigError> {
+        let name = self.ipc_group.trim();
+        if name.is_empty() {
+            return Ok(None);
+        }
+        if let Ok(gid) = name.parse::<u32>() {
+            return Ok(Some(gid));
+        }
+        match nix::unistd::Group::from_name(name) {
+            Ok(Some(group)) => Ok(Some(group.gid.as_raw())),
+            _ => Err(ConfigError::UnknownGroup(name.to_owned())),
+        }
     }
 
     /// Where to serve metrics, if anywhere.
@@ -212,6 +241,21 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipc_group_is_a_name_or_a_number_and_unknown_names_are_refused() {
+        let mut c = Config {
+            instance: "t".into(),
+            ..Config::default()
+        };
+        assert_eq!(c.ipc_gid().expect("empty is fine"), None);
+        c.ipc_group = "4242".into();
+        assert_eq!(c.ipc_gid().expect("numeric"), Some(4242));
+        c.ipc_group = "root".into();
+        assert_eq!(c.ipc_gid().expect("root exists"), Some(0));
+        c.ipc_group = "no-such-group-wsmq".into();
+        assert!(c.validate().is_err());
+    }
 
     fn config(args: &[&str]) -> Result<Config, ConfigError> {
         let mut argv = vec!["wsmq-bridge"];

@@ -33,7 +33,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let instance = config.instance.clone();
     let reply_queue = config.reply_queue();
-    let listener = server::bind(&config.ipc)?;
+    let group = config.ipc_gid()?;
+    let listener = server::bind(&config.ipc, group)?;
+    let policy = server::PeerPolicy::for_this_process(group);
     info!(path = %config.ipc.display(), %instance, "bridge listening");
 
     let settings = broker::BrokerSettings {
@@ -58,7 +60,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
         drain_timeout: Duration::from_secs(config.drain_timeout),
         shutdown: &shutdown,
     };
-    server::serve(listener, ctx).await;
+    server::serve(listener, policy, ctx).await;
 
     // The session has finished its publishes and requeued what the gateway did not take; only
     // now close the broker connection.

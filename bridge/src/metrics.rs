@@ -64,6 +64,11 @@ pub(crate) fn gateway_refused() {
     counter!("wsmq_bridge_gateway_refused_total").increment(1);
 }
 
+/// A connection to the IPC socket refused before any session: `reason` = `credentials`.
+pub(crate) fn peer_refused(reason: &'static str) {
+    counter!("wsmq_bridge_ipc_peers_refused_total", "reason" => reason).increment(1);
+}
+
 pub(crate) fn broker_connected() {
     counter!("wsmq_bridge_broker_connects_total").increment(1);
 }

@@ -38,11 +38,34 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ipc: Option<PathBuf>,
 
+    /// Uid the bridge may run as besides the gateway's own and root's: the gateway reads the
+    /// bridge's credentials (SO_PEERCRED) on every connection and refuses any other, so a
+    /// process that took the socket path cannot receive the jobs. [default: none]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipc_bridge_uid: Option<u32>,
+
     /// Largest websocket message a client may send, in bytes; a larger one closes the
     /// connection with 1009. [default: 1048576]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_message_bytes: Option<usize>,
+
+    /// Deepest nesting of JSON arrays and objects in one message (a batch's array is one
+    /// level); deeper gets -32010. [default: 32]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_json_depth: Option<usize>,
+
+    /// Most calls in one batch; a longer batch gets one -32011. [default: 1000]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_batch_len: Option<usize>,
+
+    /// Largest `params` of one call, in bytes of JSON; larger gets -32012. [default: 1048576]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_params_bytes: Option<usize>,
 
     /// Calls one connection may have in flight; past it, calls get -32003. [default: 256]
     #[arg(long)]
@@ -209,7 +232,13 @@ pub struct Overrides {
 pub struct Config {
     pub listen: SocketAddr,
     pub ipc: PathBuf,
+    /// None: the gateway's own uid and root only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ipc_bridge_uid: Option<u32>,
     pub max_message_bytes: usize,
+    pub max_json_depth: usize,
+    pub max_batch_len: usize,
+    pub max_params_bytes: usize,
     pub max_inflight_per_client: usize,
     pub max_inflight: usize,
     #[serde(with = "humantime_serde")]
@@ -253,7 +282,11 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             ipc: PathBuf::from("/run/wsmq/bridge.sock"),
+            ipc_bridge_uid: None,
             max_message_bytes: 1024 * 1024,
+            max_json_depth: 32,
+            max_batch_len: 1000,
+            max_params_bytes: 1024 * 1024,
             max_inflight_per_client: 256,
             max_inflight: 65_536,
             call_timeout: Duration::from_secs(30),
@@ -290,6 +323,8 @@ pub enum ConfigError {
     Load(#[from] wsmq_service::ConfigError),
     #[error("{0} must be at least 1")]
     Zero(&'static str),
+    #[error("max_json_depth {0} is too small: a request with params needs 2 levels")]
+    DepthTooSmall(usize),
     #[error("call_timeout must be at least 1ms and at most max_call_timeout")]
     CallTimeout,
     #[error("max_message_bytes {0} is above the IPC frame limit of {max} bytes", max = wsmq_ipc_proto::MAX_FRAME_LEN / 2)]
@@ -348,6 +383,9 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         for (name, value) in [
             ("max_message_bytes", self.max_message_bytes),
+            ("max_json_depth", self.max_json_depth),
+            ("max_batch_len", self.max_batch_len),
+            ("max_params_bytes", self.max_params_bytes),
             ("max_inflight_per_client", self.max_inflight_per_client),
             ("max_inflight", self.max_inflight),
             ("max_connections", self.max_connections),
@@ -378,6 +416,10 @@ impl Config {
             if crate::http::normalize_origin(origin).is_none() {
                 return Err(ConfigError::BadOrigin(origin.clone()));
             }
+        }
+        // A request object is one level; its params need at least one more.
+        if self.max_json_depth < 2 {
+            return Err(ConfigError::DepthTooSmall(self.max_json_depth));
         }
         if self.call_timeout < Duration::from_millis(1) || self.call_timeout > self.max_call_timeout
         {
@@ -448,6 +490,30 @@ mod tests {
     #[test]
     fn default_timeout_above_the_maximum_is_refused() {
         assert!(config(&["--call-timeout", "5m", "--max-call-timeout", "1m"]).is_err());
+    }
+
+    #[test]
+    fn parser_limits_have_defaults_and_flags() {
+        let c = config(&[]).expect("valid");
+        assert_eq!(
+            (c.max_json_depth, c.max_batch_len, c.max_params_bytes),
+            (32, 1000, 1024 * 1024)
+        );
+        let c = config(&[
+            "--max-json-depth",
+            "8",
+            "--max-batch-len",
+            "10",
+            "--max-params-bytes",
+            "4096",
+        ])
+        .expect("valid");
+        assert_eq!(
+            (c.max_json_depth, c.max_batch_len, c.max_params_bytes),
+            (8, 10, 4096)
+        );
+        assert!(config(&["--max-batch-len", "0"]).is_err());
+        assert!(config(&["--max-json-depth", "1"]).is_err());
     }
 
     #[test]

@@ -43,6 +43,8 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) struct ConnectionConfig {
     /// On shutdown, how long to keep delivering responses to calls already made.
     pub(crate) drain: Duration,
+    /// What one text message may hold.
+    pub(crate) limits: jsonrpc::ParseLimits,
     /// Calls per second and burst; `None`: unlimited.
     pub(crate) call_rate: Option<(f64, u32)>,
     /// `None`: no pings.
@@ -207,7 +209,7 @@ where
                     }
                     match msg {
                     Some(Ok(Message::Text(text))) => {
-                        if let Err(close) = self.on_text(text.as_str()).await {
+                        if let Err(close) = self.on_text(text.as_str(), &config.limits).await {
                             return close;
                         }
                     }
@@ -244,8 +246,12 @@ where
         }
     }
 
-    async fn on_text(&mut self, text: &str) -> Result<(), Option<CloseFrame>> {
-        match jsonrpc::parse(text) {
+    async fn on_text(
+        &mut self,
+        text: &str,
+        limits: &jsonrpc::ParseLimits,
+    ) -> Result<(), Option<CloseFrame>> {
+        match jsonrpc::parse(text, limits) {
             Err(FrameRejected(error)) => self.write(error).await.map_err(|()| None),
             Ok(Incoming::Single(entry)) => match self.submit(entry, None).await? {
                 Some(error) => self.write(error).await.map_err(|()| None),

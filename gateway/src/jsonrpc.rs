@@ -4,6 +4,12 @@
 //! structured `params`, a scalar `id`) and keeps `id` and `params` as raw JSON text: ids come
 //! back byte for byte as the client sent them, and params go to the worker without a round
 //! trip through a JSON tree.
+//!
+//! Three limits ([`ParseLimits`]) bound what one frame can make the gateway do, each refused
+//! with its own code so a client can tell which it hit: nesting depth is checked by one byte
+//! scan before any parsing (serde_json would otherwise recurse up to its own limit of 128),
+//! batch length while the batch's members are collected (a 100,000-member batch is counted,
+//! never stored), and params size per call.
 
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
@@ -28,6 +34,13 @@ pub(crate) const CANCELLED: i64 = -32002;
 /// The connection is calling faster than `--call-rate` allows (after its `--call-burst`).
 pub(crate) const RATE_LIMITED: i64 = -32005;
 
+/// The frame nests arrays and objects deeper than `max_json_depth`.
+pub(crate) const NESTING_TOO_DEEP: i64 = -32010;
+/// The batch has more members than `max_batch_len`.
+pub(crate) const BATCH_TOO_LONG: i64 = -32011;
+/// A call's `params` is larger than `max_params_bytes`.
+pub(crate) const PARAMS_TOO_LARGE: i64 = -32012;
+
 /// Highest AMQP priority a call may ask for.
 pub(crate) const MAX_PRIORITY: u8 = 9;
 
@@ -39,8 +52,26 @@ pub(crate) const SESSION_METHOD: &str = "$/session";
 /// The notification the gateway sends for each progress report.
 pub(crate) const PROGRESS_METHOD: &str = "$/progress";
 
-/// Most members a batch may have; a longer one is refused whole.
-pub(crate) const MAX_BATCH_LEN: usize = 1000;
+/// What one frame may hold; see the module docs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ParseLimits {
+    /// Deepest nesting of arrays and objects in a frame; a batch's array counts as one level.
+    pub(crate) max_depth: usize,
+    /// Most members a batch may have; a longer one is refused whole.
+    pub(crate) max_batch_len: usize,
+    /// Largest `params` of one call, in bytes of JSON text.
+    pub(crate) max_params_bytes: usize,
+}
+
+impl Default for ParseLimits {
+    fn default() -> Self {
+        Self {
+            max_depth: 32,
+            max_batch_len: 1000,
+            max_params_bytes: 1024 * 1024,
+        }
+    }
+}
 
 /// One call, as parsed from a request object.
 #[derive(Debug)]
@@ -116,11 +147,35 @@ fn parse_error(e: serde_json::Error) -> FrameRejected {
 }
 
 /// Parses one websocket text frame.
-pub(crate) fn parse(text: &str) -> Result<Incoming, FrameRejected> {
+pub(crate) fn parse(text: &str, limits: &ParseLimits) -> Result<Incoming, FrameRejected> {
+    if let Some(depth) = exceeds_depth(text, limits.max_depth) {
+        return Err(FrameRejected(error_response(
+            None,
+            NESTING_TOO_DEEP,
+            "JSON nested too deep",
+            Some(&format!(
+                "nesting deeper than {depth} levels; at most {}",
+                limits.max_depth
+            )),
+        )));
+    }
     let raw: &RawValue = serde_json::from_str(text).map_err(parse_error)?;
     let json = raw.get();
     if json.starts_with('[') {
-        let members: Vec<&RawValue> = serde_json::from_str(json).map_err(parse_error)?;
+        let members = match collect_batch(json, limits.max_batch_len).map_err(parse_error)? {
+            Batch::Members(members) => members,
+            Batch::TooLong(len) => {
+                return Err(FrameRejected(error_response(
+                    None,
+                    BATCH_TOO_LONG,
+                    "batch too long",
+                    Some(&format!(
+                        "batch of {len} calls; at most {}",
+                        limits.max_batch_len
+                    )),
+                )));
+            }
+        };
         if members.is_empty() {
             return Err(FrameRejected(error_response(
                 None,
@@ -129,23 +184,96 @@ pub(crate) fn parse(text: &str) -> Result<Incoming, FrameRejected> {
                 Some("empty batch"),
             )));
         }
-        if members.len() > MAX_BATCH_LEN {
-            return Err(FrameRejected(error_response(
-                None,
-                INVALID_REQUEST,
-                "Invalid Request",
-                Some(&format!(
-                    "batch of {} calls; at most {MAX_BATCH_LEN}",
-                    members.len()
-                )),
-            )));
-        }
         Ok(Incoming::Batch(
-            members.into_iter().map(parse_entry).collect(),
+            members
+                .into_iter()
+                .map(|m| parse_entry(m, limits))
+                .collect(),
         ))
     } else {
-        Ok(Incoming::Single(parse_entry(raw)))
+        Ok(Incoming::Single(parse_entry(raw, limits)))
     }
+}
+
+/// The nesting depth `text` reaches once it passes `max`, or `None` if it stays within.
+///
+/// One pass over the bytes, counting `[`/`{` and `]`/`}` outside strings. It does not
+/// validate: on malformed JSON it may count wrong, and the parse that follows refuses the
+/// frame anyway. Multi-byte UTF-8 sequences never contain the ASCII bytes it looks at.
+fn exceeds_depth(text: &str, max: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in text.as_bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return Some(depth);
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A batch's members, or how many there were when over the limit.
+enum Batch<'a> {
+    Members(Vec<&'a RawValue>),
+    TooLong(usize),
+}
+
+/// Collects at most `max` members of the JSON array `json`; past that it only counts, so a
+/// huge batch costs no memory beyond its text.
+fn collect_batch(json: &str, max: usize) -> Result<Batch<'_>, serde_json::Error> {
+    use serde::de::{DeserializeSeed, IgnoredAny, SeqAccess, Visitor};
+
+    struct Members {
+        max: usize,
+    }
+    impl<'de> Visitor<'de> for Members {
+        type Value = Batch<'de>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON array")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Batch<'de>, A::Error> {
+            let mut members = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(self.max));
+            while let Some(member) = seq.next_element::<&'de RawValue>()? {
+                if members.len() == self.max {
+                    let mut len = members.len() + 1;
+                    while seq.next_element::<IgnoredAny>()?.is_some() {
+                        len += 1;
+                    }
+                    return Ok(Batch::TooLong(len));
+                }
+                members.push(member);
+            }
+            Ok(Batch::Members(members))
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Members {
+        type Value = Batch<'de>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Batch<'de>, D::Error> {
+            d.deserialize_seq(self)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(json);
+    let batch = Members { max }.deserialize(&mut de)?;
+    de.end()?;
+    Ok(batch)
 }
 
 /// Distinguishes an absent member (`None` via `default`) from an explicit `null` (`Some`).
@@ -167,7 +295,7 @@ struct RawRequest<'a> {
     wsmq: Option<&'a RawValue>,
 }
 
-fn parse_entry(raw: &RawValue) -> Entry {
+fn parse_entry(raw: &RawValue, limits: &ParseLimits) -> Entry {
     let invalid = |id: Option<&RawValue>, why: &str| {
         Entry::Invalid(error_response(
             id,
@@ -203,6 +331,20 @@ fn parse_entry(raw: &RawValue) -> Entry {
         && !(params.get().starts_with('{') || params.get().starts_with('['))
     {
         return invalid(id, "params must be an object or an array");
+    }
+    if let Some(params) = req.params
+        && params.get().len() > limits.max_params_bytes
+    {
+        return Entry::Invalid(error_response(
+            id,
+            PARAMS_TOO_LARGE,
+            "params too large",
+            Some(&format!(
+                "params of {} bytes; at most {}",
+                params.get().len(),
+                limits.max_params_bytes
+            )),
+        ));
     }
     let options = match req.wsmq.map(CallOptions::parse).transpose() {
         Ok(options) => options.unwrap_or_default(),
@@ -371,7 +513,7 @@ mod tests {
     }
 
     fn single(text: &str) -> Entry {
-        match parse(text).expect("frame accepted") {
+        match parse(text, &ParseLimits::default()).expect("frame accepted") {
             Incoming::Single(e) => e,
             Incoming::Batch(_) => panic!("not a batch"),
         }
@@ -417,7 +559,7 @@ mod tests {
 
     #[test]
     fn garbage_is_a_parse_error_with_null_id() {
-        let FrameRejected(text) = parse("{nope").expect_err("rejected");
+        let FrameRejected(text) = parse("{nope", &ParseLimits::default()).expect_err("rejected");
         let v = value(&text);
         assert_eq!(v["error"]["code"], PARSE_ERROR);
         assert_eq!(v["id"], Value::Null);
@@ -455,7 +597,7 @@ mod tests {
 
     #[test]
     fn empty_batch_is_one_invalid_request() {
-        let FrameRejected(text) = parse("[]").expect_err("rejected");
+        let FrameRejected(text) = parse("[]", &ParseLimits::default()).expect_err("rejected");
         let v = value(&text);
         assert_eq!(v["error"]["code"], INVALID_REQUEST);
         assert_eq!(v["id"], Value::Null);
@@ -464,7 +606,8 @@ mod tests {
     #[test]
     fn batch_members_are_parsed_independently() {
         let text = r#"[{"jsonrpc":"2.0","method":"a","id":1}, 1, {"jsonrpc":"2.0","method":"b"}]"#;
-        let Incoming::Batch(entries) = parse(text).expect("accepted") else {
+        let Incoming::Batch(entries) = parse(text, &ParseLimits::default()).expect("accepted")
+        else {
             panic!("not a batch");
         };
         assert!(matches!(&entries[0], Entry::Call(c) if c.method == "a"));
@@ -472,12 +615,137 @@ mod tests {
         assert!(matches!(&entries[2], Entry::Call(c) if c.id.is_none()));
     }
 
+    fn rejected(text: &str, limits: &ParseLimits) -> Value {
+        match parse(text, limits) {
+            Err(FrameRejected(e)) => value(&e),
+            Ok(incoming) => panic!("accepted: {incoming:?}"),
+        }
+    }
+
     #[test]
-    fn oversized_batch_is_refused_whole() {
+    fn oversized_batch_is_refused_whole_with_its_length() {
+        let limits = ParseLimits::default();
         let one = r#"{"jsonrpc":"2.0","method":"a"}"#;
-        let text = format!("[{}]", vec![one; MAX_BATCH_LEN + 1].join(","));
-        let FrameRejected(e) = parse(&text).expect_err("rejected");
-        assert_eq!(value(&e)["error"]["code"], INVALID_REQUEST);
+        let text = format!("[{}]", vec![one; limits.max_batch_len + 1].join(","));
+        let v = rejected(&text, &limits);
+        assert_eq!(v["error"]["code"], BATCH_TOO_LONG);
+        assert_eq!(v["id"], Value::Null);
+        assert_eq!(
+            v["error"]["data"], "batch of 1001 calls; at most 1000",
+            "{v}"
+        );
+    }
+
+    #[test]
+    fn batch_at_the_limit_is_accepted() {
+        let limits = ParseLimits {
+            max_batch_len: 3,
+            ..ParseLimits::default()
+        };
+        let Ok(Incoming::Batch(entries)) = parse("[1,2,3]", &limits) else {
+            panic!("a batch of 3 is within a limit of 3");
+        };
+        assert_eq!(entries.len(), 3);
+        let v = rejected("[1,2,3,4]", &limits);
+        assert_eq!(v["error"]["code"], BATCH_TOO_LONG, "{v}");
+    }
+
+    #[test]
+    fn a_100k_member_batch_is_counted_not_stored() {
+        let text = format!("[{}0]", "0,".repeat(99_999));
+        let v = rejected(&text, &ParseLimits::default());
+        assert_eq!(v["error"]["code"], BATCH_TOO_LONG);
+        assert_eq!(v["error"]["data"], "batch of 100000 calls; at most 1000");
+    }
+
+    #[test]
+    fn malformed_long_batch_is_a_parse_error() {
+        // Validity is checked before the length: a broken frame is -32700 whatever its size.
+        let text = format!("[{}", "0,".repeat(2000));
+        assert_eq!(
+            rejected(&text, &ParseLimits::default())["error"]["code"],
+            PARSE_ERROR
+        );
+    }
+
+    fn nested(depth: usize) -> String {
+        format!(
+            r#"{{"jsonrpc":"2.0","method":"m","id":1,"params":{}1{}}}"#,
+            "[".repeat(depth - 1),
+            "]".repeat(depth - 1)
+        )
+    }
+
+    #[test]
+    fn nesting_at_the_limit_is_accepted_one_deeper_is_refused() {
+        let limits = ParseLimits::default();
+        // The request object is level 1, so params add max_depth - 1 levels.
+        call(&nested(limits.max_depth));
+        let v = rejected(&nested(limits.max_depth + 1), &limits);
+        assert_eq!(v["error"]["code"], NESTING_TOO_DEEP);
+        assert_eq!(v["id"], Value::Null);
+        assert_eq!(
+            v["error"]["data"],
+            "nesting deeper than 33 levels; at most 32"
+        );
+    }
+
+    #[test]
+    fn brackets_inside_strings_do_not_count_as_nesting() {
+        let limits = ParseLimits {
+            max_depth: 2,
+            ..ParseLimits::default()
+        };
+        let text = r#"{"jsonrpc":"2.0","method":"m","id":"[[[{{\"\\[[","params":{"a":"]]]{{{"}}"#;
+        assert!(matches!(
+            parse(text, &limits),
+            Ok(Incoming::Single(Entry::Call(_)))
+        ));
+    }
+
+    #[test]
+    fn deep_nesting_beyond_serde_json_limit_is_refused_not_a_parse_error() {
+        let text = "[".repeat(100_000);
+        let v = rejected(&text, &ParseLimits::default());
+        assert_eq!(v["error"]["code"], NESTING_TOO_DEEP);
+    }
+
+    #[test]
+    fn oversized_params_are_refused_per_call_with_the_id() {
+        let limits = ParseLimits {
+            max_params_bytes: 10,
+            ..ParseLimits::default()
+        };
+        let ok = r#"{"jsonrpc":"2.0","method":"m","id":1,"params":[1234567]}"#;
+        assert!(matches!(
+            parse(ok, &limits),
+            Ok(Incoming::Single(Entry::Call(_)))
+        ));
+        let big = r#"{"jsonrpc":"2.0","method":"m","id":"b","params":[123456789]}"#;
+        let Ok(Incoming::Single(Entry::Invalid(e))) = parse(big, &limits) else {
+            panic!("11 bytes of params over a limit of 10 must be refused");
+        };
+        let v = value(&e);
+        assert_eq!(v["error"]["code"], PARAMS_TOO_LARGE);
+        assert_eq!(v["id"], "b");
+        assert_eq!(v["error"]["data"], "params of 11 bytes; at most 10");
+    }
+
+    #[test]
+    fn one_oversized_member_does_not_sink_its_batch() {
+        let limits = ParseLimits {
+            max_params_bytes: 4,
+            ..ParseLimits::default()
+        };
+        let text = r#"[{"jsonrpc":"2.0","method":"m","id":1,"params":[1]},
+                       {"jsonrpc":"2.0","method":"m","id":2,"params":[1,2,3]}]"#;
+        let Ok(Incoming::Batch(entries)) = parse(text, &limits) else {
+            panic!("batch accepted");
+        };
+        assert!(matches!(&entries[0], Entry::Call(_)));
+        assert!(
+            matches!(&entries[1], Entry::Invalid(e) if value(e)["error"]["code"] == PARAMS_TOO_LARGE)
+        );
     }
 
     #[test]

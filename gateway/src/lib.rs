@@ -102,6 +102,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     let link = tokio::spawn(
         link::Link {
             path: config.ipc.clone(),
+            trust: link::BridgeTrust::for_this_process(config.ipc_bridge_uid),
             events: events_tx,
             jobs: jobs_rx,
             taken: taken_rx,
@@ -141,6 +142,11 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
         shutdown: shutdown.clone(),
         connection: connection::ConnectionConfig {
             drain,
+            limits: jsonrpc::ParseLimits {
+                max_depth: config.max_json_depth,
+                max_batch_len: config.max_batch_len,
+                max_params_bytes: config.max_params_bytes,
+            },
             call_rate: (config.call_rate > 0)
                 .then(|| (f64::from(config.call_rate), config.call_burst)),
             ping_interval: (!config.ping_interval.is_zero()).then_some(config.ping_interval),

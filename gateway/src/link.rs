@@ -5,6 +5,10 @@
 //! an older one, so a job queued just before a disconnect is never replayed into the next
 //! session behind the router's back (the router has already answered it).
 //!
+//! Before the hello, the link reads the bridge's credentials (SO_PEERCRED) and refuses a
+//! bridge that runs as neither the gateway's user, root, nor `--ipc-bridge-uid`: a process that
+//! managed to bind the socket path would otherwise receive every job's params.
+//!
 //! Reading and writing run concurrently within the task: the bridge may be blocked writing to
 //! us while we write to it, and a loop that did one at a time could deadlock with it.
 
@@ -67,11 +71,59 @@ enum LinkError {
     Closed,
     #[error("ipc framing failed")]
     Frame(#[from] FrameError),
+    #[error("the process on the bridge socket is not trusted: {0}")]
+    Untrusted(String),
+}
+
+/// Which uids the bridge may run as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BridgeTrust {
+    /// The gateway's own effective uid.
+    pub(crate) own: u32,
+    /// `--ipc-bridge-uid`.
+    pub(crate) extra: Option<u32>,
+}
+
+impl BridgeTrust {
+    pub(crate) fn for_this_process(extra: Option<u32>) -> Self {
+        Self {
+            own: nix::unistd::geteuid().as_raw(),
+            extra,
+        }
+    }
+
+    /// Root is trusted: it could read the gateway's memory anyway.
+    pub(crate) fn allows(&self, uid: u32) -> bool {
+        uid == self.own || uid == 0 || self.extra == Some(uid)
+    }
+
+    fn check(&self, stream: &Stream) -> Result<(), LinkError> {
+        let creds = stream
+            .peer_creds()
+            .map_err(|e| LinkError::Untrusted(format!("its credentials cannot be read: {e}")))?;
+        let Some(uid) = creds.euid() else {
+            return Err(LinkError::Untrusted("the kernel reported no uid".into()));
+        };
+        if self.allows(uid) {
+            return Ok(());
+        }
+        let pid = creds
+            .pid()
+            .map_or_else(|| "?".to_owned(), |p| p.to_string());
+        Err(LinkError::Untrusted(format!(
+            "it runs as uid {uid} (pid {pid}); expected uid {} or 0{}",
+            self.own,
+            self.extra
+                .map(|u| format!(", or {u} (--ipc-bridge-uid)"))
+                .unwrap_or_default()
+        )))
+    }
 }
 
 /// What the link task owns.
 pub(crate) struct Link {
     pub(crate) path: PathBuf,
+    pub(crate) trust: BridgeTrust,
     pub(crate) events: mpsc::Sender<LinkEvent>,
     pub(crate) jobs: mpsc::Receiver<Outgoing>,
     pub(crate) taken: mpsc::Receiver<Outgoing>,
@@ -107,19 +159,29 @@ impl Link {
                     }
                     match outcome {
                         Ok(()) => return,
-                        Err(e) => warn!(error = %e, "bridge link lost; reconnecting"),
+                        Err(e) => warn!(
+                            error = %wsmq_service::error_chain(&e),
+                            "bridge link lost; reconnecting"
+                        ),
                     }
                 }
                 Err(e) => {
                     failures += 1;
                     // Loud once per outage, then quiet: the gateway keeps trying.
+                    let chain = wsmq_service::error_chain(&e);
                     if failures == 1 {
-                        warn!(error = %e, path = %self.path.display(), "bridge unreachable; retrying");
+                        warn!(error = %chain, path = %self.path.display(), "bridge unreachable; retrying");
                     } else {
-                        debug!(error = %e, failures, "bridge still unreachable");
+                        debug!(error = %chain, failures, "bridge still unreachable");
                     }
-                    if matches!(e, LinkError::Refused { .. } | LinkError::VersionMismatch(_)) {
-                        error!(error = %e, "bridge refused the connection");
+                    match e {
+                        LinkError::Refused { .. } | LinkError::VersionMismatch(_) => {
+                            error!(error = %chain, "bridge refused the connection");
+                        }
+                        LinkError::Untrusted(_) => {
+                            error!(error = %chain, path = %self.path.display(), "refused the process on the bridge socket");
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -137,7 +199,9 @@ impl Link {
             .as_path()
             .to_fs_name::<GenericFilePath>()
             .map_err(LinkError::Connect)?;
-        Stream::connect(name).await.map_err(LinkError::Connect)
+        let stream = Stream::connect(name).await.map_err(LinkError::Connect)?;
+        self.trust.check(&stream)?;
+        Ok(stream)
     }
 
     /// One session: handshake, then pump frames both ways until either side ends.
@@ -235,5 +299,36 @@ async fn write_frames<W: AsyncWrite + Unpin>(
         if queued > 0 {
             writer.flush().await?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bridge_is_trusted_as_our_uid_root_or_the_configured_one() {
+        let trust = BridgeTrust {
+            own: 1000,
+            extra: None,
+        };
+        assert!(trust.allows(1000));
+        assert!(trust.allows(0));
+        assert!(!trust.allows(1001));
+        let trust = BridgeTrust {
+            own: 1000,
+            extra: Some(1001),
+        };
+        assert!(trust.allows(1001));
+        assert!(!trust.allows(1002));
+    }
+
+    #[test]
+    fn link_errors_log_their_whole_cause() {
+        let e = LinkError::Frame(FrameError::Io(std::io::Error::other("connection reset")));
+        assert_eq!(
+            wsmq_service::error_chain(&e),
+            "ipc framing failed: ipc socket i/o failed: connection reset"
+        );
     }
 }

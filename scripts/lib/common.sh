@@ -59,3 +59,49 @@ ensure_nextest() {
   log "installing cargo-nextest"
   cargo install --locked cargo-nextest
 }
+
+# Node.js 20+ runs the JavaScript client's tests and the browser test.
+ensure_node() {
+  if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+    return 0
+  fi
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing nodejs and npm (apt-get)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm
+  else
+    log "Node.js 20+ is not installed: run 'sudo apt-get install nodejs npm'"
+    return 1
+  fi
+}
+
+# The browser test drives Debian's chromium with playwright-core (clients/js/package-lock.json);
+# it never downloads a browser of its own.
+ensure_js_deps() {
+  if [ ! -d clients/js/node_modules/playwright-core ]; then
+    log "installing the JavaScript test dependencies (npm ci in clients/js)"
+    (cd clients/js && npm ci --no-audit --no-fund --silent)
+  fi
+}
+
+ensure_chromium() {
+  if [ -x /usr/bin/chromium ]; then
+    return 0
+  fi
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing chromium for the browser test (apt-get)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+  else
+    log "chromium is not installed: run 'sudo apt-get install chromium'"
+    return 1
+  fi
+}
+
+# The Python client example uses the websockets package.
+ensure_websockets() {
+  if python3 -c 'import websockets' 2>/dev/null; then
+    return 0
+  fi
+  log "installing websockets for the Python client example"
+  python3 -m pip install --quiet --disable-pip-version-check websockets 2>/dev/null \
+    || { [ "$(id -u)" -eq 0 ] && apt-get install -y -qq python3-websockets; }
+}

@@ -13,3 +13,16 @@ pub mod signals;
 
 pub use config::{ConfigArgs, ConfigError, EXIT_USAGE, load, mask_url_password, render, startup};
 pub use logging::LogFormat;
+
+/// An error and its sources, `: `-separated, for a log line: a bare `%e` shows only the
+/// outermost message ("ipc framing failed"), never the cause under it.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -18,7 +18,13 @@ use tokio::sync::OnceCell;
 use crate::BUILD_TIMEOUT;
 
 /// The packages whose binaries the tests run.
-const PACKAGES: [&str; 3] = ["wsmq-gateway", "wsmq-bridge", "wsmq-worker"];
+const PACKAGES: [&str; 5] = [
+    "wsmq-gateway",
+    "wsmq-bridge",
+    "wsmq-worker",
+    "wsmq-cli",
+    "wsmq-ipc",
+];
 
 /// Where the binaries are.
 #[derive(Debug, Clone)]
@@ -29,6 +35,10 @@ pub struct Binaries {
     pub bridge: PathBuf,
     /// `wsmq-worker`, the demo worker.
     pub worker: PathBuf,
+    /// `wsmq`, the command-line client.
+    pub cli: PathBuf,
+    /// `wsmq-ipc`, the socket debugging tool (its `ping` is a minimal IPC client).
+    pub ipc: PathBuf,
 }
 
 static BINARIES: OnceCell<Binaries> = OnceCell::const_new();
@@ -58,8 +68,16 @@ async fn locate() -> Result<Binaries> {
         gateway: dir.join("wsmq-gateway"),
         bridge: dir.join("wsmq-bridge"),
         worker: dir.join("wsmq-worker"),
+        cli: dir.join("wsmq"),
+        ipc: dir.join("wsmq-ipc"),
     };
-    for bin in [&bins.gateway, &bins.bridge, &bins.worker] {
+    for bin in [
+        &bins.gateway,
+        &bins.bridge,
+        &bins.worker,
+        &bins.cli,
+        &bins.ipc,
+    ] {
         ensure!(
             bin.is_file(),
             "{} does not exist (set WSMQ_BIN_DIR to the directory holding the wsmq binaries)",

@@ -18,6 +18,12 @@ pub const TIMEOUT: i64 = -32001;
 pub const CANCELLED: i64 = -32002;
 /// The connection or the gateway has too many calls in flight; retryable later.
 pub const TOO_MANY_IN_FLIGHT: i64 = -32003;
+/// The message nests JSON deeper than `--max-json-depth`.
+pub const NESTING_TOO_DEEP: i64 = -32010;
+/// The batch has more members than `--max-batch-len`.
+pub const BATCH_TOO_LONG: i64 = -32011;
+/// A call's params exceed `--max-params-bytes`.
+pub const PARAMS_TOO_LARGE: i64 = -32012;
 
 /// The notification a client sends to cancel one of its calls.
 pub const CANCEL_METHOD: &str = "$/cancel";

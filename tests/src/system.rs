@@ -144,7 +144,8 @@ impl SystemBuilder {
             .prefix("wsmq-test-")
             .tempdir()
             .context("cannot create a temp dir for the bridge socket")?;
-        let socket = dir.path().join("bridge.sock");
+        // In a directory the bridge creates itself, as it does /run/wsmq: private to its user.
+        let socket = dir.path().join("ipc").join("bridge.sock");
         let prefix = format!("wsmq-test.{id}.");
         let instance = format!("test-{id}");
         let mut queues: Vec<String> = DEMO_METHODS

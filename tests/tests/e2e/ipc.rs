@@ -99,3 +99,190 @@ async fn ipc_refuses_another_protocol_version() {
 
     system.cleanup().await;
 }
+
+/// The uid the "other user" runs as: nobody.
+const OTHER_UID: u32 = 65534;
+
+/// Runs `wsmq-ipc ping` against the socket as [`OTHER_UID`] and returns its exit code.
+async fn ping_as_other_user(socket: &std::path::Path) -> i32 {
+    let bins = wsmq_tests::binaries::binaries()
+        .await
+        .expect("binaries found");
+    let out = tokio::process::Command::new(&bins.ipc)
+        .arg("ping")
+        .arg("--ipc")
+        .arg(socket)
+        .args(["--timeout", "5s"])
+        // std drops root's supplementary groups when it sets the uid.
+        .uid(OTHER_UID)
+        .gid(OTHER_UID)
+        .output()
+        .await
+        .expect("wsmq-ipc runs as another user");
+    eprintln!(
+        "[test] ping as uid {OTHER_UID}: {} stdout {:?} stderr {:?}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.status.code().expect("ping exits, not killed")
+}
+
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .expect("exists")
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn chmod(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+#[tokio::test]
+async fn ipc_socket_is_private_and_another_uid_is_refused_by_its_credentials() {
+    if !nix::unistd::geteuid().is_root() {
+        // Switching to another uid needs root; CI runs the suite as root.
+        eprintln!("[test] not root: only the socket mode is checked");
+    }
+    let mut system = System::builder()
+        .without_gateway()
+        .start()
+        .await
+        .expect("bridge and worker start");
+    let socket = system.socket_path().to_path_buf();
+    let dir = socket
+        .parent()
+        .expect("socket has a directory")
+        .to_path_buf();
+    assert_eq!(mode_of(&socket), 0o600, "socket mode");
+    assert_eq!(mode_of(&dir) & 0o077, 0, "socket directory is private");
+    if !nix::unistd::geteuid().is_root() {
+        system.cleanup().await;
+        return;
+    }
+
+    // File permissions keep the other user out: ping cannot even connect (exit 3).
+    assert_eq!(
+        ping_as_other_user(&socket).await,
+        3,
+        "blocked by permissions"
+    );
+
+    // Open both wide, as a careless chmod would: the credential check still refuses (exit 2,
+    // the bridge's Refused), and the bridge logs who it refused.
+    chmod(&dir, 0o755);
+    chmod(&socket, 0o666);
+    assert_eq!(
+        ping_as_other_user(&socket).await,
+        2,
+        "refused by credentials"
+    );
+    let line = system
+        .bridge()
+        .expect("bridge runs")
+        .wait_for_message("refused an ipc peer")
+        .await
+        .expect("the bridge logs the refusal");
+    let reason = line.field("reason").and_then(|r| r.as_str()).unwrap_or("");
+    assert!(
+        reason.contains(&format!("uid {OTHER_UID}")),
+        "the log names the peer's uid: {reason}"
+    );
+
+    // The refused peer never held the gateway slot: a real gateway connects and serves...
+    system.start_gateway().await.expect("gateway starts");
+    let mut client = system.client().await.expect("client connects");
+    let response = client
+        .call("echo", json!({"n": 1}))
+        .await
+        .expect("echo works");
+    assert_eq!(rpc::result(&response), Some(&json!({"n": 1})), "{response}");
+    // ...and another refused peer while it is connected does not disturb it.
+    assert_eq!(ping_as_other_user(&socket).await, 2, "refused again");
+    let response = client
+        .call("echo", json!({"n": 2}))
+        .await
+        .expect("echo still works");
+    assert_eq!(rpc::result(&response), Some(&json!({"n": 2})), "{response}");
+
+    system.cleanup().await;
+}
+
+#[tokio::test]
+async fn ipc_garbage_on_either_side_is_dropped_and_logged_and_the_link_recovers() {
+    let mut system = System::builder().start().await.expect("system starts");
+    let socket = system.socket_path().to_path_buf();
+    let mut client = system.client().await.expect("client connects");
+
+    // A peer sending garbage while the real gateway is connected is hung up on; the gateway's
+    // calls go on.
+    let mut stream = UnixStream::connect(&socket).await.expect("connects");
+    stream
+        .write_all(&[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff])
+        .await
+        .expect("sends garbage");
+    assert_hangs_up(&mut stream, "garbage beside a live gateway").await;
+    let response = client
+        .call("echo", json!({"beside": "garbage"}))
+        .await
+        .expect("echo works");
+    assert_eq!(
+        rpc::result(&response),
+        Some(&json!({"beside": "garbage"})),
+        "{response}"
+    );
+
+    // The bridge goes; a fake one takes its socket and answers the gateway's hello with
+    // garbage. The gateway drops it and logs the whole cause, not just "ipc framing failed".
+    system.stop_bridge().await.expect("bridge stops");
+    let _ = std::fs::remove_file(&socket);
+    let fake = tokio::net::UnixListener::bind(&socket).expect("fake bridge binds");
+    let (mut conn, _) = tokio::time::timeout(RECV_TIMEOUT, fake.accept())
+        .await
+        .expect("the gateway reconnects")
+        .expect("accepts");
+    let mut hello = [0u8; 4];
+    conn.read_exact(&mut hello)
+        .await
+        .expect("the gateway says hello");
+    conn.write_all(&[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff])
+        .await
+        .expect("answers garbage");
+    assert_hangs_up(&mut conn, "the gateway, after a garbage welcome").await;
+    let line = system
+        .gateway()
+        .expect("gateway runs")
+        .wait_for_log("the link failure with its cause", |l| {
+            l.message() == Some("bridge link lost; reconnecting")
+                && l.field("error")
+                    .and_then(|e| e.as_str())
+                    .is_some_and(|e| e.contains("does not decode") && e.contains(": "))
+        })
+        .await
+        .expect("the gateway logs why");
+    eprintln!("[test] gateway logged: {}", line.text);
+    drop(conn);
+    drop(fake);
+
+    // The real bridge comes back (clearing the fake's stale socket) and calls flow again.
+    system.start_bridge().await.expect("bridge restarts");
+    system
+        .wait_healthy()
+        .await
+        .expect("gateway sees the bridge again");
+    let response = client
+        .call("echo", json!({"after": "fake bridge"}))
+        .await
+        .expect("echo works after the fake bridge");
+    assert_eq!(
+        rpc::result(&response),
+        Some(&json!({"after": "fake bridge"})),
+        "{response}"
+    );
+
+    system.cleanup().await;
+}

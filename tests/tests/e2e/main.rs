@@ -3,6 +3,7 @@
 //! One test binary with a module per area (linking one binary instead of a dozen saves minutes
 //! on two cores); nextest still runs every test in its own process.
 
+mod clients;
 mod faults;
 mod ipc;
 mod jsonrpc;
