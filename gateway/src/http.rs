@@ -1,6 +1,7 @@
 //! HTTP routes on the gateway's port: the websocket upgrade at `/ws`, `/healthz` (the bridge
 //! and RabbitMQ are reachable), `/readyz` (new calls would be accepted) and `/metrics` (these
-//! three can move to `--admin-listen`; they never need a token).
+//! three can move to `--admin-listen`; they never need a token), and the browser page with its
+//! scripts ([`crate::ui`], always beside `/ws`, whose page it is).
 //!
 //! Everything about who may connect is decided here, before the upgrade, with a plain HTTP
 //! status: 403 for a browser Origin not allowed, 401 without a valid token, 429 past the
@@ -103,7 +104,9 @@ pub(crate) struct AppState {
 
 /// The routes of the main port: `/ws`, and the admin endpoints unless they have their own.
 pub(crate) fn routes(state: AppState, with_admin: bool) -> Router {
-    let router = Router::new().route("/ws", get(websocket));
+    let router = Router::new()
+        .route("/ws", get(websocket))
+        .merge(crate::ui::routes());
     let router = if with_admin {
         admin_routes(router)
     } else {

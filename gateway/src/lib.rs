@@ -26,6 +26,7 @@ mod router;
 mod server;
 mod sessions;
 mod tls;
+mod ui;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +41,107 @@ use tracing::{info, warn};
 use wsmq_ipc_proto::MAX_UNTAKEN_REPLIES;
 
 pub use config::{Cli, Config, ConfigError, Overrides};
+
+/// Entry points for the fuzz targets in `fuzz/`. Not an API: nothing outside the fuzz crate
+/// should call it, and it may change with the parser.
+#[doc(hidden)]
+pub mod fuzzing {
+    use crate::jsonrpc::{self, Entry, FrameRejected, Incoming, ParseLimits};
+
+    /// Parses `text` as a websocket text frame with the default limits, and panics if the
+    /// outcome breaks what the gateway relies on: every answer is a JSON-RPC error object with
+    /// a documented code, every accepted call has a method, structured params within the limit
+    /// and a scalar id, and a frame is only accepted if it is JSON.
+    pub fn parse_frame(text: &str) {
+        let limits = ParseLimits::default();
+        match jsonrpc::parse(text, &limits) {
+            Err(FrameRejected(answer)) => {
+                let (code, id) = check_error(&answer);
+                assert_eq!(id, "null", "a frame-level refusal has no id: {answer}");
+                assert!(
+                    matches!(
+                        code,
+                        jsonrpc::PARSE_ERROR
+                            | jsonrpc::INVALID_REQUEST
+                            | jsonrpc::NESTING_TOO_DEEP
+                            | jsonrpc::BATCH_TOO_LONG
+                    ),
+                    "undocumented frame refusal: {answer}"
+                );
+            }
+            Ok(incoming) => {
+                // IgnoredAny, not Value: JSON allows numbers Value cannot hold (1e999).
+                let whole: Result<serde::de::IgnoredAny, _> = serde_json::from_str(text);
+                assert!(whole.is_ok(), "accepted a frame that is not JSON: {text:?}");
+                let entries = match incoming {
+                    Incoming::Single(entry) => vec![entry],
+                    Incoming::Batch(entries) => {
+                        assert!(!entries.is_empty(), "empty batch accepted");
+                        assert!(
+                            entries.len() <= limits.max_batch_len,
+                            "batch over the limit"
+                        );
+                        entries
+                    }
+                };
+                for entry in entries {
+                    check_entry(entry, &limits);
+                }
+            }
+        }
+    }
+
+    /// An error answer's code and raw id. Parsed into a struct, not a `Value`: an echoed id may
+    /// be a number `Value` cannot hold (1e999).
+    fn check_error(answer: &str) -> (i64, String) {
+        #[derive(serde::Deserialize)]
+        struct Answer<'a> {
+            jsonrpc: &'a str,
+            error: ErrorObject,
+            #[serde(borrow)]
+            id: &'a serde_json::value::RawValue,
+        }
+        #[derive(serde::Deserialize)]
+        struct ErrorObject {
+            code: i64,
+            #[allow(dead_code)]
+            message: String,
+        }
+        let v: Answer<'_> = serde_json::from_str(answer).unwrap_or_else(|e| {
+            panic!("an answer is not a JSON-RPC error ({e}): {answer}");
+        });
+        assert_eq!(v.jsonrpc, "2.0", "{answer}");
+        (v.error.code, v.id.get().to_owned())
+    }
+
+    fn is_scalar_id(id: &str) -> bool {
+        id == "null" || matches!(id.as_bytes().first(), Some(b'"' | b'-' | b'0'..=b'9'))
+    }
+
+    fn check_entry(entry: Entry, limits: &ParseLimits) {
+        match entry {
+            Entry::Invalid(answer) => {
+                let (code, id) = check_error(&answer);
+                assert!(
+                    matches!(code, jsonrpc::INVALID_REQUEST | jsonrpc::PARAMS_TOO_LARGE),
+                    "undocumented call refusal: {answer}"
+                );
+                assert!(is_scalar_id(&id), "{answer}");
+            }
+            Entry::Call(call) => {
+                assert!(!call.method.is_empty(), "empty method accepted");
+                if let Some(params) = &call.params {
+                    let p = params.get();
+                    assert!(p.starts_with('{') || p.starts_with('['), "params {p}");
+                    assert!(p.len() <= limits.max_params_bytes, "params over the limit");
+                }
+                if let Some(id) = &call.id {
+                    assert!(is_scalar_id(id.get()), "id {}", id.get());
+                }
+            }
+        }
+    }
+}
 
 /// Jobs queued for the IPC writer. Full means the bridge is not keeping up: new calls are
 /// answered -32000 at once instead of queueing without bound.

@@ -18,12 +18,13 @@ use tokio::sync::OnceCell;
 use crate::BUILD_TIMEOUT;
 
 /// The packages whose binaries the tests run.
-const PACKAGES: [&str; 5] = [
+const PACKAGES: [&str; 6] = [
     "wsmq-gateway",
     "wsmq-bridge",
     "wsmq-worker",
     "wsmq-cli",
     "wsmq-ipc",
+    "wsmq-bench",
 ];
 
 /// Where the binaries are.
@@ -39,6 +40,8 @@ pub struct Binaries {
     pub cli: PathBuf,
     /// `wsmq-ipc`, the socket debugging tool (its `ping` is a minimal IPC client).
     pub ipc: PathBuf,
+    /// `wsmq-bench`, the load generator.
+    pub bench: PathBuf,
 }
 
 static BINARIES: OnceCell<Binaries> = OnceCell::const_new();
@@ -70,6 +73,7 @@ async fn locate() -> Result<Binaries> {
         worker: dir.join("wsmq-worker"),
         cli: dir.join("wsmq"),
         ipc: dir.join("wsmq-ipc"),
+        bench: dir.join("wsmq-bench"),
     };
     for bin in [
         &bins.gateway,
@@ -77,6 +81,7 @@ async fn locate() -> Result<Binaries> {
         &bins.worker,
         &bins.cli,
         &bins.ipc,
+        &bins.bench,
     ] {
         ensure!(
             bin.is_file(),

@@ -219,6 +219,29 @@ impl WsClient {
             .context("cannot send a websocket text frame")
     }
 
+    /// Sends any websocket message as is: binary frames, raw frames (`Message::Frame`, for
+    /// fragments, bad UTF-8 or reserved opcodes), pings. For hostile-input tests.
+    pub async fn send_message(&mut self, message: Message) -> Result<()> {
+        if self.transcript {
+            let what = match &message {
+                Message::Text(t) => shorten(t.as_str()),
+                Message::Binary(b) => format!("<binary, {} bytes>", b.len()),
+                Message::Frame(f) => format!(
+                    "<raw frame {:?}, final {}, {} bytes>",
+                    f.header().opcode,
+                    f.header().is_final,
+                    f.payload().len()
+                ),
+                other => shorten(&format!("{other:?}")),
+            };
+            eprintln!("[client {}] -> {what}", self.number);
+        }
+        self.ws
+            .send(message)
+            .await
+            .context("cannot send a websocket message")
+    }
+
     /// Sends `value` as one text frame.
     pub async fn send_json(&mut self, value: &Value) -> Result<()> {
         self.send_text(value.to_string()).await

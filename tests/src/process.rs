@@ -211,6 +211,11 @@ impl Service {
         })
     }
 
+    /// The process id, while it runs.
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The name used to prefix its lines.
     pub fn name(&self) -> &str {
         &self.name
@@ -328,6 +333,11 @@ impl Service {
             })?
             .with_context(|| format!("cannot wait for [{}]", self.name))?;
         Ok(())
+    }
+
+    /// The process id, while the process has not been reaped.
+    pub fn os_pid(&self) -> Option<u32> {
+        self.child.id()
     }
 
     /// Sends SIGKILL without waiting (for `Drop` paths).

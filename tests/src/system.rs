@@ -298,6 +298,14 @@ impl System {
         self.addr.context("the gateway is not running")
     }
 
+    /// The gateway's process id.
+    pub fn gateway_pid(&self) -> Result<u32> {
+        self.gateway
+            .as_ref()
+            .and_then(Service::id)
+            .context("the gateway is not running")
+    }
+
     /// The gateway process, for log assertions.
     pub fn gateway(&mut self) -> Result<&mut Service> {
         self.gateway.as_mut().context("the gateway is not running")

@@ -3,6 +3,7 @@
 //! are run from here, so `scripts/test` runs them with everything else against a system the
 //! harness started.
 
+use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
 
@@ -81,6 +82,77 @@ async fn js_client_passes_its_node_tests_against_a_real_system() {
     .await
     .expect("node runs (Node.js 20+ must be installed)");
     assert_node_tests_passed(&out, file);
+    system.cleanup().await;
+}
+
+#[tokio::test]
+async fn gateway_serves_the_page_and_the_js_client_it_embeds() {
+    let system = System::start().await.expect("system starts");
+    let addr = system.gateway_addr().expect("gateway runs");
+
+    let page = http::get(addr, "/").await.expect("GET / answers");
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        header(&page, "content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(header(&page, "content-security-policy").is_some());
+    assert!(String::from_utf8_lossy(&page.body).contains("/app.js"));
+
+    for path in ["/app.js", "/wsmq.js"] {
+        let script = http::get(addr, path).await.expect("the script answers");
+        assert_eq!(script.status, 200, "{path}");
+        assert_eq!(
+            header(&script, "content-type"),
+            Some("text/javascript; charset=utf-8"),
+            "{path}"
+        );
+    }
+    let served = http::get(addr, "/wsmq.js").await.expect("GET /wsmq.js");
+    let source = std::fs::read(workspace_root().join("clients/js/wsmq.js")).expect("source");
+    assert!(
+        served.body == source,
+        "/wsmq.js is clients/js/wsmq.js byte for byte"
+    );
+    system.cleanup().await;
+}
+
+fn header<'a>(response: &'a http::Response, name: &str) -> Option<&'a str> {
+    response
+        .headers
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn browser_page_sends_calls_and_shows_their_progress_and_results() {
+    assert!(
+        workspace_root()
+            .join("clients/js/node_modules/playwright-core")
+            .is_dir(),
+        "playwright-core is missing: run `npm ci` in clients/js (scripts/test does)"
+    );
+    let system = System::start().await.expect("system starts");
+    let addr = system.gateway_addr().expect("gateway runs");
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).join("browser");
+    std::fs::create_dir_all(&shots).expect("the screenshot dir is made");
+    let shots = shots.to_str().expect("UTF-8 path").to_owned();
+    let file = "clients/js/test/browser.test.js";
+    let base = format!("http://{addr}");
+    let out = run(
+        &node(),
+        &["--test", "--test-reporter=tap", file],
+        &[("WSMQ_HTTP_URL", &base), ("WSMQ_SCREENSHOT_DIR", &shots)],
+    )
+    .await
+    .expect("node runs");
+    assert_node_tests_passed(&out, file);
+    for name in ["page.png", "page-done.png", "page-phone.png"] {
+        let png = std::fs::read(Path::new(&shots).join(name)).expect("the screenshot was saved");
+        assert!(png.starts_with(b"\x89PNG"), "{name} is a PNG");
+    }
+    eprintln!("screenshots in {shots}");
     system.cleanup().await;
 }
 
@@ -288,5 +360,34 @@ async fn cli_interrupted_cancels_its_call_and_exits_130() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    system.cleanup().await;
+}
+
+#[tokio::test]
+async fn python_example_shows_every_kind_of_answer() {
+    let system = System::start().await.expect("system starts");
+    let url = ws_url(&system);
+    let python = std::env::var("WSMQ_PYTHON").unwrap_or_else(|_| "python3".to_owned());
+    let out = run(
+        &python,
+        &["clients/python/example.py", "--url", &url],
+        &[("PYTHONUNBUFFERED", "1")],
+    )
+    .await
+    .expect("python3 runs (needs `pip install websockets`)");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr_of(&out));
+    let expected = [
+        // fib answers before the sleep that was sent first.
+        "finished: 832040",
+        r#"finished: {"slept_ms": 300}"#,
+        r#"progress: {"of": 3, "step": 1}"#,
+        r#"progress: {"of": 3, "step": 2}"#,
+        r#"progress: {"of": 3, "step": 3}"#,
+        r#"progress result: {"done": 3}"#,
+        "worker error: 4000 requested failure",
+        "timeout: -32001",
+        "cancelled: sleep",
+    ];
+    assert_eq!(stdout_of(&out).lines().collect::<Vec<_>>(), expected);
     system.cleanup().await;
 }

@@ -3,8 +3,10 @@
 //! One test binary with a module per area (linking one binary instead of a dozen saves minutes
 //! on two cores); nextest still runs every test in its own process.
 
+mod bench;
 mod clients;
 mod faults;
+mod hostile;
 mod ipc;
 mod jsonrpc;
 mod lifecycle;

@@ -1,0 +1,822 @@
+//! A corpus of hostile inputs from one client while other clients make normal calls.
+//!
+//! Every entry of [`corpus`] is (name, what is sent, what must come back): a JSON-RPC error with
+//! an exact code and id, a result, nothing, or a websocket close with an exact code. Entries that
+//! keep the socket open share one connection, and each is followed by a sentinel call that must
+//! be answered next (so no entry produced a stray frame and the socket still works); entries
+//! that close the socket get a fresh connection each. Meanwhile the bystander clients' calls
+//! must all complete correctly, and the gateway's peak memory must stay within a generous bound
+//! (it would not if something buffered a 100,000-member batch or a 100,000-deep nesting).
+//!
+//! Floods are limited to what the gateway bounds today, the per-connection in-flight cap
+//! (-32003); a call-rate limit would change their expected outcomes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Control, Data, OpCode};
+use wsmq_tests::{Incoming, RECV_TIMEOUT, System, WsClient, rpc};
+
+/// `--max-params-bytes` for this test: below the 1 MiB message limit, so it can be hit.
+const MAX_PARAMS_BYTES: usize = 64 * 1024;
+/// `--max-inflight-per-client` for this test, so a flood meets it quickly.
+const MAX_INFLIGHT_PER_CLIENT: usize = 64;
+/// The default `--max-message-bytes`.
+const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
+/// Clients making normal calls during the corpus.
+const BYSTANDERS: u64 = 4;
+/// How much the gateway's peak RSS may exceed its RSS before the corpus.
+const MEMORY_GROWTH_LIMIT_KB: u64 = 200 * 1024;
+
+const CLOSE_PROTOCOL: u16 = 1002;
+const CLOSE_INVALID_DATA: u16 = 1007;
+const CLOSE_TOO_BIG: u16 = 1009;
+
+/// What one corpus entry sends.
+enum Input {
+    Text(String),
+    /// Messages sent in order (binary frames, raw frames, fragments, pings).
+    Messages(Vec<Message>),
+    /// Many requests sent before reading any answer; one answer each.
+    Flood(Vec<String>),
+}
+
+/// What must come back.
+enum Expect {
+    /// One error response: its code and its id as raw JSON text.
+    Error(i64, &'static str),
+    /// One success response with this raw id.
+    Result(String),
+    /// One batch response: a member per (raw id, error code or `None` for a result), any order.
+    Batch(Vec<(String, Option<i64>)>),
+    /// No frame at all (notifications, pings).
+    Nothing,
+    /// No frame, but the connection's in-flight cap may be full for a while after it
+    /// (notifications' jobs count against it): the sentinel is retried while it gets -32003.
+    NothingWhileBusy,
+    /// Every flood request answered once, with a result or this error code.
+    EachOkOr(i64),
+    /// The socket closes with this code. `may_reset`: the input is large enough that the
+    /// gateway may close while the client is still writing, and the kernel's reset can then
+    /// overtake the close frame; the connection must end either way.
+    Close { code: u16, may_reset: bool },
+}
+
+struct Case {
+    name: String,
+    input: Input,
+    expect: Expect,
+}
+
+fn case(name: impl Into<String>, input: Input, expect: Expect) -> Case {
+    Case {
+        name: name.into(),
+        input,
+        expect,
+    }
+}
+
+fn text(t: impl Into<String>) -> Input {
+    Input::Text(t.into())
+}
+
+fn frame(payload: impl Into<Vec<u8>>, opcode: OpCode, fin: bool) -> Message {
+    // Built as a ping and re-headed: `Frame::message` only takes data opcodes.
+    let mut f = Frame::ping(payload.into());
+    f.header_mut().opcode = opcode;
+    f.header_mut().is_final = fin;
+    Message::Frame(f)
+}
+
+const PING: OpCode = OpCode::Control(Control::Ping);
+
+const TEXT: OpCode = OpCode::Data(Data::Text);
+const CONT: OpCode = OpCode::Data(Data::Continue);
+
+fn req(id: &str, method: &str, params: &str) -> String {
+    format!(r#"{{"jsonrpc":"2.0","method":"{method}","params":{params},"id":{id}}}"#)
+}
+
+/// A request whose `id` member is `id` (raw JSON), echoing `{}`.
+fn with_id(id: &str) -> String {
+    req(id, "echo", "{}")
+}
+
+fn nested(depth: usize) -> String {
+    // The request object is one level.
+    format!(
+        r#"{{"jsonrpc":"2.0","method":"echo","id":1,"params":{}1{}}}"#,
+        "[".repeat(depth - 1),
+        "]".repeat(depth - 1)
+    )
+}
+
+const INVALID: i64 = rpc::INVALID_REQUEST;
+
+fn corpus() -> Vec<Case> {
+    use Expect::*;
+    let good = req("1", "echo", r#"{"ok":true}"#);
+    let mut c = vec![
+        // Frames that are not JSON text.
+        case(
+            "binary frame holding a request",
+            Input::Messages(vec![Message::binary(good.clone().into_bytes())]),
+            Error(rpc::PARSE_ERROR, "null"),
+        ),
+        case(
+            "binary frame of random bytes",
+            Input::Messages(vec![Message::binary(vec![0u8, 0xff, 0x13, 0x37])]),
+            Error(rpc::PARSE_ERROR, "null"),
+        ),
+        case(
+            "empty binary frame",
+            Input::Messages(vec![Message::binary(Vec::new())]),
+            Error(rpc::PARSE_ERROR, "null"),
+        ),
+        case(
+            "text frame of invalid UTF-8",
+            Input::Messages(vec![frame(vec![b'{', 0xff, 0xfe, b'}'], TEXT, true)]),
+            Close {
+                code: CLOSE_INVALID_DATA,
+                may_reset: false,
+            },
+        ),
+        case(
+            "text frame with a UTF-16 surrogate encoded in UTF-8",
+            Input::Messages(vec![frame(vec![b'"', 0xed, 0xa0, 0x80, b'"'], TEXT, true)]),
+            Close {
+                code: CLOSE_INVALID_DATA,
+                may_reset: false,
+            },
+        ),
+        case(
+            "request in three fragments",
+            Input::Messages(vec![
+                frame(&good.as_bytes()[..5], TEXT, false),
+                frame(&good.as_bytes()[5..20], CONT, false),
+                frame(&good.as_bytes()[20..], CONT, true),
+            ]),
+            Result("1".into()),
+        ),
+        case(
+            "continuation frame with no message started",
+            Input::Messages(vec![frame(good.clone().into_bytes(), CONT, true)]),
+            Close {
+                code: CLOSE_PROTOCOL,
+                may_reset: false,
+            },
+        ),
+        case(
+            "new text frame inside a fragmented message",
+            Input::Messages(vec![
+                frame(&good.as_bytes()[..5], TEXT, false),
+                frame(good.clone().into_bytes(), TEXT, true),
+            ]),
+            Close {
+                code: CLOSE_PROTOCOL,
+                may_reset: false,
+            },
+        ),
+        case(
+            "frame with a reserved opcode",
+            Input::Messages(vec![frame(
+                good.clone().into_bytes(),
+                OpCode::Data(Data::Reserved(3)),
+                true,
+            )]),
+            Close {
+                code: CLOSE_PROTOCOL,
+                may_reset: false,
+            },
+        ),
+        case(
+            "ping with a 126-byte payload",
+            Input::Messages(vec![frame(vec![0u8; 126], PING, true)]),
+            Close {
+                code: CLOSE_PROTOCOL,
+                may_reset: false,
+            },
+        ),
+        case(
+            "fragmented ping",
+            Input::Messages(vec![frame(vec![1u8; 4], PING, false)]),
+            Close {
+                code: CLOSE_PROTOCOL,
+                may_reset: false,
+            },
+        ),
+        case(
+            "2 MiB message",
+            text(req(
+                "1",
+                "echo",
+                &format!(r#"{{"b":"{}"}}"#, "x".repeat(2 * MAX_MESSAGE_BYTES)),
+            )),
+            Close {
+                code: CLOSE_TOO_BIG,
+                may_reset: true,
+            },
+        ),
+        case(
+            "24 fragments of 64 KiB, 1.5 MiB in all",
+            Input::Messages({
+                let mut f = vec![frame(b"[".to_vec(), TEXT, false)];
+                f.extend((0..24).map(|_| frame(vec![b' '; 64 * 1024], CONT, false)));
+                f.push(frame(b"]".to_vec(), CONT, true));
+                f
+            }),
+            Close {
+                code: CLOSE_TOO_BIG,
+                may_reset: true,
+            },
+        ),
+        case(
+            "batch of 100,000 requests (3 MB)",
+            text(format!(
+                "[{}]",
+                vec![r#"{"jsonrpc":"2.0","method":"echo"}"#; 100_000].join(",")
+            )),
+            Close {
+                code: CLOSE_TOO_BIG,
+                may_reset: true,
+            },
+        ),
+        // Text that is not JSON.
+        case("empty text", text(""), Error(rpc::PARSE_ERROR, "null")),
+        case(
+            "whitespace only",
+            text(" \n\t "),
+            Error(rpc::PARSE_ERROR, "null"),
+        ),
+        case(
+            "truncated object",
+            text(r#"{"jsonrpc":"2.0","method":"#),
+            Error(rpc::PARSE_ERROR, "null"),
+        ),
+        case(
+            "trailing garbage after a request",
+            text(format!("{good} x")),
+            Error(rpc::PARSE_ERROR, "null"),
+        ),
+        case(
+            "two requests back to back",
+            text(format!("{good}{good}")),
+            Error(rpc::PARSE_ERROR, "null"),
+        ),
+        case(
+            "NaN literal",
+            text(r#"{"jsonrpc":"2.0","method":"echo","params":[NaN],"id":1}"#),
+            Error(rpc::PARSE_ERROR, "null"),
+        ),
+        case(
+            "single-quoted strings",
+            text("{'jsonrpc':'2.0','method':'echo','id':1}"),
+            Error(rpc::PARSE_ERROR, "null"),
+        ),
+        // Sizes and depths.
+        case(
+            "nesting 33 deep",
+            text(nested(33)),
+            Error(rpc::NESTING_TOO_DEEP, "null"),
+        ),
+        case(
+            "100,000 opening brackets",
+            text("[".repeat(100_000)),
+            Error(rpc::NESTING_TOO_DEEP, "null"),
+        ),
+        case(
+            "objects nested 40 deep",
+            text(format!(
+                r#"{{"jsonrpc":"2.0","method":"echo","id":1,"params":{}1{}}}"#,
+                r#"{"a":"#.repeat(40),
+                "}".repeat(40)
+            )),
+            Error(rpc::NESTING_TOO_DEEP, "null"),
+        ),
+        case(
+            "batch of 100,000 numbers",
+            text(format!("[{}1]", "1,".repeat(99_999))),
+            Error(rpc::BATCH_TOO_LONG, "null"),
+        ),
+        case(
+            "batch of 1001 requests",
+            text(format!("[{}]", vec![good.as_str(); 1001].join(","))),
+            Error(rpc::BATCH_TOO_LONG, "null"),
+        ),
+        case(
+            "params of 100 KB",
+            text(req(
+                "\"big\"",
+                "echo",
+                &format!(r#"{{"b":"{}"}}"#, "y".repeat(100_000)),
+            )),
+            Error(rpc::PARAMS_TOO_LARGE, r#""big""#),
+        ),
+        case(
+            "batch with one oversized params",
+            text(format!(
+                "[{},{}]",
+                req(
+                    "1",
+                    "echo",
+                    &format!(r#"["{}"]"#, "z".repeat(MAX_PARAMS_BYTES))
+                ),
+                req("2", "echo", "[2]")
+            )),
+            Batch(vec![
+                ("1".into(), Some(rpc::PARAMS_TOO_LARGE)),
+                ("2".into(), None),
+            ]),
+        ),
+        // Every wrong JSON-RPC shape.
+        case("empty batch", text("[]"), Error(INVALID, "null")),
+        case("a number", text("1"), Error(INVALID, "null")),
+        case("a string", text(r#""echo""#), Error(INVALID, "null")),
+        case("null", text("null"), Error(INVALID, "null")),
+        case("true", text("true"), Error(INVALID, "null")),
+        case("empty object", text("{}"), Error(INVALID, "null")),
+        case(
+            "jsonrpc missing",
+            text(r#"{"method":"echo","id":5}"#),
+            Error(INVALID, "5"),
+        ),
+        case(
+            "jsonrpc 1.0",
+            text(r#"{"jsonrpc":"1.0","method":"echo","id":5}"#),
+            Error(INVALID, "5"),
+        ),
+        case(
+            "jsonrpc as a number",
+            text(r#"{"jsonrpc":2.0,"method":"echo","id":5}"#),
+            Error(INVALID, "5"),
+        ),
+        case(
+            "method missing",
+            text(r#"{"jsonrpc":"2.0","id":5}"#),
+            Error(INVALID, "5"),
+        ),
+        case(
+            "method a number",
+            text(r#"{"jsonrpc":"2.0","method":5,"id":5}"#),
+            Error(INVALID, "5"),
+        ),
+        case(
+            "method empty",
+            text(r#"{"jsonrpc":"2.0","method":"","id":5}"#),
+            Error(INVALID, "5"),
+        ),
+        case(
+            "method null",
+            text(r#"{"jsonrpc":"2.0","method":null,"id":5}"#),
+            Error(INVALID, "5"),
+        ),
+        case(
+            "params a string",
+            text(req("5", "echo", r#""p""#)),
+            Error(INVALID, "5"),
+        ),
+        case(
+            "params a number",
+            text(req("5", "echo", "3")),
+            Error(INVALID, "5"),
+        ),
+        case(
+            "params null",
+            text(req("5", "echo", "null")),
+            Error(INVALID, "5"),
+        ),
+        case(
+            "params true",
+            text(req("5", "echo", "true")),
+            Error(INVALID, "5"),
+        ),
+        case(
+            "duplicate member",
+            text(r#"{"jsonrpc":"2.0","method":"echo","method":"fib","id":5}"#),
+            Error(INVALID, "null"),
+        ),
+        case(
+            "unknown wsmq option",
+            text(r#"{"jsonrpc":"2.0","method":"echo","id":5,"wsmq":{"retries":3}}"#),
+            Error(INVALID, "5"),
+        ),
+        case(
+            "wsmq priority 10",
+            text(r#"{"jsonrpc":"2.0","method":"echo","id":5,"wsmq":{"priority":10}}"#),
+            Error(INVALID, "5"),
+        ),
+        case(
+            "wsmq timeout_ms 0",
+            text(r#"{"jsonrpc":"2.0","method":"echo","id":5,"wsmq":{"timeout_ms":0}}"#),
+            Error(INVALID, "5"),
+        ),
+        case(
+            "wsmq not an object",
+            text(r#"{"jsonrpc":"2.0","method":"echo","id":5,"wsmq":[1]}"#),
+            Error(INVALID, "5"),
+        ),
+        case(
+            "$/cancel with an id",
+            text(r#"{"jsonrpc":"2.0","method":"$/cancel","params":{"id":1},"id":5}"#),
+            Error(INVALID, "5"),
+        ),
+        case(
+            "reserved rpc. method",
+            text(req("5", "rpc.discover", "{}")),
+            Error(rpc::METHOD_NOT_FOUND, "5"),
+        ),
+        case(
+            "reserved $/ method",
+            text(req("5", "$/shutdown", "{}")),
+            Error(rpc::METHOD_NOT_FOUND, "5"),
+        ),
+        case(
+            "method nobody serves",
+            text(req("5", "no.such.method", "{}")),
+            Error(rpc::METHOD_NOT_FOUND, "5"),
+        ),
+        case(
+            "batch of three non-requests",
+            text("[1,\"a\",null]"),
+            Batch(vec![("null".into(), Some(INVALID)); 3]),
+        ),
+        case(
+            "batch: request, garbage member, notification",
+            text(format!(
+                r#"[{good},{{"x":1}},{{"jsonrpc":"2.0","method":"echo"}}]"#
+            )),
+            Batch(vec![("1".into(), None), ("null".into(), Some(INVALID))]),
+        ),
+        case(
+            "malformed notification",
+            text(r#"{"jsonrpc":"2.0","method":7}"#),
+            Error(INVALID, "null"),
+        ),
+        case(
+            "valid notification",
+            text(r#"{"jsonrpc":"2.0","method":"echo","params":[1]}"#),
+            Nothing,
+        ),
+        case(
+            "batch of notifications only",
+            text(r#"[{"jsonrpc":"2.0","method":"echo"},{"jsonrpc":"2.0","method":"echo"}]"#),
+            Nothing,
+        ),
+        case(
+            "$/cancel of an unknown id",
+            text(r#"{"jsonrpc":"2.0","method":"$/cancel","params":{"id":"nobody"}}"#),
+            Nothing,
+        ),
+        case(
+            "malformed $/cancel",
+            text(r#"{"jsonrpc":"2.0","method":"$/cancel","params":[]}"#),
+            Nothing,
+        ),
+    ];
+    // Ids of every JSON type: scalars come back byte for byte, the rest are refused.
+    for id in [
+        r#""abc""#,
+        r#""""#,
+        r#""é☃\u0041\"""#,
+        "0",
+        "-7",
+        "1.5",
+        "1e3",
+        "-0.0",
+        "123456789012345678901234567890",
+        "null",
+    ] {
+        c.push(case(
+            format!("id {id}"),
+            text(with_id(id)),
+            Result(id.into()),
+        ));
+    }
+    for id in ["true", "false", "{}", r#"{"a":1}"#, "[]", "[1]"] {
+        c.push(case(
+            format!("id {id}"),
+            text(with_id(id)),
+            Error(INVALID, "null"),
+        ));
+    }
+    // Floods.
+    c.push(case(
+        "300 requests sent before reading",
+        Input::Flood(
+            (0..300)
+                .map(|i| req(&format!("\"f{i}\""), "echo", &format!("[{i}]")))
+                .collect(),
+        ),
+        EachOkOr(rpc::TOO_MANY_IN_FLIGHT),
+    ));
+    let sleeps: Vec<String> = (0..200)
+        .map(|i| req(&i.to_string(), "sleep", r#"{"ms":1000}"#))
+        .collect();
+    let mut outcome: Vec<(String, Option<i64>)> = Vec::new();
+    for i in 0..200 {
+        let refused = i >= MAX_INFLIGHT_PER_CLIENT;
+        outcome.push((i.to_string(), refused.then_some(rpc::TOO_MANY_IN_FLIGHT)));
+    }
+    c.push(case(
+        "batch of 200 one-second calls over an in-flight cap of 64",
+        text(format!("[{}]", sleeps.join(","))),
+        Batch(outcome),
+    ));
+    c.push(case(
+        "500 notifications",
+        Input::Messages(
+            (0..500)
+                .map(|i| {
+                    Message::text(format!(
+                        r#"{{"jsonrpc":"2.0","method":"echo","params":[{i}]}}"#
+                    ))
+                })
+                .collect(),
+        ),
+        NothingWhileBusy,
+    ));
+    c.push(case(
+        "1000 pings",
+        Input::Messages(
+            (0..1000)
+                .map(|_| Message::Ping(vec![7u8; 8].into()))
+                .collect(),
+        ),
+        Nothing,
+    ));
+    c
+}
+
+/// The raw `id` of a response object, and its error code if it is an error.
+fn id_and_code(member: &HashMap<String, Box<RawValue>>) -> Result<(String, Option<i64>)> {
+    let id = member
+        .get("id")
+        .context("response without an id")?
+        .get()
+        .to_owned();
+    let code = match member.get("error") {
+        None => {
+            ensure!(member.contains_key("result"), "neither result nor error");
+            None
+        }
+        Some(error) => {
+            let error: Value = serde_json::from_str(error.get())?;
+            Some(
+                error["code"]
+                    .as_i64()
+                    .context("error without an integer code")?,
+            )
+        }
+    };
+    Ok((id, code))
+}
+
+async fn next_text(client: &mut WsClient) -> Result<String> {
+    match client.next_incoming(RECV_TIMEOUT).await? {
+        Incoming::Text(t) => Ok(t),
+        other => bail!("expected a text frame, got {other:?}"),
+    }
+}
+
+async fn send(client: &mut WsClient, input: &Input) -> Result<()> {
+    match input {
+        Input::Text(t) => client.send_text(t.clone()).await,
+        Input::Messages(messages) => {
+            for m in messages {
+                client.send_message(m.clone()).await?;
+            }
+            Ok(())
+        }
+        Input::Flood(requests) => {
+            for r in requests {
+                client.send_text(r.clone()).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Runs one entry that keeps the socket open; the sentinel call after it must be answered next.
+async fn run_open(client: &mut WsClient, case: &Case, sentinel: u64) -> Result<()> {
+    send(client, &case.input).await?;
+    match &case.expect {
+        Expect::Error(code, id) => {
+            let t = next_text(client).await?;
+            let member: HashMap<String, Box<RawValue>> = serde_json::from_str(&t)?;
+            let got = id_and_code(&member)?;
+            ensure!(
+                got == ((*id).to_owned(), Some(*code)),
+                "expected ({id}, {code}), got {got:?}: {t}"
+            );
+        }
+        Expect::Result(id) => {
+            let t = next_text(client).await?;
+            let member: HashMap<String, Box<RawValue>> = serde_json::from_str(&t)?;
+            let got = id_and_code(&member)?;
+            ensure!(
+                got == (id.clone(), None),
+                "expected a result for id {id}, got {got:?}: {t}"
+            );
+        }
+        Expect::Batch(expected) => {
+            let t = next_text(client).await?;
+            let members: Vec<HashMap<String, Box<RawValue>>> = serde_json::from_str(&t)?;
+            let mut got: Vec<(String, Option<i64>)> =
+                members.iter().map(id_and_code).collect::<Result<_>>()?;
+            let mut want = expected.clone();
+            got.sort();
+            want.sort();
+            ensure!(got == want, "batch answered {got:?}, expected {want:?}");
+        }
+        Expect::EachOkOr(code) => {
+            let Input::Flood(requests) = &case.input else {
+                bail!("EachOkOr needs a flood");
+            };
+            let mut seen = HashSet::new();
+            let (mut ok, mut refused) = (0, 0);
+            for _ in requests {
+                let t = next_text(client).await?;
+                let member: HashMap<String, Box<RawValue>> = serde_json::from_str(&t)?;
+                let (id, got) = id_and_code(&member)?;
+                ensure!(seen.insert(id.clone()), "id {id} answered twice");
+                match got {
+                    None => ok += 1,
+                    Some(c) if c == *code => refused += 1,
+                    Some(c) => bail!("id {id}: unexpected code {c}"),
+                }
+            }
+            eprintln!(
+                "[test] {}: {ok} results, {refused} refused {code}",
+                case.name
+            );
+        }
+        Expect::Nothing | Expect::NothingWhileBusy => {}
+        Expect::Close { .. } => bail!("a closing case on the shared connection"),
+    }
+    let busy_until = Instant::now() + RECV_TIMEOUT;
+    let response = loop {
+        let response = client
+            .call("echo", json!({"sentinel": sentinel}))
+            .await
+            .context("the sentinel call after the entry")?;
+        let busy = rpc::error_code(&response) == Some(rpc::TOO_MANY_IN_FLIGHT);
+        if !(busy && matches!(case.expect, Expect::NothingWhileBusy) && Instant::now() < busy_until)
+        {
+            break response;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    ensure!(
+        rpc::result(&response) == Some(&json!({"sentinel": sentinel})),
+        "sentinel answered {response}"
+    );
+    Ok(())
+}
+
+/// Runs one entry that must close the socket, on a connection of its own.
+async fn run_closing(system: &System, case: &Case, code: u16, may_reset: bool) -> Result<()> {
+    let mut client = system.client().await?;
+    let sent = send(&mut client, &case.input).await;
+    if !may_reset {
+        sent?;
+    }
+    match client.next_incoming(RECV_TIMEOUT).await? {
+        Incoming::Close(Some((got, _))) => {
+            ensure!(got == code, "closed with {got}, expected {code}")
+        }
+        Incoming::Ended(why) if may_reset => {
+            eprintln!(
+                "[test] {}: connection reset before the close frame was read ({why:?})",
+                case.name
+            );
+        }
+        other => bail!("expected a close with {code}, got {other:?}"),
+    }
+    Ok(())
+}
+
+/// `VmRSS` and `VmHWM` of a process, in KiB.
+fn memory_kb(pid: u32) -> Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Result<u64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("no {name} in /proc/{pid}/status"))?;
+        line.split_whitespace()
+            .nth(1)
+            .context("empty field")?
+            .parse()
+            .context("not a number")
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Makes echo calls until `stop`, checking each result; returns the latencies.
+async fn bystander(
+    mut client: WsClient,
+    number: u64,
+    stop: Arc<AtomicBool>,
+) -> Result<Vec<Duration>> {
+    let mut latencies = Vec::new();
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let payload = json!({"bystander": number, "n": n});
+        let started = Instant::now();
+        let response = client.call("echo", payload.clone()).await?;
+        latencies.push(started.elapsed());
+        ensure!(
+            rpc::result(&response) == Some(&payload),
+            "bystander {number} got {response}"
+        );
+    }
+    Ok(latencies)
+}
+
+#[tokio::test]
+async fn hostile_corpus_gets_documented_answers_while_others_are_served() {
+    let mut system = System::builder()
+        .worker_concurrency(96)
+        .gateway_arg("--max-params-bytes", MAX_PARAMS_BYTES)
+        .max_inflight_per_client(MAX_INFLIGHT_PER_CLIENT)
+        .start()
+        .await
+        .expect("system starts");
+    let pid = system
+        .gateway()
+        .expect("gateway runs")
+        .os_pid()
+        .expect("gateway has a pid");
+    let (rss_before, _) = memory_kb(pid).expect("reads gateway memory");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut bystanders = Vec::new();
+    for number in 0..BYSTANDERS {
+        let client = system.client().await.expect("bystander connects").quiet();
+        bystanders.push(tokio::spawn(bystander(client, number, stop.clone())));
+    }
+
+    let cases = corpus();
+    assert!(cases.len() >= 50, "the corpus has {} entries", cases.len());
+    let mut hostile = system.client().await.expect("hostile client connects");
+    let mut failures = Vec::new();
+    for (i, case) in cases.iter().enumerate() {
+        eprintln!("[test] entry {i}: {}", case.name);
+        let outcome = match case.expect {
+            Expect::Close { code, may_reset } => run_closing(&system, case, code, may_reset).await,
+            _ => run_open(&mut hostile, case, i as u64).await,
+        };
+        if let Err(e) = outcome {
+            eprintln!("[test] entry {i} ({}) FAILED: {e:#}", case.name);
+            failures.push(format!("{}: {e:#}", case.name));
+            // The shared connection is in an unknown state now; start a fresh one.
+            hostile = system.client().await.expect("hostile client reconnects");
+        }
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for (number, task) in bystanders.into_iter().enumerate() {
+        let latencies = task
+            .await
+            .expect("bystander task")
+            .unwrap_or_else(|e| panic!("bystander {number} saw an error: {e:#}"));
+        assert!(!latencies.is_empty(), "bystander {number} made no call");
+        all.extend(latencies);
+    }
+    all.sort();
+    let pct = |p: usize| all[(all.len() - 1) * p / 100];
+    eprintln!(
+        "[test] bystanders: {} calls, all correct; latency p50 {:?} p99 {:?} max {:?}",
+        all.len(),
+        pct(50),
+        pct(99),
+        pct(100)
+    );
+
+    let (rss_after, hwm) = memory_kb(pid).expect("reads gateway memory");
+    eprintln!(
+        "[test] gateway memory: VmRSS {rss_before} KiB before, {rss_after} KiB after, peak VmHWM {hwm} KiB"
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {} entries failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+    assert!(
+        hwm.saturating_sub(rss_before) < MEMORY_GROWTH_LIMIT_KB,
+        "gateway peak memory grew by {} KiB",
+        hwm.saturating_sub(rss_before)
+    );
+    system.cleanup().await;
+}
