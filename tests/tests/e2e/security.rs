@@ -97,18 +97,18 @@ async fn public_listen_without_auth_refuses_to_start_unless_insecure_is_given() 
     let mut refused = system
         .spawn_bare_gateway(&["--listen", "0.0.0.0:0"])
         .expect("spawns");
+    // Waiting for the line (not just the exit) lets the output reader catch up with it.
+    refused
+        .wait_for_log("the refusal, saying why and how", |l| {
+            l.text.contains("not loopback") && l.text.contains("--insecure-no-auth")
+        })
+        .await
+        .expect("the refusal says why and how");
     let status = tokio::time::timeout(STARTUP_TIMEOUT, refused.exited())
         .await
         .expect("exits")
         .expect("status");
     assert_eq!(status.code(), Some(64), "a configuration error exits 64");
-    let lines = refused.lines().await.expect("lines");
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.text.contains("not loopback") && l.text.contains("--insecure-no-auth")),
-        "the refusal says why and how: {lines:?}"
-    );
 
     let mut insecure = system
         .spawn_bare_gateway(&["--listen", "0.0.0.0:0", "--insecure-no-auth"])
