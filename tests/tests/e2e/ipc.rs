@@ -221,10 +221,11 @@ async fn ipc_garbage_on_either_side_is_dropped_and_logged_and_the_link_recovers(
     // A peer sending garbage while the real gateway is connected is hung up on; the gateway's
     // calls go on.
     let mut stream = UnixStream::connect(&socket).await.expect("connects");
-    stream
+    // The bridge refuses a second peer at once, so it may have hung up before this write
+    // (EPIPE): either way the peer is dropped.
+    let _ = stream
         .write_all(&[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff])
-        .await
-        .expect("sends garbage");
+        .await;
     assert_hangs_up(&mut stream, "garbage beside a live gateway").await;
     let response = client
         .call("echo", json!({"beside": "garbage"}))
