@@ -524,6 +524,108 @@ mod tests {
         assert!(Pattern::parse("").is_err());
     }
 
+    fn unix_now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs()
+    }
+
+    fn bearer(token: &str) -> HeaderMap {
+        headers(&[("authorization", &format!("Bearer {token}"))])
+    }
+
+    /// Test-only RSA keys (tests/fixtures/README.md).
+    const RS256_PRIVATE: &str = include_str!("../../tests/fixtures/jwt-rs256-test.key");
+    const RS256_PUBLIC: &str = include_str!("../../tests/fixtures/jwt-rs256-test.pub.pem");
+
+    #[test]
+    fn rs256_jwt_from_a_pem_public_key_gives_sub_and_methods() {
+        use jsonwebtoken::{EncodingKey, Header, encode};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let public = dir.path().join("pub.pem");
+        std::fs::write(&public, RS256_PUBLIC).expect("write");
+        let (auth, reloader) = Authenticator::load(&AuthConfig {
+            jwt_public_key: Some(public),
+            jwt_audience: Some("wsmq".to_owned()),
+            ..AuthConfig::default()
+        })
+        .expect("loads");
+        assert!(reloader.is_none());
+        let key = EncodingKey::from_rsa_pem(RS256_PRIVATE.as_bytes()).expect("private key");
+        let sign = |claims: serde_json::Value| {
+            encode(&Header::new(Algorithm::RS256), &claims, &key).expect("signs")
+        };
+        let exp = unix_now() + 600;
+        let token = sign(serde_json::json!({
+            "sub": "hal", "aud": "wsmq", "exp": exp, "wsmq_methods": ["report.*"]
+        }));
+        let caller = auth.authenticate(&bearer(&token), None).expect("valid");
+        assert_eq!(caller.identity.as_deref(), Some("hal"));
+        assert!(caller.methods.allows("report.daily"));
+        assert!(!caller.methods.allows("echo"));
+
+        let no_sub = sign(serde_json::json!({"aud": "wsmq", "exp": exp}));
+        assert!(auth.authenticate(&bearer(&no_sub), None).is_err());
+        let hs = encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": "hal", "aud": "wsmq", "exp": exp}),
+            &EncodingKey::from_secret(RS256_PUBLIC.as_bytes()),
+        )
+        .expect("signs");
+        assert_eq!(
+            auth.authenticate(&bearer(&hs), None),
+            Err(Refusal::Invalid("wrong algorithm")),
+            "an HS256 token signed with the public key must not pass (algorithm confusion)"
+        );
+        assert_eq!(
+            auth.authenticate(&HeaderMap::new(), None),
+            Err(Refusal::Missing)
+        );
+    }
+
+    #[test]
+    fn tokens_file_and_jwt_work_side_by_side() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, "alice:tok-alice\n").expect("write");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "x".repeat(MIN_JWT_SECRET_BYTES)).expect("write");
+        let (auth, _) = Authenticator::load(&AuthConfig {
+            tokens: Some(tokens),
+            jwt_secret_file: Some(secret),
+            ..AuthConfig::default()
+        })
+        .expect("loads");
+        let by_file = auth.authenticate(&bearer("tok-alice"), None).expect("file");
+        assert_eq!(by_file.identity.as_deref(), Some("alice"));
+        let jwt = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &serde_json::json!({"sub": "bob", "exp": unix_now() + 60}),
+            &jsonwebtoken::EncodingKey::from_secret("x".repeat(MIN_JWT_SECRET_BYTES).as_bytes()),
+        )
+        .expect("signs");
+        let by_jwt = auth
+            .authenticate(&HeaderMap::new(), Some(&jwt))
+            .expect("jwt");
+        assert_eq!(by_jwt.identity.as_deref(), Some("bob"));
+        assert!(auth.authenticate(&bearer("tok-nobody"), None).is_err());
+    }
+
+    #[test]
+    fn short_hs256_secret_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "short\n").expect("write");
+        let err = Authenticator::load(&AuthConfig {
+            jwt_secret_file: Some(secret),
+            ..AuthConfig::default()
+        })
+        .err()
+        .expect("refused");
+        assert!(err.to_string().contains("at least 32 bytes"), "{err}");
+    }
+
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
         for (k, v) in pairs {

@@ -682,7 +682,7 @@ async fn connection_that_never_finishes_its_request_is_closed_at_the_handshake_t
 #[tokio::test]
 async fn keepalive_drops_a_peer_that_answers_no_ping_and_keeps_a_live_one() {
     let mut system = system_with(&[
-        ("--ping-interval", "300ms".to_owned()),
+        ("--ping-interval", "1s".to_owned()),
         ("--idle-timeout", "0s".to_owned()),
     ])
     .await;
