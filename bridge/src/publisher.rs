@@ -30,6 +30,9 @@ pub(crate) const METHOD_HEADER: &str = "wsmq-method";
 pub(crate) const DEADLINE_HEADER: &str = "wsmq-deadline";
 /// Header on a cancellation broadcast saying why (`cancelled` or `timeout`).
 pub(crate) const REASON_HEADER: &str = "wsmq-reason";
+/// Header naming the authenticated caller (the gateway's identity of the client), when there
+/// is one; workers may decide by it.
+pub(crate) const CALLER_HEADER: &str = "wsmq-caller";
 
 /// The fanout exchange cancellations are broadcast on, for a queue prefix.
 pub(crate) fn cancel_exchange(prefix: &str) -> String {
@@ -185,6 +188,12 @@ async fn publish_on(
     );
     let deadline = i64::try_from(job.deadline_unix_ms).unwrap_or(i64::MAX);
     headers.insert(DEADLINE_HEADER.into(), AMQPValue::LongLongInt(deadline));
+    if let Some(caller) = &job.caller {
+        headers.insert(
+            CALLER_HEADER.into(),
+            AMQPValue::LongString(caller.as_str().into()),
+        );
+    }
     let mut props = BasicProperties::default()
         // RabbitMQ discards the job if no worker has taken it by then.
         .with_expiration(remaining_ms.to_string().into())

@@ -108,7 +108,8 @@ fn describe_connect_error(url: &str, error: tungstenite::Error) -> anyhow::Error
                 response.status()
             )
         }
-        other => anyhow::Error::new(other).context(format!("cannot connect to {url}")),
+        // Not chained as a source: tungstenite's message already repeats its cause.
+        other => anyhow::anyhow!("cannot connect to {url}: {other}"),
     }
 }
 

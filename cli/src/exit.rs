@@ -13,8 +13,8 @@ pub(crate) enum Exit {
     /// The call is wrong: not parseable, not a valid request, no such method, bad params,
     /// over the gateway's size limits (-32700, -32600, -32601, -32602, -32010, -32011, -32012).
     Refused,
-    /// Try again later: the broker is unavailable or too many calls are in flight (-32000,
-    /// -32003).
+    /// Try again later: the broker is unavailable, too many calls are in flight, or the
+    /// connection calls too fast (-32000, -32003, -32005).
     Unavailable,
     /// The call's deadline passed (-32001, or no answer by the local deadline).
     Timeout,
@@ -37,7 +37,7 @@ impl Exit {
     pub(crate) fn for_code(code: i64) -> Self {
         match code {
             -32700 | -32600 | -32601 | -32602 | -32010 | -32011 | -32012 => Exit::Refused,
-            -32000 | -32003 => Exit::Unavailable,
+            -32000 | -32003 | -32005 => Exit::Unavailable,
             -32001 => Exit::Timeout,
             -32002 => Exit::Cancelled,
             -32004 => Exit::JobFailed,
@@ -77,7 +77,8 @@ Exit status:
   1    the worker answered an error of its own
   2    the call is wrong: -32700, -32600 invalid request, -32601 no such method, -32602 bad
        params, -32010/-32011/-32012 over the gateway's nesting, batch or params size limits
-  3    try again later: -32000 broker unavailable, -32003 too many calls in flight
+  3    try again later: -32000 broker unavailable, -32003 too many calls in flight, -32005
+       rate limited
   4    timeout: -32001 (the gateway's, or no answer by the deadline plus 5 s)
   5    cancelled: -32002
   6    job failed: -32004 (dead-lettered after killing its workers)
@@ -103,6 +104,7 @@ mod tests {
             (-32012, 2),
             (-32000, 3),
             (-32003, 3),
+            (-32005, 3),
             (-32001, 4),
             (-32002, 5),
             (-32004, 6),

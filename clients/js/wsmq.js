@@ -27,6 +27,7 @@ export const codes = Object.freeze({
   CANCELLED: -32002,
   TOO_MANY_IN_FLIGHT: -32003,
   JOB_FAILED: -32004,
+  RATE_LIMITED: -32005,
   JSON_TOO_DEEP: -32010,
   BATCH_TOO_LONG: -32011,
   PARAMS_TOO_LARGE: -32012,
@@ -47,7 +48,7 @@ export class WsmqError extends Error {
   /** Whether trying the same call again later may succeed. */
   get retryable() {
     return this.code === codes.BROKER_UNAVAILABLE || this.code === codes.TOO_MANY_IN_FLIGHT
-      || this.code === codes.CONNECTION_LOST;
+      || this.code === codes.RATE_LIMITED || this.code === codes.CONNECTION_LOST;
   }
 }
 
@@ -88,6 +89,8 @@ export function errorFrom(error) {
 const DEFAULT_TIMEOUT_MS = 30_000;
 /** How long past a call's deadline the client waits for the gateway's own -32001. */
 const DEADLINE_GRACE_MS = 5_000;
+/** The longest delay setTimeout takes (about 24.8 days); longer ones would fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 /** Most messages queued while reconnecting; past it, new calls fail at once. */
 const MAX_QUEUED = 1024;
 /** How long close() waits for the gateway to answer the close handshake. */
@@ -206,8 +209,12 @@ class Client {
         reject(new CancelledError('cancelled before it was sent'));
         return;
       }
-      const id = this._nextId++;
       const timeoutMs = options.timeoutMs ?? this._timeoutMs;
+      if (!(Number.isFinite(timeoutMs) && timeoutMs > 0)) {
+        reject(new RangeError(`timeoutMs must be a positive number of ms, got ${timeoutMs}`));
+        return;
+      }
+      const id = this._nextId++;
       const wsmq = { timeout_ms: Math.max(1, Math.ceil(timeoutMs)) };
       if (options.priority != null) wsmq.priority = options.priority;
       const request = { jsonrpc: '2.0', method, id, wsmq };
@@ -225,7 +232,7 @@ class Client {
       };
       call.timer = setTimeout(() => {
         this._settle(id, new TimeoutError(`no answer within ${timeoutMs} ms`), true);
-      }, timeoutMs + DEADLINE_GRACE_MS);
+      }, Math.min(timeoutMs + DEADLINE_GRACE_MS, MAX_TIMER_MS));
       if (call.signal) {
         call.onAbort = () => {
           if (!this._pending.has(id)) return;

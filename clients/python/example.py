@@ -98,7 +98,7 @@ async def main():
         reader = asyncio.create_task(client.run())
 
         # Results come as jobs finish: the slow call was sent first but answers last.
-        slow = asyncio.create_task(client.call("sleep", {"ms": 300}))
+        slow = asyncio.create_task(client.call("sleep", {"ms": 1000}))
         fast = asyncio.create_task(client.call("fib", {"n": 30}))
         for done in asyncio.as_completed([slow, fast]):
             print("finished:", json.dumps(await done, sort_keys=True))

@@ -42,7 +42,9 @@ async function start() {
   showState('connecting');
   for (;;) {
     try {
-      client = await connect(wsUrlFor(location), { onState: showState });
+      // A gateway that requires a token: open the page as /?token=… and it is passed on.
+      const token = new URLSearchParams(location.search).get('token') ?? undefined;
+      client = await connect(wsUrlFor(location), { token, onState: showState });
       showState(client.state);
       return;
     } catch (e) {

@@ -118,6 +118,108 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_timeout: Option<u64>,
 
+    /// Largest websocket frame a client may send, in bytes (a message may come in several);
+    /// a larger one closes the connection with 1009. At most max_message_bytes.
+    /// [default: max_message_bytes]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_frame_bytes: Option<usize>,
+
+    /// Websocket connections at once from one source IP address; past it, upgrades get HTTP
+    /// 429. [default: 256]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_ip: Option<usize>,
+
+    /// Calls per second one connection may make on average (a token bucket); past it, calls
+    /// get -32005. 0 turns the limit off. [default: 1000]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call_rate: Option<u32>,
+
+    /// Calls one connection may make at once above --call-rate (the bucket's size).
+    /// [default: 2000]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub call_burst: Option<u32>,
+
+    /// Time a new TCP connection has to finish its TLS handshake and send the HTTP request
+    /// (e.g. the websocket upgrade); a slower one is closed. [default: 10s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub handshake_timeout: Option<Duration>,
+
+    /// How often the gateway pings a websocket client; a client that sends nothing (not even
+    /// the pong) for this long after a ping is dropped. 0s turns pings off. [default: 30s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub ping_interval: Option<Duration>,
+
+    /// A connection that sends no message and has no call in flight for this long is closed
+    /// with 4000. 0s turns it off. [default: 5m]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub idle_timeout: Option<Duration>,
+
+    /// Tokens file: `identity:token` per line, optionally `:pattern,pattern` (the methods
+    /// that identity may call, e.g. `report.*`); `#` starts a comment. Reloaded on SIGHUP.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tokens: Option<PathBuf>,
+
+    /// File holding the HS256 secret (at least 32 bytes) that signs client JWTs.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_secret_file: Option<PathBuf>,
+
+    /// PEM public key that verifies client JWTs: RSA (RS256) or P-256 (ES256).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// The `aud` a client JWT must carry; without it, `aud` is not checked.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jwt_audience: Option<String>,
+
+    /// Let anyone in without a token, even on a non-loopback --listen address (logged as a
+    /// warning at startup).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_no_auth: bool,
+
+    /// An Origin browsers may connect from, e.g. https://app.example.com (repeat the flag for
+    /// more); other Origins get HTTP 403. Requests without an Origin (non-browsers) pass.
+    /// Without the flag, every Origin passes.
+    #[arg(long = "allowed-origin", value_name = "URL")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allowed_origins: Vec<String>,
+
+    /// PEM certificate chain: serve wss:// and https:// (with --tls-key).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Serve /healthz, /readyz and /metrics on this address instead of --listen (which then
+    /// serves /ws only).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
+
     /// Log format: plain reads well in journald, json suits log pipelines. [default: plain]
     #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -150,6 +252,29 @@ pub struct Config {
     /// Seconds.
     pub drain_timeout: u64,
     pub log_format: LogFormat,
+    /// 0: the same as `max_message_bytes`.
+    pub max_frame_bytes: usize,
+    pub max_connections_per_ip: usize,
+    /// Calls per second; 0: off.
+    pub call_rate: u32,
+    pub call_burst: u32,
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+    /// Zero: off.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// Zero: off.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    pub tokens: Option<PathBuf>,
+    pub jwt_secret_file: Option<PathBuf>,
+    pub jwt_public_key: Option<PathBuf>,
+    pub jwt_audience: Option<String>,
+    pub insecure_no_auth: bool,
+    pub allowed_origins: Vec<String>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub admin_listen: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -171,6 +296,22 @@ impl Default for Config {
             max_connections: 10_000,
             drain_timeout: 10,
             log_format: LogFormat::Plain,
+            max_frame_bytes: 0,
+            max_connections_per_ip: 256,
+            call_rate: 1000,
+            call_burst: 2000,
+            handshake_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(300),
+            tokens: None,
+            jwt_secret_file: None,
+            jwt_public_key: None,
+            jwt_audience: None,
+            insecure_no_auth: false,
+            allowed_origins: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            admin_listen: None,
         }
     }
 }
@@ -188,6 +329,26 @@ pub enum ConfigError {
     CallTimeout,
     #[error("max_message_bytes {0} is above the IPC frame limit of {max} bytes", max = wsmq_ipc_proto::MAX_FRAME_LEN / 2)]
     MessageTooLarge(usize),
+    #[error("max_frame_bytes {0} is above max_message_bytes {1}")]
+    FrameTooLarge(usize, usize),
+    #[error("handshake_timeout must be at least 1ms")]
+    HandshakeTimeout,
+    #[error(
+        "listen address {0} is not loopback and no authentication is configured: give --tokens, \
+         --jwt-secret-file or --jwt-public-key (or --insecure-no-auth to let anyone in)"
+    )]
+    PublicWithoutAuth(SocketAddr),
+    #[error("jwt_secret_file and jwt_public_key exclude each other")]
+    TwoJwtKeys,
+    #[error("tls_cert and tls_key go together")]
+    HalfTls,
+    #[error("allowed origin {0:?} is not scheme://host[:port]")]
+    BadOrigin(String),
+    /// A tokens file, JWT key or TLS file that cannot be used.
+    #[error("{0}")]
+    Security(String),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 impl Cli {
@@ -196,8 +357,25 @@ impl Cli {
         let config: Config =
             wsmq_service::load("gateway", self.file.config.as_deref(), &self.overrides)?;
         config.validate()?;
+        // Read every key, certificate and tokens file now, so a bad one exits 64 before
+        // anything is bound (they are read again when the gateway starts).
+        crate::auth::Authenticator::load(&config.auth())
+            .map_err(|e| ConfigError::Security(error_chain(&e)))?;
+        crate::tls::acceptor(&config).map_err(|e| ConfigError::Tls(format!("{e:#}")))?;
         Ok(config)
     }
+}
+
+/// An error and its sources, `: `-separated.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 impl Config {
@@ -216,6 +394,29 @@ impl Config {
                 return Err(ConfigError::Zero(name));
             }
         }
+        if self.max_frame_bytes > self.max_message_bytes {
+            return Err(ConfigError::FrameTooLarge(
+                self.max_frame_bytes,
+                self.max_message_bytes,
+            ));
+        }
+        if self.handshake_timeout.is_zero() {
+            return Err(ConfigError::HandshakeTimeout);
+        }
+        if self.jwt_secret_file.is_some() && self.jwt_public_key.is_some() {
+            return Err(ConfigError::TwoJwtKeys);
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(ConfigError::HalfTls);
+        }
+        if !self.listen.ip().is_loopback() && !self.auth().enabled() && !self.insecure_no_auth {
+            return Err(ConfigError::PublicWithoutAuth(self.listen));
+        }
+        for origin in &self.allowed_origins {
+            if crate::http::normalize_origin(origin).is_none() {
+                return Err(ConfigError::BadOrigin(origin.clone()));
+            }
+        }
         // A request object is one level; its params need at least one more.
         if self.max_json_depth < 2 {
             return Err(ConfigError::DepthTooSmall(self.max_json_depth));
@@ -231,7 +432,26 @@ impl Config {
         Ok(())
     }
 
-    /// The configuration as a `[gateway]` TOML section (the gateway holds no secrets).
+    /// The authentication settings.
+    pub(crate) fn auth(&self) -> crate::auth::AuthConfig {
+        crate::auth::AuthConfig {
+            tokens: self.tokens.clone(),
+            jwt_secret_file: self.jwt_secret_file.clone(),
+            jwt_public_key: self.jwt_public_key.clone(),
+            jwt_audience: self.jwt_audience.clone(),
+        }
+    }
+
+    /// The largest frame a client may send.
+    pub(crate) fn frame_limit(&self) -> usize {
+        if self.max_frame_bytes == 0 {
+            self.max_message_bytes
+        } else {
+            self.max_frame_bytes
+        }
+    }
+
+    /// The configuration as a `[gateway]` TOML section (secrets live in files it only names).
     pub fn render(&self) -> Result<String, wsmq_service::ConfigError> {
         wsmq_service::render("gateway", self)
     }
@@ -304,7 +524,14 @@ mod tests {
 
     #[test]
     fn printed_config_is_a_gateway_section_that_loads_back() {
-        let c = config(&["--listen", "0.0.0.0:9000", "--call-timeout", "3s"]).expect("valid");
+        let c = config(&[
+            "--listen",
+            "0.0.0.0:9000",
+            "--insecure-no-auth",
+            "--call-timeout",
+            "3s",
+        ])
+        .expect("valid");
         let text = c.render().expect("renders");
         assert!(text.starts_with("[gateway]"), "{text}");
         assert!(text.contains("call_timeout = \"3s\""), "{text}");
@@ -314,6 +541,35 @@ mod tests {
         let back = config(&["--config", path.to_str().expect("utf-8 path")]).expect("valid");
         assert_eq!(back.listen, c.listen);
         assert_eq!(back.call_timeout, c.call_timeout);
+    }
+
+    #[test]
+    fn public_listen_without_auth_is_refused_unless_insecure() {
+        let err = config(&["--listen", "0.0.0.0:8080"]).expect_err("refused");
+        assert!(matches!(err, ConfigError::PublicWithoutAuth(_)), "{err}");
+        config(&["--listen", "0.0.0.0:8080", "--insecure-no-auth"]).expect("allowed");
+        config(&["--listen", "[::1]:8080"]).expect("loopback needs no auth");
+    }
+
+    #[test]
+    fn frame_limit_defaults_to_the_message_limit_and_may_not_exceed_it() {
+        let c = config(&["--max-message-bytes", "4096"]).expect("valid");
+        assert_eq!(c.frame_limit(), 4096);
+        assert!(config(&["--max-message-bytes", "4096", "--max-frame-bytes", "8192"]).is_err());
+    }
+
+    #[test]
+    fn half_a_tls_setup_is_refused() {
+        assert!(matches!(
+            config(&["--tls-cert", "/nonexistent/cert.pem"]),
+            Err(ConfigError::HalfTls)
+        ));
+    }
+
+    #[test]
+    fn origins_must_be_scheme_and_host() {
+        config(&["--allowed-origin", "https://app.example.com"]).expect("valid");
+        assert!(config(&["--allowed-origin", "app.example.com"]).is_err());
     }
 
     #[test]

@@ -6,6 +6,10 @@
 //! router, and the router's answers come back on the bounded outbound queue. If that queue
 //! fills (the client is not reading), the router lets go of it and this task closes the
 //! socket with 1008.
+//!
+//! It also owns the connection's own limits: its call-rate bucket, its method allowlist, the
+//! keepalive (a ping every `ping_interval`; a client that sends nothing back by the next one is
+//! dropped) and the idle timeout (no message and no call in flight for `idle_timeout`).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -16,12 +20,23 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::auth::Caller;
 use crate::jsonrpc::{self, Entry, FrameRejected, Incoming};
+use crate::limits::TokenBucket;
 use crate::router::{ClientId, Outbound, OutboundKind, RouterHandle};
 
 /// Responses waiting to be written to one client. Full means the client is not reading; the
 /// router then disconnects it rather than buffer more.
 pub(crate) const OUTBOUND_CAPACITY: usize = 512;
+
+/// Close code for a connection idle past `--idle-timeout` (no message, no call in flight).
+pub(crate) const CLOSE_IDLE: u16 = 4000;
+/// Close code for a client that answered no ping within `--ping-interval` (rarely seen: such a
+/// peer is usually gone).
+pub(crate) const CLOSE_NO_PONG: u16 = 4001;
+
+/// How long the final close frame may take to write; a dead peer must not hold the task.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How a connection behaves; fixed for the gateway's life.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +45,12 @@ pub(crate) struct ConnectionConfig {
     pub(crate) drain: Duration,
     /// What one text message may hold.
     pub(crate) limits: jsonrpc::ParseLimits,
+    /// Calls per second and burst; `None`: unlimited.
+    pub(crate) call_rate: Option<(f64, u32)>,
+    /// `None`: no pings.
+    pub(crate) ping_interval: Option<Duration>,
+    /// `None`: never closed for idleness.
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 /// A batch whose responses are still arriving.
@@ -47,6 +68,7 @@ pub(crate) async fn serve<S>(
     router: RouterHandle,
     config: ConnectionConfig,
     shutdown: CancellationToken,
+    caller: Caller,
 ) where
     S: Stream<Item = Result<Message, axum::Error>> + Sink<Message, Error = axum::Error> + Unpin,
 {
@@ -57,14 +79,21 @@ pub(crate) async fn serve<S>(
         batches: HashMap::new(),
         next_batch: 0,
         awaiting: 0,
+        bucket: config
+            .call_rate
+            .map(|(rate, burst)| TokenBucket::new(rate, burst, tokio::time::Instant::now())),
+        caller,
     };
     let close = conn.run(&mut rx, config, shutdown).await;
-    if let Some(frame) = close {
-        debug!(code = frame.code, reason = %frame.reason, "closing websocket");
-        // Best effort: the client may be gone already.
-        let _ = conn.socket.send(Message::Close(Some(frame))).await;
-    }
-    let _ = conn.socket.close().await;
+    // Best effort, and bounded: the client may be gone already, or not reading.
+    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, async {
+        if let Some(frame) = close {
+            debug!(code = frame.code, reason = %frame.reason, "closing websocket");
+            let _ = conn.socket.send(Message::Close(Some(frame))).await;
+        }
+        let _ = conn.socket.close().await;
+    })
+    .await;
     // What this connection received but never wrote goes back to the session, for a resume:
     // the parts of unfinished batches, and whatever is still queued.
     let mut unsent: Vec<Outbound> = conn
@@ -92,6 +121,9 @@ struct Connection<S> {
     next_batch: u64,
     /// Calls sent to the router that still owe a response.
     awaiting: usize,
+    /// `None`: no rate limit.
+    bucket: Option<TokenBucket>,
+    caller: Caller,
 }
 
 fn close_frame(code: u16, reason: &'static str) -> Option<CloseFrame> {
@@ -112,11 +144,52 @@ where
         config: ConnectionConfig,
         shutdown: CancellationToken,
     ) -> Option<CloseFrame> {
+        use tokio::time::{Instant, sleep_until};
+        // Far enough to never fire, near enough not to overflow an Instant.
+        let never = || Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
         let drain_deadline = tokio::time::sleep(Duration::MAX);
         tokio::pin!(drain_deadline);
         let mut draining = false;
+        let next_ping = sleep_until(
+            config
+                .ping_interval
+                .map_or_else(never, |i| Instant::now() + i),
+        );
+        tokio::pin!(next_ping);
+        // When the last ping went out, if the client has sent nothing since.
+        let mut unanswered_ping: Option<Instant> = None;
+        let idle = sleep_until(
+            config
+                .idle_timeout
+                .map_or_else(never, |t| Instant::now() + t),
+        );
+        tokio::pin!(idle);
         loop {
             tokio::select! {
+                () = &mut next_ping => {
+                    let interval = config.ping_interval.unwrap_or(Duration::MAX);
+                    if unanswered_ping.is_some() {
+                        info!(?interval, "keepalive: no answer to the last ping; dropping the connection");
+                        crate::metrics::connection_dropped("no_pong");
+                        return close_frame(CLOSE_NO_PONG, "no pong");
+                    }
+                    if self.socket.send(Message::Ping(Default::default())).await.is_err() {
+                        return None;
+                    }
+                    unanswered_ping = Some(Instant::now());
+                    next_ping.as_mut().reset(Instant::now() + interval);
+                }
+                () = &mut idle => {
+                    let timeout = config.idle_timeout.unwrap_or(Duration::MAX);
+                    if self.awaiting > 0 {
+                        // Waiting for results is not idleness; look again later.
+                        idle.as_mut().reset(Instant::now() + timeout);
+                    } else {
+                        info!(?timeout, "idle timeout; closing the connection");
+                        crate::metrics::connection_dropped("idle");
+                        return close_frame(CLOSE_IDLE, "idle timeout");
+                    }
+                }
                 () = shutdown.cancelled(), if !draining => {
                     draining = true;
                     if self.awaiting == 0 {
@@ -128,7 +201,13 @@ where
                     warn!(awaiting = self.awaiting, "drain timeout: closing with calls unanswered");
                     return close_frame(close_code::AWAY, "server shutting down");
                 }
-                msg = self.socket.next(), if !draining => match msg {
+                msg = self.socket.next(), if !draining => {
+                    // Anything at all from the client shows it is alive.
+                    unanswered_ping = None;
+                    if let (Some(Ok(Message::Text(_) | Message::Binary(_))), Some(timeout)) = (&msg, config.idle_timeout) {
+                        idle.as_mut().reset(Instant::now() + timeout);
+                    }
+                    match msg {
                     Some(Ok(Message::Text(text))) => {
                         if let Err(close) = self.on_text(text.as_str(), &config.limits).await {
                             return close;
@@ -147,6 +226,7 @@ where
                     // tungstenite answers pings itself.
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     Some(Err(e)) => return on_socket_error(e),
+                    }
                 },
                 out = rx.recv() => match out {
                     Some(out) => {
@@ -215,8 +295,38 @@ where
             Entry::Invalid(error) => return Ok(Some(error)),
             Entry::Call(call) => call,
         };
+        if let Some(bucket) = &mut self.bucket
+            && let Err(wait) = bucket.take(tokio::time::Instant::now())
+        {
+            crate::metrics::call_rate_limited();
+            return Ok(call.id.as_deref().map(|id| {
+                let data = format!(
+                    "too many calls per second on this connection; retry in {} ms",
+                    wait.as_millis().max(1)
+                );
+                jsonrpc::error_response(
+                    Some(id),
+                    jsonrpc::RATE_LIMITED,
+                    "rate limited",
+                    Some(&data),
+                )
+            }));
+        }
         if call.method == jsonrpc::CANCEL_METHOD {
             return self.cancel(&call).await;
+        }
+        if !self.caller.methods.allows(&call.method) {
+            // Answered exactly like a method no worker serves: whether it exists is not this
+            // caller's business.
+            debug!(method = %call.method, "method not in the caller's allowlist");
+            return Ok(call.id.as_deref().map(|id| {
+                jsonrpc::error_response(
+                    Some(id),
+                    jsonrpc::METHOD_NOT_FOUND,
+                    "Method not found",
+                    Some(&crate::router::no_worker_serves(&call.method)),
+                )
+            }));
         }
         if jsonrpc::is_reserved_method(&call.method) {
             return Ok(call.id.as_deref().map(|id| {

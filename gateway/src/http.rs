@@ -1,6 +1,11 @@
 //! HTTP routes on the gateway's port: the websocket upgrade at `/ws`, `/healthz` (the bridge
-//! and RabbitMQ are reachable), `/readyz` (new calls would be accepted), `/metrics`, and the
-//! browser page with its scripts ([`crate::ui`]).
+//! and RabbitMQ are reachable), `/readyz` (new calls would be accepted) and `/metrics` (these
+//! three can move to `--admin-listen`; they never need a token), and the browser page with its
+//! scripts ([`crate::ui`], always beside `/ws`, whose page it is).
+//!
+//! Everything about who may connect is decided here, before the upgrade, with a plain HTTP
+//! status: 403 for a browser Origin not allowed, 401 without a valid token, 429 past the
+//! per-address limit, 503 past the global one or while shutting down.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,27 +14,77 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::StatusCode;
+use axum::http::header::{ORIGIN, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, info_span, warn};
+use tracing::{Instrument, info, info_span, warn};
 
+use crate::auth::Authenticator;
 use crate::connection::{self, ConnectionConfig, OUTBOUND_CAPACITY};
+use crate::limits::PerAddress;
 use crate::router::{Health, RouterHandle};
 use crate::sessions::ResumeRefused;
 
-/// Each connection's websocket read buffer. tungstenite zero-fills all of it on the first
-/// read, so its default (128 KiB) made every idle connection cost the gateway 128 KiB of RSS;
-/// JSON-RPC calls are small, and a larger message is simply read in several pieces.
+/// Each connection's websocket read buffer. tungstenite zero-fills all of it before every
+/// read, so its default (128 KiB) made every idle connection cost the gateway 128 KiB of RSS
+/// and a memset per read; JSON-RPC calls are small, and a larger message is simply read in
+/// several pieces.
 const WS_READ_BUFFER: usize = 8 * 1024;
 
-/// The query of `/ws`: `?session=<token>` resumes a session.
-#[derive(Debug, serde::Deserialize)]
+/// The websocket subprotocol the gateway speaks; echoed when a client offers it (which a
+/// browser presenting its token as a `bearer.<token>` subprotocol must, since a browser
+/// fails a connection whose server picks none of the offered ones).
+pub(crate) const SUBPROTOCOL: &str = "wsmq";
+
+/// The query of `/ws`: `?session=<token>` resumes a session; `?token=<token>` authenticates.
+#[derive(serde::Deserialize)]
 struct WsQuery {
     session: Option<String>,
+    token: Option<String>,
+}
+
+/// The browser Origins allowed to open a websocket; `None`: all.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Origins(Option<Arc<[String]>>);
+
+impl Origins {
+    pub(crate) fn new(allowed: &[String]) -> Self {
+        if allowed.is_empty() {
+            return Self(None);
+        }
+        Self(Some(
+            allowed.iter().filter_map(|o| normalize_origin(o)).collect(),
+        ))
+    }
+
+    pub(crate) fn is_restricted(&self) -> bool {
+        self.0.is_some()
+    }
+
+    fn allows(&self, origin: &str) -> bool {
+        match &self.0 {
+            None => true,
+            Some(allowed) => normalize_origin(origin).is_some_and(|o| allowed.contains(&o)),
+        }
+    }
+}
+
+/// `scheme://host[:port]`, lowercased, without a trailing slash; `None` if `origin` is not
+/// one (such as the `null` Origin of a sandboxed page).
+pub(crate) fn normalize_origin(origin: &str) -> Option<String> {
+    let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+    let (scheme, host) = origin.split_once("://")?;
+    let ok = !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        && !host.is_empty()
+        && !host.contains(['/', '?', '#', '@', ' ']);
+    ok.then_some(origin)
 }
 
 /// What every request handler shares.
@@ -45,40 +100,94 @@ pub(crate) struct AppState {
     pub(crate) shutdown: CancellationToken,
     pub(crate) connection: ConnectionConfig,
     pub(crate) max_message_bytes: usize,
+    pub(crate) max_frame_bytes: usize,
+    pub(crate) auth: Authenticator,
+    pub(crate) origins: Origins,
+    pub(crate) per_address: PerAddress,
     /// Renders `/metrics`; `None` when no recorder could be installed.
     pub(crate) metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
-pub(crate) fn routes(state: AppState) -> Router {
-    Router::new()
+/// The routes of the main port: `/ws`, and the admin endpoints unless they have their own.
+pub(crate) fn routes(state: AppState, with_admin: bool) -> Router {
+    let router = Router::new()
         .route("/ws", get(websocket))
+        .merge(crate::ui::routes());
+    let router = if with_admin {
+        admin_routes(router)
+    } else {
+        router
+    };
+    router.with_state(state)
+}
+
+/// `/healthz`, `/readyz` and `/metrics`.
+pub(crate) fn admin_routes(router: Router<AppState>) -> Router<AppState> {
+    router
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .merge(crate::ui::routes())
-        .with_state(state)
 }
 
 async fn websocket(
     State(app): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<WsQuery>,
+    headers: HeaderMap,
     upgrade: WebSocketUpgrade,
 ) -> Response {
     if app.shutdown.is_cancelled() {
         crate::metrics::connection_refused("shutting_down");
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
     }
+    if let Some(origin) = headers.get(ORIGIN) {
+        let origin = String::from_utf8_lossy(origin.as_bytes());
+        if !app.origins.allows(&origin) {
+            crate::metrics::connection_refused("origin");
+            info!(%peer, %origin, "origin not allowed; upgrade refused with 403");
+            return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
+        }
+    }
+    let caller = match app.auth.authenticate(&headers, query.token.as_deref()) {
+        Ok(caller) => caller,
+        Err(refusal) => {
+            crate::metrics::connection_refused("unauthorized");
+            // The reason only: never the token.
+            info!(%peer, reason = %refusal, "authentication failed; upgrade refused with 401");
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(WWW_AUTHENTICATE, "Bearer")],
+                "unauthorized\n",
+            )
+                .into_response();
+        }
+    };
+    let Some(address_slot) = app.per_address.admit(peer.ip()) else {
+        crate::metrics::connection_refused("per_ip_limit");
+        warn!(%peer, "connection limit for this address reached; upgrade refused with 429");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many connections from this address\n",
+        )
+            .into_response();
+    };
     let Ok(permit) = app.connections.clone().try_acquire_owned() else {
         crate::metrics::connection_refused("limit");
         warn!(%peer, "connection limit reached; upgrade refused");
         return (StatusCode::SERVICE_UNAVAILABLE, "too many connections\n").into_response();
     };
     let client = app.next_client.fetch_add(1, Ordering::Relaxed);
-    let span = info_span!("client", id = client, %peer);
+    let span = match &caller.identity {
+        Some(identity) => info_span!("client", id = client, %peer, %identity),
+        None => info_span!("client", id = client, %peer),
+    };
     // Attach to the session before upgrading, so a refused resume is a plain HTTP answer.
     let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
-    match app.router.connect(client, tx, query.session).await {
+    match app
+        .router
+        .connect(client, tx, query.session, caller.identity.clone())
+        .await
+    {
         Ok(Ok(_grant)) => {}
         Ok(Err(refused)) => {
             let status = match refused {
@@ -91,10 +200,10 @@ async fn websocket(
         Err(_) => return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
     }
     let router = app.router.clone();
-    let ws_frame_limit = app.max_message_bytes;
     upgrade
-        .max_message_size(ws_frame_limit)
-        .max_frame_size(ws_frame_limit)
+        .protocols([SUBPROTOCOL])
+        .max_message_size(app.max_message_bytes)
+        .max_frame_size(app.max_frame_bytes)
         .read_buffer_size(WS_READ_BUFFER)
         // Writes are flushed one message at a time, so this only has to hold the largest one.
         .max_write_buffer_size(wsmq_ipc_proto::MAX_FRAME_LEN * 2)
@@ -107,11 +216,20 @@ async fn websocket(
             let task = async move {
                 tracing::debug!("connected");
                 crate::metrics::connection_opened();
-                connection::serve(socket, client, rx, app.router, app.connection, app.shutdown)
-                    .await;
+                connection::serve(
+                    socket,
+                    client,
+                    rx,
+                    app.router,
+                    app.connection,
+                    app.shutdown,
+                    caller,
+                )
+                .await;
                 crate::metrics::connection_closed();
                 tracing::debug!("disconnected");
                 drop(permit);
+                drop(address_slot);
             };
             app.tracker.track_future(task.instrument(span))
         })
@@ -163,4 +281,20 @@ async fn metrics(State(app): State<AppState>) -> Response {
         body,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_compare_by_scheme_host_and_port_ignoring_case_and_slash() {
+        let origins = Origins::new(&["https://App.example.com/".to_owned()]);
+        assert!(origins.allows("https://app.example.com"));
+        assert!(!origins.allows("http://app.example.com"));
+        assert!(!origins.allows("https://app.example.com:8443"));
+        assert!(!origins.allows("https://evil.example.com"));
+        assert!(!origins.allows("null"));
+        assert!(Origins::default().allows("https://anything.example"));
+    }
 }

@@ -31,6 +31,8 @@ pub(crate) const TOO_MANY_IN_FLIGHT: i64 = -32003;
 pub(crate) const TIMEOUT: i64 = -32001;
 /// The client cancelled the call with `$/cancel`.
 pub(crate) const CANCELLED: i64 = -32002;
+/// The connection is calling faster than `--call-rate` allows (after its `--call-burst`).
+pub(crate) const RATE_LIMITED: i64 = -32005;
 
 /// The frame nests arrays and objects deeper than `max_json_depth`.
 pub(crate) const NESTING_TOO_DEEP: i64 = -32010;

@@ -8,16 +8,24 @@
 //! Tasks and who owns what:
 //! - one task per websocket ([`connection`]): its socket, outbound queue and batches;
 //! - the router ([`router`]): the table of calls in flight and the client registry;
-//! - the link ([`link`]): the Unix socket to the bridge, reconnecting as needed.
+//! - the link ([`link`]): the Unix socket to the bridge, reconnecting as needed;
+//! - the servers ([`server`]): the accept loops of the websocket port and the admin port.
+//!
+//! Who may connect is settled before the upgrade ([`auth`], [`http`]); what a connection may
+//! do once in is its own task's business ([`connection`], [`limits`]).
 
+mod auth;
 mod config;
 mod connection;
 mod http;
 mod jsonrpc;
+mod limits;
 mod link;
 mod metrics;
 mod router;
+mod server;
 mod sessions;
+mod tls;
 mod ui;
 
 use std::net::SocketAddr;
@@ -148,11 +156,44 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
 /// Runs the gateway until `shutdown` is cancelled, then drains.
 pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let (auth, tokens_reloader) =
+        auth::Authenticator::load(&config.auth()).context("authentication setup")?;
+    let tls = tls::acceptor(&config).context("TLS setup")?;
+    let origins = http::Origins::new(&config.allowed_origins);
+    let public = !config.listen.ip().is_loopback();
+    if !auth.enabled() && public {
+        warn!(
+            listen = %config.listen,
+            "INSECURE: --insecure-no-auth: anyone who reaches this non-loopback address may call every method"
+        );
+    }
+    if public && !origins.is_restricted() {
+        warn!(
+            listen = %config.listen,
+            "no --allowed-origin on a non-loopback address: any web page may open a websocket here with its visitors' browsers"
+        );
+    }
+    auth::spawn_sighup_handler(tokens_reloader, shutdown.clone());
+
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr().context("listener has no address")?;
-    info!(%addr, ipc = %config.ipc.display(), "gateway listening");
+    let admin_listener = match config.admin_listen {
+        Some(admin) => Some(
+            tokio::net::TcpListener::bind(admin)
+                .await
+                .with_context(|| format!("cannot listen on {admin} (admin)"))?,
+        ),
+        None => None,
+    };
+    info!(
+        %addr,
+        ipc = %config.ipc.display(),
+        tls = tls.is_some(),
+        auth = auth.enabled(),
+        "gateway listening"
+    );
 
     let (health_tx, health) = watch::channel(router::Health::default());
     let health_rx_for_status = health.clone();
@@ -208,16 +249,45 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
                 max_batch_len: config.max_batch_len,
                 max_params_bytes: config.max_params_bytes,
             },
+            call_rate: (config.call_rate > 0)
+                .then(|| (f64::from(config.call_rate), config.call_burst)),
+            ping_interval: (!config.ping_interval.is_zero()).then_some(config.ping_interval),
+            idle_timeout: (!config.idle_timeout.is_zero()).then_some(config.idle_timeout),
         },
         max_message_bytes: config.max_message_bytes,
+        max_frame_bytes: config.frame_limit(),
+        auth,
+        origins,
+        per_address: limits::PerAddress::new(config.max_connections_per_ip),
         metrics,
     };
-    let app = http::routes(state).into_make_service_with_connect_info::<SocketAddr>();
+    let admin = match admin_listener {
+        Some(listener) => {
+            let admin_addr = listener
+                .local_addr()
+                .context("admin listener has no address")?;
+            info!(addr = %admin_addr, "admin listening");
+            let server = server::Server {
+                listener,
+                tls: None,
+                app: http::admin_routes(axum::Router::new()).with_state(state.clone()),
+                handshake_timeout: config.handshake_timeout,
+            };
+            Some(tokio::spawn(server.run(shutdown.clone())))
+        }
+        None => None,
+    };
+    let main = server::Server {
+        listener,
+        tls,
+        app: http::routes(state, admin.is_none()),
+        handshake_timeout: config.handshake_timeout,
+    };
     report_to_systemd(addr, health_rx_for_status, shutdown.clone());
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .await
-        .context("http server failed")?;
+    main.run(shutdown.clone()).await;
+    if let Some(admin) = admin {
+        admin.await.context("admin server panicked")?;
+    }
 
     // No new connections now; the open ones answer what they can within `drain`, then close.
     tracker.close();

@@ -133,8 +133,20 @@ pub(crate) fn connection_closed() {
     gauge!("wsmq_connections").decrement(1.0);
 }
 
+/// A connection refused before the upgrade: `reason` is `shutting_down`, `limit`,
+/// `per_ip_limit`, `origin`, `unauthorized` or `handshake_timeout`.
 pub(crate) fn connection_refused(reason: &'static str) {
     counter!("wsmq_connections_refused_total", "reason" => reason).increment(1);
+}
+
+/// A websocket the gateway closed on its own: `reason` is `idle` or `no_pong`.
+pub(crate) fn connection_dropped(reason: &'static str) {
+    counter!("wsmq_connections_dropped_total", "reason" => reason).increment(1);
+}
+
+/// A call refused by the connection's call-rate limit.
+pub(crate) fn call_rate_limited() {
+    counter!("wsmq_calls_rate_limited_total").increment(1);
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //! after the end) finds no entry and is dropped and counted, so it can never reach a client.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
@@ -70,6 +71,7 @@ enum Command {
         client: ClientId,
         tx: mpsc::Sender<Outbound>,
         resume: Option<String>,
+        identity: Option<Arc<str>>,
         reply: oneshot::Sender<Result<Grant, ResumeRefused>>,
     },
     Disconnect {
@@ -102,18 +104,21 @@ impl RouterHandle {
     /// Registers a connection, for a new session or to resume the one `resume` names; its
     /// messages arrive on `tx` (first `$/session`, then whatever the session kept). Dropping
     /// the router's side of `tx` (the receiver sees `None`) means the client was too slow and
-    /// must be closed.
+    /// must be closed. `identity` is the authenticated caller: its calls carry it to the
+    /// workers, and only it may resume the session.
     pub(crate) async fn connect(
         &self,
         client: ClientId,
         tx: mpsc::Sender<Outbound>,
         resume: Option<String>,
+        identity: Option<Arc<str>>,
     ) -> Result<Result<Grant, ResumeRefused>, RouterGone> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Connect {
             client,
             tx,
             resume,
+            identity,
             reply,
         })
         .await?;
@@ -372,9 +377,12 @@ impl Router {
                 client,
                 tx,
                 resume,
+                identity,
                 reply,
             } => {
-                let attached = self.sessions.attach(client, tx.clone(), resume.as_deref());
+                let attached =
+                    self.sessions
+                        .attach(client, tx.clone(), resume.as_deref(), identity);
                 let answer = match attached {
                     Ok((grant, kept)) => {
                         if self.sessions.resumable() {
@@ -499,6 +507,7 @@ impl Router {
             client,
             deadline_unix_ms: unix_ms(SystemTime::now() + timeout),
             priority: call.options.priority,
+            caller: self.sessions.identity(session).map(|id| id.to_string()),
         };
         if available && !self.submit(&job) {
             return refuse(
@@ -739,7 +748,7 @@ impl Router {
                     Rejection::NoRoute => (
                         jsonrpc::METHOD_NOT_FOUND,
                         "Method not found",
-                        format!("no worker serves {method:?}"),
+                        no_worker_serves(&method),
                     ),
                     Rejection::InvalidMethod => (
                         jsonrpc::METHOD_NOT_FOUND,
@@ -939,6 +948,12 @@ impl Router {
 }
 
 /// The metrics outcome of a call answered with error `code` by the gateway itself.
+/// The `data` of the -32601 for a method no worker serves; also given for a method the
+/// caller's allowlist excludes, so that the two cannot be told apart.
+pub(crate) fn no_worker_serves(method: &str) -> String {
+    format!("no worker serves {method:?}")
+}
+
 fn outcome_of(code: i64) -> Outcome {
     match code {
         jsonrpc::TIMEOUT => Outcome::Timeout,
@@ -1032,7 +1047,7 @@ mod tests {
         async fn client(&self, id: ClientId) -> mpsc::Receiver<Outbound> {
             let (tx, rx) = mpsc::channel(4);
             self.handle
-                .connect(id, tx, None)
+                .connect(id, tx, None, None)
                 .await
                 .expect("router alive")
                 .expect("attached");
@@ -1574,7 +1589,7 @@ mod tests {
         let (tx, mut first) = mpsc::channel(8);
         let grant = h
             .handle
-            .connect(1, tx, None)
+            .connect(1, tx, None, None)
             .await
             .expect("router alive")
             .expect("attached");
@@ -1603,7 +1618,7 @@ mod tests {
         let (tx2, mut second) = mpsc::channel(8);
         let again = h
             .handle
-            .connect(2, tx2, Some(grant.token.clone()))
+            .connect(2, tx2, Some(grant.token.clone()), None)
             .await
             .expect("router alive")
             .expect("resumed");
@@ -1624,13 +1639,13 @@ mod tests {
         let (tx, _rx) = mpsc::channel(8);
         let grant = h
             .handle
-            .connect(1, tx.clone(), None)
+            .connect(1, tx.clone(), None, None)
             .await
             .expect("router alive")
             .expect("attached");
         let second = h
             .handle
-            .connect(2, tx, Some(grant.token))
+            .connect(2, tx, Some(grant.token), None)
             .await
             .expect("router alive");
         assert_eq!(second.err(), Some(ResumeRefused::InUse));

@@ -8,6 +8,7 @@
 //! counted). The router owns the one [`Sessions`]; nothing here is shared.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -59,6 +60,8 @@ pub(crate) enum Delivery {
 
 struct Session {
     token: String,
+    /// Who created it; only the same identity may resume it.
+    identity: Option<Arc<str>>,
     /// The connection serving the session, if any.
     attached: Option<(ClientId, mpsc::Sender<Outbound>)>,
     buffer: VecDeque<Outbound>,
@@ -105,13 +108,21 @@ impl Sessions {
         self.resume_within
     }
 
+    /// The identity that created the session.
+    pub(crate) fn identity(&self, id: SessionId) -> Option<&Arc<str>> {
+        self.sessions.get(&id)?.identity.as_ref()
+    }
+
     /// Attaches a new connection to a new session, or to the session `resume` names. The
     /// returned messages (kept while the session had no connection) must go to `tx` first.
+    /// A session is bound to the identity that created it: another identity is told it does
+    /// not exist, exactly as for an unknown token.
     pub(crate) fn attach(
         &mut self,
         client: ClientId,
         tx: mpsc::Sender<Outbound>,
         resume: Option<&str>,
+        identity: Option<Arc<str>>,
     ) -> Result<(Grant, Vec<Outbound>), ResumeRefused> {
         let Some(token) = resume else {
             let id = self.next;
@@ -122,6 +133,7 @@ impl Sessions {
                 id,
                 Session {
                     token: token.clone(),
+                    identity,
                     attached: Some((client, tx)),
                     buffer: VecDeque::new(),
                     expiry: None,
@@ -134,6 +146,9 @@ impl Sessions {
         };
         let id = *self.tokens.get(token).ok_or(ResumeRefused::Unknown)?;
         let session = self.sessions.get_mut(&id).ok_or(ResumeRefused::Unknown)?;
+        if session.identity != identity {
+            return Err(ResumeRefused::Unknown);
+        }
         if session.attached.is_some() {
             return Err(ResumeRefused::InUse);
         }
@@ -332,13 +347,13 @@ mod tests {
     async fn detached_session_keeps_messages_for_the_connection_that_resumes_it() {
         let mut s = Sessions::new(Duration::from_secs(30));
         let (tx, _rx) = mpsc::channel(8);
-        let (grant, kept) = s.attach(1, tx, None).expect("new session");
+        let (grant, kept) = s.attach(1, tx, None, None).expect("new session");
         assert!(kept.is_empty());
         assert_eq!(s.detach(1, vec![response("a")]), 0);
         assert_eq!(s.deliver(grant.session, response("b")), Delivery::Kept);
 
         let (tx2, _rx2) = mpsc::channel(8);
-        let (again, kept) = s.attach(2, tx2, Some(&grant.token)).expect("resumes");
+        let (again, kept) = s.attach(2, tx2, Some(&grant.token), None).expect("resumes");
         assert_eq!(again, grant);
         let texts: Vec<_> = kept.iter().map(|o| o.text.as_str()).collect();
         assert_eq!(texts, ["a", "b"]);
@@ -353,13 +368,13 @@ mod tests {
     async fn a_live_session_cannot_be_taken_and_unknown_tokens_are_refused() {
         let mut s = Sessions::new(Duration::from_secs(30));
         let (tx, _rx) = mpsc::channel(8);
-        let (grant, _) = s.attach(1, tx.clone(), None).expect("new session");
+        let (grant, _) = s.attach(1, tx.clone(), None, None).expect("new session");
         assert_eq!(
-            s.attach(2, tx.clone(), Some(&grant.token)).err(),
+            s.attach(2, tx.clone(), Some(&grant.token), None).err(),
             Some(ResumeRefused::InUse)
         );
         assert_eq!(
-            s.attach(3, tx, Some("00ff")).err(),
+            s.attach(3, tx, Some("00ff"), None).err(),
             Some(ResumeRefused::Unknown)
         );
     }
@@ -368,13 +383,13 @@ mod tests {
     async fn an_unresumed_session_expires_and_drops_what_it_kept() {
         let mut s = Sessions::new(Duration::from_secs(5));
         let (tx, _rx) = mpsc::channel(8);
-        let (grant, _) = s.attach(1, tx, None).expect("new session");
+        let (grant, _) = s.attach(1, tx, None, None).expect("new session");
         s.detach(1, vec![response("a"), response("b")]);
         assert!(s.expiring());
         assert_eq!(s.next_expired().await, 2);
         let (tx2, _rx2) = mpsc::channel(8);
         assert_eq!(
-            s.attach(2, tx2, Some(&grant.token)).err(),
+            s.attach(2, tx2, Some(&grant.token), None).err(),
             Some(ResumeRefused::Unknown)
         );
         assert_eq!(s.deliver(grant.session, response("c")), Delivery::NoSession);
@@ -384,7 +399,7 @@ mod tests {
     async fn without_resumption_a_session_ends_with_its_connection() {
         let mut s = Sessions::new(Duration::ZERO);
         let (tx, _rx) = mpsc::channel(8);
-        let (grant, _) = s.attach(1, tx, None).expect("new session");
+        let (grant, _) = s.attach(1, tx, None, None).expect("new session");
         assert_eq!(s.detach(1, vec![response("a")]), 1);
         assert_eq!(s.deliver(grant.session, response("b")), Delivery::NoSession);
     }
@@ -393,7 +408,7 @@ mod tests {
     async fn kept_messages_are_bounded() {
         let mut s = Sessions::new(Duration::from_secs(30));
         let (tx, _rx) = mpsc::channel(8);
-        let (grant, _) = s.attach(1, tx, None).expect("new session");
+        let (grant, _) = s.attach(1, tx, None, None).expect("new session");
         s.detach(1, Vec::new());
         for i in 0..MAX_SESSION_BUFFER {
             assert_eq!(
@@ -411,7 +426,7 @@ mod tests {
     async fn a_full_connection_is_let_go_but_its_session_lives_on() {
         let mut s = Sessions::new(Duration::from_secs(30));
         let (tx, _rx) = mpsc::channel(1);
-        let (grant, _) = s.attach(1, tx, None).expect("new session");
+        let (grant, _) = s.attach(1, tx, None, None).expect("new session");
         assert_eq!(s.deliver(grant.session, response("a")), Delivery::Sent);
         assert_eq!(
             s.deliver(grant.session, response("b")),
@@ -420,7 +435,7 @@ mod tests {
         // The connection's own goodbye comes later and finds nothing more to do.
         assert_eq!(s.detach(1, Vec::new()), 0);
         let (tx2, _rx2) = mpsc::channel(8);
-        let (_, kept) = s.attach(2, tx2, Some(&grant.token)).expect("resumes");
+        let (_, kept) = s.attach(2, tx2, Some(&grant.token), None).expect("resumes");
         assert_eq!(kept.len(), 1);
     }
 }

@@ -147,6 +147,7 @@ mod tests {
             client: 7,
             deadline_unix_ms: 1_800_000_000_000,
             priority: Some(9),
+            caller: Some("alice".into()),
         })
     }
 

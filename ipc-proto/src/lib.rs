@@ -27,7 +27,7 @@ pub use codec::{FrameError, IpcCodec, MAX_FRAME_LEN};
 pub use message::*;
 
 /// Version of this protocol. A peer that speaks another one is refused during the handshake.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The most worker replies the bridge sends before the gateway has confirmed it took them.
 ///

@@ -127,6 +127,9 @@ pub struct Job {
     pub deadline_unix_ms: u64,
     /// AMQP priority, 0-9; `None` publishes without one.
     pub priority: Option<u8>,
+    /// The authenticated identity of the caller (the `wsmq-caller` header); `None` when the
+    /// gateway runs without authentication.
+    pub caller: Option<String>,
 }
 
 /// Messages from the bridge to the gateway.

@@ -72,6 +72,7 @@ pub(crate) fn to_bridge(msg: &ToBridge) -> Value {
             client,
             deadline_unix_ms,
             priority,
+            caller,
         }) => json!({"Submit": {
             "id": job_id(*id),
             "method": method,
@@ -79,6 +80,7 @@ pub(crate) fn to_bridge(msg: &ToBridge) -> Value {
             "client": client,
             "deadline_unix_ms": deadline_unix_ms,
             "priority": priority,
+            "caller": caller,
         }}),
         ToBridge::Taken { reply } => json!({"Taken": {"reply": reply.0}}),
         ToBridge::Cancel { job, reason } => {
@@ -258,6 +260,7 @@ mod tests {
                 client: 3,
                 deadline_unix_ms: 1_800_000_000_000,
                 priority: Some(5),
+                caller: None,
             }),
             ToBridge::Submit(Job {
                 id: JobId(8),
@@ -266,6 +269,7 @@ mod tests {
                 client: 0,
                 deadline_unix_ms: 0,
                 priority: None,
+                caller: None,
             }),
             ToBridge::Taken {
                 reply: ReplySeq(300),
@@ -406,12 +410,12 @@ mod tests {
             .parse()
             .expect("uuid");
         let hello = ToBridge::Hello(Hello {
-            version: 2,
+            version: 3,
             peer: "wsmq-ipc ping".into(),
         });
         assert_eq!(
             wire_hex::<ToGateway, _>(hello),
-            "00000010_00_02_0d_77736d712d6970632070696e67".replace('_', "")
+            "00000010_00_03_0d_77736d712d6970632070696e67".replace('_', "")
         );
         let taken = |n| ToBridge::Taken { reply: ReplySeq(n) };
         assert_eq!(wire_hex::<ToGateway, _>(taken(1)), "000000020201");
@@ -423,11 +427,12 @@ mod tests {
             client: 1,
             deadline_unix_ms: 1_795_639_185_542,
             priority: None,
+            caller: None,
         });
         assert_eq!(
             wire_hex::<ToGateway, _>(submit),
-            "00000029_01_f3edaabd8494d9fdbfe7949a929ad6bbe7bf03_04_6563686f_07_7b2278223a317d\
-             _01_86a1bea3a134_00"
+            "0000002a_01_f3edaabd8494d9fdbfe7949a929ad6bbe7bf03_04_6563686f_07_7b2278223a317d\
+             _01_86a1bea3a134_00_00"
                 .replace('_', "")
         );
         let welcome = ToGateway::Welcome(Welcome {

@@ -384,6 +384,7 @@ async fn decode_prints_each_frame_and_exits_1_at_a_truncated_tail() {
             client: 1,
             deadline_unix_ms: 1_900_000_000_000,
             priority: None,
+            caller: None,
         }),
         ToBridge::Taken { reply: ReplySeq(0) },
     ]);

@@ -9,7 +9,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::RECV_TIMEOUT;
 use crate::rpc::{self, check_envelope};
@@ -45,6 +45,8 @@ pub struct WsClient {
     transcript: bool,
     /// The last `$/session` greeting received, if the gateway resumes sessions.
     session: Option<SessionGreeting>,
+    /// The subprotocol the server accepted, if any.
+    subprotocol: Option<String>,
 }
 
 /// The `$/session` notification a gateway with `--session-resume-secs` sends first on every
@@ -105,15 +107,57 @@ impl WsClient {
     /// Connects to `ws://addr{path}`; a refused handshake is `Ok(Err(refusal))`, so a test can
     /// check how it was refused. Only a handshake that takes over [`RECV_TIMEOUT`] is an error.
     pub async fn try_connect(addr: SocketAddr, path: &str) -> Result<Result<Self, Refusal>> {
+        Self::try_connect_with(addr, path, &[]).await
+    }
+
+    /// Like [`Self::try_connect`], with extra request headers (`Authorization`, `Origin`,
+    /// `Sec-WebSocket-Protocol`, ...).
+    pub async fn try_connect_with(
+        addr: SocketAddr,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Result<Self, Refusal>> {
+        Self::try_connect_url(&format!("ws://{addr}{path}"), headers, None).await
+    }
+
+    /// Connects to `url` (`ws://` or, with `tls` trusting the server, `wss://`) with extra
+    /// request headers.
+    pub async fn try_connect_url(
+        url: &str,
+        headers: &[(&str, &str)],
+        tls: Option<std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
+    ) -> Result<Result<Self, Refusal>> {
         use tokio_tungstenite::tungstenite::Error as WsError;
-        let url = format!("ws://{addr}{path}");
-        let handshake = tokio::time::timeout(RECV_TIMEOUT, connect_async(url.as_str()))
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+        let url = url.to_owned();
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .with_context(|| format!("bad websocket URL {url}"))?;
+        for (name, value) in headers {
+            request.headers_mut().append(
+                HeaderName::from_bytes(name.as_bytes()).context("bad header name")?,
+                HeaderValue::from_str(value).context("bad header value")?,
+            );
+        }
+        let connector = tls.map(tokio_tungstenite::Connector::Rustls);
+        let connect =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector);
+        let handshake = tokio::time::timeout(RECV_TIMEOUT, connect)
             .await
             .with_context(|| {
                 format!("websocket handshake with {url} took over {RECV_TIMEOUT:?}")
             })?;
-        let ws = match handshake {
-            Ok((ws, _response)) => ws,
+        let (ws, subprotocol) = match handshake {
+            Ok((ws, response)) => {
+                let subprotocol = response
+                    .headers()
+                    .get("sec-websocket-protocol")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                (ws, subprotocol)
+            }
             Err(WsError::Http(response)) => {
                 let status = response.status().as_u16();
                 eprintln!("[client] upgrade at {url} refused with HTTP {status}");
@@ -132,6 +176,7 @@ impl WsClient {
             number,
             transcript: true,
             session: None,
+            subprotocol,
         }))
     }
 
@@ -139,6 +184,22 @@ impl WsClient {
     pub fn quiet(mut self) -> Self {
         self.transcript = false;
         self
+    }
+
+    /// The websocket subprotocol the server accepted (`Sec-WebSocket-Protocol`), if any.
+    pub fn subprotocol(&self) -> Option<&str> {
+        self.subprotocol.as_deref()
+    }
+
+    /// Sends one raw websocket frame (e.g. a fragment: `Frame::message(data, opcode, fin)`).
+    pub async fn send_frame(
+        &mut self,
+        frame: tokio_tungstenite::tungstenite::protocol::frame::Frame,
+    ) -> Result<()> {
+        self.ws
+            .send(Message::Frame(frame))
+            .await
+            .context("cannot send a websocket frame")
     }
 
     /// The client's number in the transcript.

@@ -29,6 +29,8 @@ const METHOD_HEADER: &str = "wsmq-method";
 const DEADLINE_HEADER: &str = "wsmq-deadline";
 /// Header saying what a message on the reply queue is (`ok`, `error`, `progress`).
 const STATUS_HEADER: &str = "wsmq-status";
+/// Header naming the authenticated caller of a job.
+const CALLER_HEADER: &str = "wsmq-caller";
 /// Header saying why a job was cancelled.
 const REASON_HEADER: &str = "wsmq-reason";
 
@@ -40,6 +42,8 @@ pub struct FakeJob {
     pub correlation_id: Option<String>,
     /// The `wsmq-method` header, if present and a string.
     pub method_header: Option<String>,
+    /// The `wsmq-caller` header, if present and a string.
+    pub caller_header: Option<String>,
     /// The `wsmq-deadline` header, if present and an integer.
     pub deadline_header: Option<i64>,
     /// The AMQP `expiration` property (milliseconds, as text).
@@ -116,6 +120,7 @@ impl FakeWorker {
                         .as_ref()
                         .map(|s| s.as_str().to_owned()),
                     method_header: string_header(props.headers().as_ref(), METHOD_HEADER),
+                    caller_header: string_header(props.headers().as_ref(), CALLER_HEADER),
                     deadline_header: integer_header(props.headers().as_ref(), DEADLINE_HEADER),
                     expiration: props.expiration().as_ref().map(|s| s.as_str().to_owned()),
                     priority: *props.priority(),

@@ -170,6 +170,7 @@ impl SystemBuilder {
             gateway: None,
             workers: Vec::new(),
             addr: None,
+            admin_addr: None,
             pairs: Vec::new(),
             queues,
             exchanges,
@@ -222,6 +223,8 @@ pub struct System {
     gateway: Option<Service>,
     workers: Vec<Service>,
     addr: Option<SocketAddr>,
+    /// The gateway's `--admin-listen` address, when it has one (`/healthz` is polled there).
+    admin_addr: Option<SocketAddr>,
     /// Further bridge+gateway pairs on the same queue prefix ([`System::start_pair`]).
     pairs: Vec<Pair>,
     /// Every queue the test may have created, deleted by cleanup.
@@ -316,6 +319,7 @@ impl System {
     /// Takes the gateway process out of the system (to signal it and await its exit).
     pub fn take_gateway(&mut self) -> Result<Service> {
         self.addr = None;
+        self.admin_addr = None;
         self.gateway.take().context("the gateway is not running")
     }
 
@@ -346,9 +350,31 @@ impl System {
         WsClient::connect(self.gateway_addr()?).await
     }
 
+    /// The gateway's `--admin-listen` address, if it was started with one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Where `/healthz` is served: the admin address if any, else the gateway's.
+    fn health_addr(&self) -> Result<SocketAddr> {
+        match self.admin_addr {
+            Some(addr) => Ok(addr),
+            None => self.gateway_addr(),
+        }
+    }
+
+    /// Starts a gateway on this system's bridge socket with `--log-format json` and `args`
+    /// only (no `--listen`, no builder flags), without waiting for anything: for tests of
+    /// how it starts, or refuses to.
+    pub fn spawn_bare_gateway(&self, args: &[&str]) -> Result<Service> {
+        let mut all = vec!["--ipc", path_arg(&self.socket)?, "--log-format", "json"];
+        all.extend_from_slice(args);
+        Service::spawn("gateway", &self.bins.gateway, all, &log_env())
+    }
+
     /// `GET /healthz`: status code and JSON body.
     pub async fn healthz(&self) -> Result<(u16, Value)> {
-        let response = http::get(self.gateway_addr()?, "/healthz").await?;
+        let response = http::get(self.health_addr()?, "/healthz").await?;
         let body = response.json()?;
         Ok((response.status, body))
     }
@@ -379,6 +405,14 @@ impl System {
         self.gateway = Some(gateway);
         let addr = listening_addr(&listening?)?;
         self.addr = Some(addr);
+        if self.gateway_args.iter().any(|a| a == "--admin-listen") {
+            let gateway = self
+                .gateway
+                .as_mut()
+                .context("the gateway is not running")?;
+            let admin = gateway.wait_for_message("admin listening").await?;
+            self.admin_addr = Some(listening_addr(&admin)?);
+        }
         self.wait_healthy().await?;
         Ok(())
     }
@@ -391,7 +425,7 @@ impl System {
         what: &str,
         pred: impl Fn(u16, &Value) -> bool,
     ) -> Result<(u16, Value)> {
-        wait_healthz_at(self.gateway_addr()?, limit, what, pred).await
+        wait_healthz_at(self.health_addr()?, limit, what, pred).await
     }
 
     /// Starts another bridge (instance `<instance>-<n>`, its own socket and reply queue, the
@@ -484,6 +518,7 @@ impl System {
     /// SIGTERM to the gateway; waits for it to exit.
     pub async fn stop_gateway(&mut self) -> Result<ExitStatus> {
         self.addr = None;
+        self.admin_addr = None;
         self.gateway
             .take()
             .context("the gateway is not running")?

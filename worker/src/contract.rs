@@ -24,6 +24,9 @@ pub const STATUS_ERROR: &str = "error";
 pub const STATUS_PROGRESS: &str = "progress";
 /// Header of a job: its deadline, in milliseconds since the Unix epoch (an AMQP integer).
 pub const DEADLINE_HEADER: &str = "wsmq-deadline";
+/// Header of a job: the authenticated identity of the caller (an AMQP long string), present
+/// when the gateway authenticates its clients.
+pub const CALLER_HEADER: &str = "wsmq-caller";
 /// Header of a cancellation: why the job was cancelled, [`REASON_CANCELLED`] or
 /// [`REASON_TIMEOUT`] (an AMQP long string).
 pub const REASON_HEADER: &str = "wsmq-reason";
@@ -231,6 +234,15 @@ pub enum DeadlineError {
     /// The header names a time the system clock cannot represent.
     #[error("{DEADLINE_HEADER} {0} ms is out of the clock's range")]
     OutOfRange(u64),
+}
+
+/// Reads a job's caller from its [`CALLER_HEADER`]: `None` when absent or not a string.
+pub fn caller_from_headers(headers: Option<&FieldTable>) -> Option<String> {
+    match headers?.inner().get(CALLER_HEADER)? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
 }
 
 /// Reads a job's deadline from its [`DEADLINE_HEADER`]: `Ok(None)` when it has none.
@@ -525,6 +537,17 @@ mod tests {
 
     fn at_ms(ms: u64) -> Option<SystemTime> {
         Some(SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
+    }
+
+    #[test]
+    fn caller_header_is_read_as_a_string_and_absent_otherwise() {
+        let mut h = FieldTable::default();
+        assert_eq!(caller_from_headers(None), None);
+        assert_eq!(caller_from_headers(Some(&h)), None);
+        h.insert(CALLER_HEADER.into(), AMQPValue::LongString("alice".into()));
+        assert_eq!(caller_from_headers(Some(&h)).as_deref(), Some("alice"));
+        h.insert(CALLER_HEADER.into(), AMQPValue::LongLongInt(7));
+        assert_eq!(caller_from_headers(Some(&h)), None);
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub(crate) struct Job {
     pub(crate) address: ReplyAddress,
     pub(crate) redelivered: bool,
     pub(crate) deadline: Option<SystemTime>,
+    /// The `wsmq-caller` header.
+    pub(crate) caller: Option<String>,
     /// Cancelled by a cancellation broadcast (through the delivery loop) or by the deadline.
     pub(crate) cancellation: CancellationToken,
     pub(crate) body: Vec<u8>,
@@ -67,6 +69,7 @@ pub(crate) async fn process(shared: Arc<JobShared>, job: Job) {
         address,
         redelivered,
         deadline,
+        caller,
         cancellation,
         body,
         acker,
@@ -85,7 +88,8 @@ pub(crate) async fn process(shared: Arc<JobShared>, job: Job) {
                     deadline,
                     cancellation.clone(),
                     progress,
-                );
+                )
+                .with_caller(caller);
                 let handler = call_handler(&shared.handlers, request);
                 supervise(handler, reports, &shared, &address, deadline, &cancellation).await
             }

@@ -83,6 +83,8 @@
 //!   this SDK reads any integer type, a decimal string, or a float). The `expiration` property
 //!   carries the milliseconds left at publication, so that RabbitMQ drops a job nobody took in
 //!   time;
+//! - header [`wsmq-caller`](contract::CALLER_HEADER) (long string, optional): the identity the
+//!   gateway authenticated the caller as; [`Request::caller`] holds it;
 //! - body: the call's JSON-RPC `params` as JSON (`null` when the call had none).
 //!
 //! A job whose deadline has passed when it is delivered is acked **without running and

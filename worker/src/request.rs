@@ -29,6 +29,10 @@ pub struct Request {
     /// When the caller stops waiting (the job's `wsmq-deadline`), if it set a deadline. The
     /// worker cancels the request then; see [`Request::cancelled`].
     pub deadline: Option<SystemTime>,
+    /// Who made the call: the identity the gateway authenticated (the job's `wsmq-caller`
+    /// header), or `None` when the gateway lets clients in without authentication. The
+    /// gateway's method allowlist has already been applied; a handler may check more.
+    pub caller: Option<String>,
     cancellation: CancellationToken,
     /// `None` outside a worker (a request made by [`Request::new`]): progress goes nowhere.
     progress: Option<ProgressHandle>,
@@ -43,6 +47,7 @@ impl Request {
             job_id: job_id.into(),
             redelivered: false,
             deadline: None,
+            caller: None,
             cancellation: CancellationToken::new(),
             progress: None,
         }
@@ -64,9 +69,16 @@ impl Request {
             job_id,
             redelivered,
             deadline,
+            caller: None,
             cancellation,
             progress: Some(progress),
         }
+    }
+
+    /// The same request, made by `caller`; for testing handlers that look at it.
+    pub fn with_caller(mut self, caller: Option<String>) -> Self {
+        self.caller = caller;
+        self
     }
 
     /// The call's cancellation token. The worker cancels it when a cancellation for this job

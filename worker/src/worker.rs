@@ -869,11 +869,13 @@ impl Worker {
                     continue;
                 }
             };
+            let caller = contract::caller_from_headers(properties.headers().as_ref());
             let job = Job {
                 method: Arc::clone(&method),
                 address,
                 redelivered,
                 deadline,
+                caller,
                 cancellation,
                 body: data,
                 acker,

@@ -74,9 +74,9 @@ test('a call resolves with its result', async () => {
 test('results arrive as jobs finish, each to its own promise', async () => {
   const c = await open();
   const order = [];
-  const slow = c.call('sleep', { ms: 600 }).then((r) => { order.push('slow'); return r; });
+  const slow = c.call('sleep', { ms: 2000 }).then((r) => { order.push('slow'); return r; });
   const fast = c.call('echo', { fast: true }).then((r) => { order.push('fast'); return r; });
-  assert.deepEqual(await Promise.all([slow, fast]), [{ slept_ms: 600 }, { fast: true }]);
+  assert.deepEqual(await Promise.all([slow, fast]), [{ slept_ms: 2000 }, { fast: true }]);
   assert.deepEqual(order, ['fast', 'slow']);
   await c.close();
 });
@@ -102,6 +102,8 @@ test('errors are typed and carry the JSON-RPC code and data', async () => {
 
   const missing = await c.call('no-such-method-here', {}).catch((e) => e);
   assert.equal(missing.code, codes.METHOD_NOT_FOUND);
+
+  await assert.rejects(c.call('echo', {}, { timeoutMs: 0 }), RangeError);
 
   const badPriority = await c.call('echo', {}, { priority: 10 }).catch((e) => e);
   assert.equal(badPriority.code, codes.INVALID_REQUEST);

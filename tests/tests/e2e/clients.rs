@@ -69,18 +69,26 @@ async fn js_client_passes_its_node_tests_against_a_real_system() {
     let system = System::start().await.expect("system starts");
     let url = ws_url(&system);
     let file = "clients/js/test/client.test.js";
-    let out = run(
+    // Node 20 has WebSocket behind a flag; 22 and later have it on (and may drop the flag).
+    let has_websocket = run(
         &node(),
         &[
-            "--experimental-websocket",
-            "--test",
-            "--test-reporter=tap",
-            file,
+            "-e",
+            "process.exit(typeof WebSocket === 'function' ? 0 : 1)",
         ],
-        &[("WSMQ_URL", &url)],
+        &[],
     )
     .await
-    .expect("node runs (Node.js 20+ must be installed)");
+    .expect("node runs (Node.js 20+ must be installed)")
+    .status
+    .success();
+    let mut args = vec!["--test", "--test-reporter=tap", file];
+    if !has_websocket {
+        args.insert(0, "--experimental-websocket");
+    }
+    let out = run(&node(), &args, &[("WSMQ_URL", &url)])
+        .await
+        .expect("node runs (Node.js 20+ must be installed)");
     assert_node_tests_passed(&out, file);
     system.cleanup().await;
 }
@@ -379,7 +387,7 @@ async fn python_example_shows_every_kind_of_answer() {
     let expected = [
         // fib answers before the sleep that was sent first.
         "finished: 832040",
-        r#"finished: {"slept_ms": 300}"#,
+        r#"finished: {"slept_ms": 1000}"#,
         r#"progress: {"of": 3, "step": 1}"#,
         r#"progress: {"of": 3, "step": 2}"#,
         r#"progress: {"of": 3, "step": 3}"#,

@@ -43,6 +43,11 @@ const BROKER_RECOVERY_LIMIT: Duration = Duration::from_secs(60);
 /// cores) or the gateway's shutdown steps.
 const LONG_SLEEP_MS: u64 = 4000;
 
+/// The sleeps the killed-worker test watches with `rabbitmqctl list_queues`, which lists every
+/// queue of every test running at once: with the whole suite running, 4 s let both polls
+/// that bracket the window miss it. Redelivered, it still ends well within [`ANSWERS_LIMIT`].
+const KILLED_WORKER_SLEEP_MS: u64 = 8000;
+
 /// How long a handful of calls may take to be answered once nothing is wrong any more
 /// (including a job redelivered after its worker died, which then runs again).
 const ANSWERS_LIMIT: Duration = Duration::from_secs(20);
@@ -92,7 +97,7 @@ async fn worker_killed_mid_job_is_redelivered_and_answered_once() {
 
     // Two long sleeps: one on each worker, so whichever is killed holds one.
     for _ in 0..2 {
-        let call = ledger.sleep(LONG_SLEEP_MS);
+        let call = ledger.sleep(KILLED_WORKER_SLEEP_MS);
         client.send_json(&call).await.expect("sends a sleep");
     }
     wait_queue_counts(&system.queue_for("sleep"), 0, 2)

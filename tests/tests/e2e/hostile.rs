@@ -765,6 +765,7 @@ async fn hostile_corpus_gets_documented_answers_while_others_are_served() {
     }
 
     let cases = corpus();
+    eprintln!("[test] {} corpus entries", cases.len());
     assert!(cases.len() >= 50, "the corpus has {} entries", cases.len());
     let mut hostile = system.client().await.expect("hostile client connects");
     let mut failures = Vec::new();

@@ -221,10 +221,11 @@ async fn ipc_garbage_on_either_side_is_dropped_and_logged_and_the_link_recovers(
     // A peer sending garbage while the real gateway is connected is hung up on; the gateway's
     // calls go on.
     let mut stream = UnixStream::connect(&socket).await.expect("connects");
-    stream
+    // The bridge refuses a second peer at once, so it may have hung up before this write
+    // (EPIPE): either way the peer is dropped.
+    let _ = stream
         .write_all(&[0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff])
-        .await
-        .expect("sends garbage");
+        .await;
     assert_hangs_up(&mut stream, "garbage beside a live gateway").await;
     let response = client
         .call("echo", json!({"beside": "garbage"}))
@@ -284,5 +285,86 @@ async fn ipc_garbage_on_either_side_is_dropped_and_logged_and_the_link_recovers(
         "{response}"
     );
 
+    system.cleanup().await;
+}
+
+#[tokio::test]
+async fn gateway_refuses_a_bridge_socket_held_by_another_uid() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("[test] not root: cannot run a fake bridge as another user; nothing checked");
+        return;
+    }
+    let mut system = System::builder().start().await.expect("system starts");
+    let socket = system.socket_path().to_path_buf();
+    let dir = socket
+        .parent()
+        .expect("socket has a directory")
+        .to_path_buf();
+
+    // The bridge goes, and another user takes its socket path (the directory left writable, as
+    // a careless setup might).
+    system.stop_bridge().await.expect("bridge stops");
+    let _ = std::fs::remove_file(&socket);
+    chmod(&dir, 0o777);
+    let listen = "import socket, sys, time\n\
+                  s = socket.socket(socket.AF_UNIX)\n\
+                  s.bind(sys.argv[1]); s.listen(16)\n\
+                  print('listening', flush=True)\n\
+                  conns = []\n\
+                  while True:\n    c, _ = s.accept(); conns.append(c)\n";
+    let mut impostor = tokio::process::Command::new("python3")
+        .args(["-c", listen])
+        .arg(&socket)
+        .uid(OTHER_UID)
+        .gid(OTHER_UID)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 runs as another user");
+    let mut out = tokio::io::BufReader::new(impostor.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    tokio::time::timeout(
+        RECV_TIMEOUT,
+        tokio::io::AsyncBufReadExt::read_line(&mut out, &mut line),
+    )
+    .await
+    .expect("the impostor listens in time")
+    .expect("reads its output");
+    assert_eq!(line.trim(), "listening");
+
+    let refused = system
+        .gateway()
+        .expect("gateway runs")
+        .wait_for_log("the refusal of the impostor", |l| {
+            l.message() == Some("refused the process on the bridge socket")
+                && l.field("error")
+                    .and_then(|e| e.as_str())
+                    .is_some_and(|e| e.contains(&format!("uid {OTHER_UID}")))
+        })
+        .await
+        .expect("the gateway refuses the impostor and says who it is");
+    eprintln!("[test] gateway logged: {}", refused.text);
+    let (status, _) = system.healthz().await.expect("healthz answers");
+    assert_eq!(status, 503, "the link must not be up with the impostor");
+
+    // The impostor goes, the real bridge returns: the gateway links up again.
+    impostor.kill().await.expect("impostor stops");
+    let _ = std::fs::remove_file(&socket);
+    chmod(&dir, 0o700);
+    system.start_bridge().await.expect("bridge restarts");
+    system
+        .wait_healthy()
+        .await
+        .expect("gateway links to the real bridge");
+    let mut client = system.client().await.expect("client connects");
+    let response = client
+        .call("echo", json!({"after": "impostor"}))
+        .await
+        .expect("echo works");
+    assert_eq!(
+        rpc::result(&response),
+        Some(&json!({"after": "impostor"})),
+        "{response}"
+    );
     system.cleanup().await;
 }

@@ -14,4 +14,5 @@ mod limits;
 mod poison;
 mod resilience;
 mod routing;
+mod security;
 mod workers;
