@@ -558,6 +558,16 @@ mod tests {
     }
 
     #[test]
+    fn out_of_range_numeric_id_is_echoed_verbatim() {
+        // Valid JSON that serde_json::Value cannot hold; found while writing the fuzz target.
+        let c = call(r#"{"jsonrpc":"2.0","method":"m","id":1e999}"#);
+        assert_eq!(c.id.as_deref().map(RawValue::get), Some("1e999"));
+        let id = c.id.as_deref().expect("has an id");
+        let text = error_response(Some(id), INVALID_REQUEST, "x", None);
+        assert!(text.contains(r#""id":1e999"#), "{text}");
+    }
+
+    #[test]
     fn garbage_is_a_parse_error_with_null_id() {
         let FrameRejected(text) = parse("{nope", &ParseLimits::default()).expect_err("rejected");
         let v = value(&text);
