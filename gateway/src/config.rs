@@ -360,22 +360,10 @@ impl Cli {
         // Read every key, certificate and tokens file now, so a bad one exits 64 before
         // anything is bound (they are read again when the gateway starts).
         crate::auth::Authenticator::load(&config.auth())
-            .map_err(|e| ConfigError::Security(error_chain(&e)))?;
+            .map_err(|e| ConfigError::Security(wsmq_service::error_chain(&e)))?;
         crate::tls::acceptor(&config).map_err(|e| ConfigError::Tls(format!("{e:#}")))?;
         Ok(config)
     }
-}
-
-/// An error and its sources, `: `-separated.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 impl Config {
