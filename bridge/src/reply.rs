@@ -4,10 +4,11 @@
 //! that is not JSON, or an error reply that is not a JSON-RPC error object, becomes
 //! [`ReplyBody::Invalid`] with a reason the client can read, never a crash or a lost reply.
 
+use bytes::Bytes;
 use lapin::types::{AMQPValue, FieldTable};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use wsmq_ipc_proto::{ReplyBody, WorkerError};
+use wsmq_ipc_proto::{Json, ReplyBody, WorkerError};
 
 /// Header a worker sets to `error` when its body is a JSON-RPC error object.
 pub(crate) const STATUS_HEADER: &str = "wsmq-status";
@@ -50,25 +51,30 @@ struct ErrorObject<'a> {
 }
 
 /// Classifies a reply from its headers and body.
-pub(crate) fn classify(headers: Option<&FieldTable>, body: &[u8]) -> ReplyBody {
+///
+/// The body is parsed once, to check it; what goes to the gateway is a slice of the body itself
+/// (surrounding whitespace cut), never a copy or a re-encoding.
+pub(crate) fn classify(headers: Option<&FieldTable>, body: Bytes) -> ReplyBody {
     let status = match status(headers) {
         Ok(s) => s,
         Err(reason) => return ReplyBody::Invalid { reason },
     };
-    let Ok(text) = std::str::from_utf8(body) else {
+    let Ok(text) = std::str::from_utf8(&body) else {
         return ReplyBody::Invalid {
             reason: "reply body is not UTF-8".into(),
         };
     };
+    // `raw` borrows from `text`, which is `body`: slice_ref shares the buffer.
+    let json_of = |raw: &RawValue| Json(body.slice_ref(raw.get().as_bytes()));
     match status {
         Status::Ok => match serde_json::from_str::<&RawValue>(text) {
-            Ok(raw) => ReplyBody::Result(raw.get().to_owned()),
+            Ok(raw) => ReplyBody::Result(json_of(raw)),
             Err(e) => ReplyBody::Invalid {
                 reason: format!("reply body is not valid JSON: {e}"),
             },
         },
         Status::Progress => match serde_json::from_str::<&RawValue>(text) {
-            Ok(raw) => ReplyBody::Progress(raw.get().to_owned()),
+            Ok(raw) => ReplyBody::Progress(json_of(raw)),
             Err(e) => ReplyBody::Invalid {
                 reason: format!("progress report is not valid JSON: {e}"),
             },
@@ -77,7 +83,7 @@ pub(crate) fn classify(headers: Option<&FieldTable>, body: &[u8]) -> ReplyBody {
             Ok(obj) => ReplyBody::Error(WorkerError {
                 code: obj.code,
                 message: obj.message,
-                data: obj.data.map(|d| d.get().to_owned()),
+                data: obj.data.map(json_of),
             }),
             Err(e) => ReplyBody::Invalid {
                 reason: format!(
@@ -101,7 +107,7 @@ mod tests {
     #[test]
     fn progress_header_makes_a_progress_report() {
         assert_eq!(
-            classify(Some(&headers("progress")), br#"{"step":1}"#),
+            classify(Some(&headers("progress")), Bytes::from_static(br#"{"step":1}"#)),
             ReplyBody::Progress(r#"{"step":1}"#.into())
         );
     }
@@ -109,7 +115,7 @@ mod tests {
     #[test]
     fn garbage_progress_is_invalid() {
         assert!(matches!(
-            classify(Some(&headers("progress")), b"{"),
+            classify(Some(&headers("progress")), Bytes::from_static(b"{")),
             ReplyBody::Invalid { .. }
         ));
     }
@@ -118,7 +124,7 @@ mod tests {
     fn plain_json_is_a_result_kept_verbatim() {
         let body = br#" {"b": 1, "a": [1.50, "x"]} "#;
         assert_eq!(
-            classify(None, body),
+            classify(None, Bytes::from_static(body)),
             ReplyBody::Result(r#"{"b": 1, "a": [1.50, "x"]}"#.into())
         );
     }
@@ -126,7 +132,7 @@ mod tests {
     #[test]
     fn ok_header_is_a_result() {
         assert_eq!(
-            classify(Some(&headers("ok")), b"42"),
+            classify(Some(&headers("ok")), Bytes::from_static(b"42")),
             ReplyBody::Result("42".into())
         );
     }
@@ -135,7 +141,7 @@ mod tests {
     fn error_header_carries_the_workers_error_object() {
         let body = br#"{"code": 4000, "message": "nope", "data": {"why": [1]}}"#;
         assert_eq!(
-            classify(Some(&headers("error")), body),
+            classify(Some(&headers("error")), Bytes::from_static(body)),
             ReplyBody::Error(WorkerError {
                 code: 4000,
                 message: "nope".into(),
@@ -146,7 +152,7 @@ mod tests {
 
     #[test]
     fn error_without_data_has_none() {
-        let got = classify(Some(&headers("error")), br#"{"code":1,"message":"m"}"#);
+        let got = classify(Some(&headers("error")), Bytes::from_static(br#"{"code":1,"message":"m"}"#));
         assert!(matches!(
             got,
             ReplyBody::Error(WorkerError { data: None, .. })
@@ -155,7 +161,7 @@ mod tests {
 
     #[test]
     fn garbage_body_is_invalid_with_a_reason() {
-        match classify(None, b"not json{") {
+        match classify(None, Bytes::from_static(b"not json{")) {
             ReplyBody::Invalid { reason } => assert!(reason.contains("not valid JSON"), "{reason}"),
             other => panic!("{other:?}"),
         }
@@ -164,7 +170,7 @@ mod tests {
     #[test]
     fn non_utf8_body_is_invalid() {
         assert!(matches!(
-            classify(None, &[0xff, 0xfe]),
+            classify(None, Bytes::from_static(&[0xff, 0xfe])),
             ReplyBody::Invalid { .. }
         ));
     }
@@ -174,7 +180,7 @@ mod tests {
         for body in [&br#"{"message":"no code"}"#[..], b"[1]", b"\"text\""] {
             assert!(
                 matches!(
-                    classify(Some(&headers("error")), body),
+                    classify(Some(&headers("error")), Bytes::from_static(body)),
                     ReplyBody::Invalid { .. }
                 ),
                 "{}",
@@ -186,7 +192,7 @@ mod tests {
     #[test]
     fn unknown_status_value_is_invalid() {
         assert!(matches!(
-            classify(Some(&headers("maybe")), b"1"),
+            classify(Some(&headers("maybe")), Bytes::from_static(b"1")),
             ReplyBody::Invalid { .. }
         ));
     }

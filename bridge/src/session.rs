@@ -294,11 +294,17 @@ impl Session {
             ack(&delivery.acker, 0).await;
             return Ok(());
         };
-        let body = reply::classify(props.headers().as_ref(), &delivery.data);
+        let Delivery {
+            properties,
+            data,
+            acker,
+            ..
+        } = delivery;
+        let body = reply::classify(properties.headers().as_ref(), data.into());
         crate::metrics::reply_forwarded(&body);
         self.next_seq += 1;
         let seq = ReplySeq(self.next_seq);
-        self.untaken.insert(seq, (delivery.acker, permit));
+        self.untaken.insert(seq, (acker, permit));
         crate::metrics::untaken_replies(self.untaken.len());
         self.send(ToGateway::Reply(Reply { seq, job, body })).await
     }
