@@ -107,7 +107,10 @@ mod tests {
     #[test]
     fn progress_header_makes_a_progress_report() {
         assert_eq!(
-            classify(Some(&headers("progress")), Bytes::from_static(br#"{"step":1}"#)),
+            classify(
+                Some(&headers("progress")),
+                Bytes::from_static(br#"{"step":1}"#)
+            ),
             ReplyBody::Progress(r#"{"step":1}"#.into())
         );
     }
@@ -152,7 +155,10 @@ mod tests {
 
     #[test]
     fn error_without_data_has_none() {
-        let got = classify(Some(&headers("error")), Bytes::from_static(br#"{"code":1,"message":"m"}"#));
+        let got = classify(
+            Some(&headers("error")),
+            Bytes::from_static(br#"{"code":1,"message":"m"}"#),
+        );
         assert!(matches!(
             got,
             ReplyBody::Error(WorkerError { data: None, .. })

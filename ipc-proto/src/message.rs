@@ -70,8 +70,13 @@ impl From<Bytes> for Json {
 }
 
 impl Serialize for Json {
+    /// A byte string; in human-readable formats (JSON, for tools and logs) the text as a string
+    /// when it is UTF-8.
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(&self.0)
+        match self.as_str() {
+            Ok(text) if serializer.is_human_readable() => serializer.serialize_str(text),
+            _ => serializer.serialize_bytes(&self.0),
+        }
     }
 }
 
@@ -336,7 +341,8 @@ mod tests {
         struct After(Json, Option<Json>);
         let text = r#"{"a":[1,"\u00e9 é"]}"#;
         let before = postcard::to_allocvec(&Before(text, Some("null"))).expect("encodes");
-        let after = postcard::to_allocvec(&After(text.into(), Some("null".into()))).expect("encodes");
+        let after =
+            postcard::to_allocvec(&After(text.into(), Some("null".into()))).expect("encodes");
         assert_eq!(before, after);
         let back: After = postcard::from_bytes(&before).expect("decodes");
         assert_eq!(back, After(text.into(), Some("null".into())));

@@ -3,7 +3,7 @@
 
 use serde_json::value::RawValue;
 use tracing::{debug, warn};
-use wsmq_ipc_proto::{JobId, Rejection, Reply, ReplyBody, ReplySeq, ToBridge};
+use wsmq_ipc_proto::{JobId, Json, Rejection, Reply, ReplyBody, ReplySeq, ToBridge};
 
 use super::{Ending, Router, no_worker_serves};
 use crate::jsonrpc;
@@ -68,13 +68,14 @@ impl Router {
             return;
         };
         let text = match body {
-            ReplyBody::Result(json) => match RawValue::from_string(json) {
-                Ok(result) => jsonrpc::result_response(id, &result),
-                Err(e) => invalid_reply(id, &pending.method, &e.to_string()),
+            // The bridge checked the worker's JSON; it is spliced in as it came.
+            ReplyBody::Result(json) => match json.as_str() {
+                Ok(result) => jsonrpc::result_response(id, result),
+                Err(e) => invalid_reply(id, &pending.method, &format!("result is not UTF-8: {e}")),
             },
             ReplyBody::Error(err) => {
-                let data = err.data.and_then(|d| RawValue::from_string(d).ok());
-                jsonrpc::error_response_raw(Some(id), err.code, &err.message, data.as_deref())
+                let data = err.data.as_ref().and_then(|d| d.as_str().ok());
+                jsonrpc::error_response_raw(Some(id), err.code, &err.message, data)
             }
             ReplyBody::Invalid { reason } => {
                 warn!(%job, session = pending.session, method = %pending.method, %reason, "worker replied something unreadable");
@@ -85,7 +86,7 @@ impl Router {
         self.respond_to(pending.session, pending.batch, OutboundKind::Response, text);
     }
 
-    fn on_progress(&mut self, job: JobId, value: String) {
+    fn on_progress(&mut self, job: JobId, value: Json) {
         let Some(pending) = self.pending.get(&job) else {
             // The call has ended: progress never follows the final response.
             return self.count_orphan(job);
@@ -93,10 +94,10 @@ impl Router {
         let Some(id) = pending.id.as_deref() else {
             return;
         };
-        let text = match RawValue::from_string(value) {
-            Ok(value) => jsonrpc::progress_notification(id, &value),
+        let text = match value.as_str() {
+            Ok(value) => jsonrpc::progress_notification(id, value),
             Err(e) => {
-                warn!(%job, error = %e, "progress report is not JSON; dropped");
+                warn!(%job, error = %e, "progress report is not UTF-8; dropped");
                 return;
             }
         };
@@ -207,7 +208,7 @@ mod tests {
             .submit(2, call(Some(json!("same")), "echo", json!({"who": "b"})))
             .await;
         assert_ne!(job_a.id, job_b.id);
-        assert_eq!(job_a.params, r#"{"who":"a"}"#);
+        assert_eq!(job_a.params, r#"{"who":"a"}"#.into());
 
         // Finish out of order: b first.
         h.reply(1, job_b.id, ReplyBody::Result(r#"{"who":"b"}"#.into()))
@@ -373,7 +374,7 @@ mod tests {
             h.reply(
                 1,
                 job.id,
-                ReplyBody::Progress(format!("{{\"step\":{step}}}")),
+                ReplyBody::Progress(format!("{{\"step\":{step}}}").into()),
             )
             .await;
         }
