@@ -24,8 +24,8 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, close_code};
 use futures::{Sink, SinkExt, Stream, StreamExt};
-use tokio::time::Instant;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -317,7 +317,8 @@ where
         tokio::pin!(idle);
         loop {
             if self.writer.over_budget() {
-                return self.too_slow("more queued for the socket than a reading client lets pile up");
+                return self
+                    .too_slow("more queued for the socket than a reading client lets pile up");
             }
             let busy = self.writer.busy();
             let stalled = sleep_until(self.writer.stall_deadline(config.write_timeout));
@@ -439,7 +440,13 @@ where
         };
         if let Some(frame) = frame {
             debug!(code = frame.code, reason = %frame.reason, "closing websocket");
-            if self.writer.sink.send(Message::Close(Some(frame))).await.is_err() {
+            if self
+                .writer
+                .sink
+                .send(Message::Close(Some(frame)))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
@@ -540,11 +547,7 @@ where
     }
 
     /// Hands a call to the router, or returns the error to answer it with at once.
-    async fn submit(
-        &mut self,
-        entry: Entry,
-        batch: Option<u64>,
-    ) -> Result<Option<String>, End> {
+    async fn submit(&mut self, entry: Entry, batch: Option<u64>) -> Result<Option<String>, End> {
         let call = match entry {
             Entry::Invalid(error) => return Ok(Some(error)),
             Entry::Call(call) => call,
