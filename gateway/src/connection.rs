@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::auth::Caller;
+use crate::call_error::CallError;
 use crate::jsonrpc::{self, Entry, FrameRejected, Incoming};
 use crate::limits::TokenBucket;
 use crate::outbound::{ClientId, Outbound, OutboundKind};
@@ -215,7 +216,7 @@ where
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
-                        let text = jsonrpc::error_response(None, jsonrpc::PARSE_ERROR, "Parse error", Some("binary frames are not supported; send JSON-RPC as text"));
+                        let text = CallError::BinaryFrame.response(None);
                         if self.write(text).await.is_err() {
                             return None;
                         }
@@ -300,18 +301,8 @@ where
             && let Err(wait) = bucket.take(tokio::time::Instant::now())
         {
             crate::metrics::call_rate_limited();
-            return Ok(call.id.as_deref().map(|id| {
-                let data = format!(
-                    "too many calls per second on this connection; retry in {} ms",
-                    wait.as_millis().max(1)
-                );
-                jsonrpc::error_response(
-                    Some(id),
-                    jsonrpc::RATE_LIMITED,
-                    "rate limited",
-                    Some(&data),
-                )
-            }));
+            let error = CallError::RateLimited { retry_in: wait };
+            return Ok(call.id.as_deref().map(|id| error.response(Some(id))));
         }
         if call.method == jsonrpc::CANCEL_METHOD {
             return self.cancel(&call).await;
@@ -320,24 +311,14 @@ where
             // Answered exactly like a method no worker serves: whether it exists is not this
             // caller's business.
             debug!(method = %call.method, "method not in the caller's allowlist");
-            return Ok(call.id.as_deref().map(|id| {
-                jsonrpc::error_response(
-                    Some(id),
-                    jsonrpc::METHOD_NOT_FOUND,
-                    "Method not found",
-                    Some(&crate::router::no_worker_serves(&call.method)),
-                )
-            }));
+            let error = CallError::NotAllowed {
+                method: call.method,
+            };
+            return Ok(call.id.as_deref().map(|id| error.response(Some(id))));
         }
         if jsonrpc::is_reserved_method(&call.method) {
-            return Ok(call.id.as_deref().map(|id| {
-                jsonrpc::error_response(
-                    Some(id),
-                    jsonrpc::METHOD_NOT_FOUND,
-                    "Method not found",
-                    Some("reserved method name"),
-                )
-            }));
+            let error = CallError::ReservedMethod;
+            return Ok(call.id.as_deref().map(|id| error.response(Some(id))));
         }
         let expects_reply = call.id.is_some();
         if self.router.call(self.client, call, batch).await.is_err() {
@@ -352,12 +333,10 @@ where
     /// `$/cancel`: a notification naming one of this client's own calls.
     async fn cancel(&mut self, call: &jsonrpc::Call) -> Result<Option<String>, Option<CloseFrame>> {
         if let Some(id) = call.id.as_deref() {
-            return Ok(Some(jsonrpc::error_response(
-                Some(id),
-                jsonrpc::INVALID_REQUEST,
-                "Invalid Request",
-                Some("$/cancel is a notification: send it without an id"),
-            )));
+            let why = "$/cancel is a notification: send it without an id";
+            return Ok(Some(
+                CallError::InvalidRequest(why.into()).response(Some(id)),
+            ));
         }
         match jsonrpc::cancel_target(call) {
             Ok(target) => {

@@ -15,6 +15,7 @@
 //! do once in is its own task's business ([`connection`], [`limits`]).
 
 mod auth;
+mod call_error;
 mod config;
 mod connection;
 mod http;
