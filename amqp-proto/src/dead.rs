@@ -150,8 +150,7 @@ mod tests {
         let mut headers = dead_headers("delivery_limit");
         let mut older = FieldTable::default();
         older.insert("reason".into(), AMQPValue::LongString("rejected".into()));
-        if let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get(X_DEATH_HEADER).cloned()
-        {
+        if let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get(X_DEATH_HEADER).cloned() {
             let mut deaths = deaths.as_slice().to_vec();
             deaths.push(AMQPValue::FieldTable(older));
             headers.insert(
@@ -229,8 +228,8 @@ mod tests {
 
     #[test]
     fn job_failed_body_says_null_for_what_is_unknown() {
-        let body: Value = serde_json::from_slice(&job_failed_body(None, None, "unknown"))
-            .expect("JSON");
+        let body: Value =
+            serde_json::from_slice(&job_failed_body(None, None, "unknown")).expect("JSON");
         assert_eq!(
             body["data"],
             json!({"attempts": null, "method": null, "reason": "unknown"})

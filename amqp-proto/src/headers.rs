@@ -1,6 +1,5 @@
 //! Header names and values, and reading them from a message's headers.
 
-use std::borrow::Cow;
 use std::time::{Duration, SystemTime};
 
 use lapin::types::{AMQPType, AMQPValue, FieldTable};
@@ -120,10 +119,10 @@ pub fn deadline_from_headers(
         .ok_or(DeadlineError::OutOfRange(ms))
 }
 
-fn parse_ms(text: &Cow<'_, str>) -> Result<u64, DeadlineError> {
+fn parse_ms(text: &str) -> Result<u64, DeadlineError> {
     text.trim()
         .parse()
-        .map_err(|_| DeadlineError::NotANumber(text.clone().into_owned()))
+        .map_err(|_| DeadlineError::NotANumber(text.to_owned()))
 }
 
 fn float_ms(value: f64) -> Result<u64, DeadlineError> {

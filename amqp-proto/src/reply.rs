@@ -289,7 +289,11 @@ mod tests {
             headers_with(AMQPValue::Boolean(true)),
             headers_with(AMQPValue::LongLongInt(0)),
         ] {
-            assert_eq!(ReplyStatus::from_headers(Some(&headers)), None, "{headers:?}");
+            assert_eq!(
+                ReplyStatus::from_headers(Some(&headers)),
+                None,
+                "{headers:?}"
+            );
             assert!(matches!(
                 classify_reply(Some(&headers), b"1"),
                 Err(InvalidReply::UnknownStatus(_) | InvalidReply::StatusNotText(_))
@@ -352,7 +356,10 @@ mod tests {
         let reason = classify_reply(None, b"not json{")
             .expect_err("not JSON")
             .to_string();
-        assert!(reason.starts_with("reply body is not valid JSON: "), "{reason}");
+        assert!(
+            reason.starts_with("reply body is not valid JSON: "),
+            "{reason}"
+        );
         assert!(matches!(
             classify_reply(None, &[0xff, 0xfe]),
             Err(InvalidReply::NotUtf8)
@@ -364,9 +371,9 @@ mod tests {
         for body in [&br#"{"message":"no code"}"#[..], b"[1]", b"\"text\""] {
             let error = classify_reply(Some(&status("error")), body).expect_err("invalid");
             assert!(
-                error
-                    .to_string()
-                    .starts_with("error reply is not a JSON-RPC error object {code, message, data?}: "),
+                error.to_string().starts_with(
+                    "error reply is not a JSON-RPC error object {code, message, data?}: "
+                ),
                 "{error}"
             );
         }

@@ -15,7 +15,9 @@ fn js_codes(source: &str) -> Vec<(String, i64)> {
         .find("export const codes = Object.freeze({")
         .expect("wsmq.js exports `codes` as a frozen object literal");
     let block = &source[start..];
-    let end = block.find("});").expect("the codes object literal ends with `});`");
+    let end = block
+        .find("});")
+        .expect("the codes object literal ends with `});`");
     block[..end]
         .lines()
         .skip(1)
@@ -47,7 +49,10 @@ fn js_client_lists_exactly_the_rust_codes() {
         .map(|(name, code)| ((*name).to_owned(), *code))
         .collect();
     for member in &client_only {
-        assert!(js.contains(member), "wsmq.js lost its client-side {member:?}");
+        assert!(
+            js.contains(member),
+            "wsmq.js lost its client-side {member:?}"
+        );
     }
     let from_js: Vec<(String, i64)> = js
         .into_iter()
@@ -66,5 +71,8 @@ fn js_client_lists_exactly_the_rust_codes() {
 #[test]
 fn reader_sees_every_member_including_the_commented_one() {
     let source = "x\nexport const codes = Object.freeze({\n  A: -1,\n  /** doc\n   * more */\n  B: -32000,\n});\n";
-    assert_eq!(js_codes(source), [("A".to_owned(), -1), ("B".to_owned(), -32000)]);
+    assert_eq!(
+        js_codes(source),
+        [("A".to_owned(), -1), ("B".to_owned(), -32000)]
+    );
 }
