@@ -23,7 +23,8 @@ use tracing::{debug, info, warn};
 use crate::auth::Caller;
 use crate::jsonrpc::{self, Entry, FrameRejected, Incoming};
 use crate::limits::TokenBucket;
-use crate::router::{ClientId, Outbound, OutboundKind, RouterHandle};
+use crate::outbound::{ClientId, Outbound, OutboundKind};
+use crate::router::RouterHandle;
 
 /// Responses waiting to be written to one client. Full means the client is not reading; the
 /// router then disconnects it rather than buffer more.

@@ -22,6 +22,7 @@ mod jsonrpc;
 mod limits;
 mod link;
 mod metrics;
+mod outbound;
 mod router;
 mod server;
 mod sessions;
