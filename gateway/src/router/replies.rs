@@ -5,7 +5,8 @@ use serde_json::value::RawValue;
 use tracing::{debug, warn};
 use wsmq_ipc_proto::{JobId, Rejection, Reply, ReplyBody, ReplySeq, ToBridge};
 
-use super::{Ending, Router, no_worker_serves};
+use super::{Ending, Router};
+use crate::call_error::CallError;
 use crate::jsonrpc;
 use crate::link::Outgoing;
 use crate::metrics::{self, Dropped, Outcome};
@@ -13,76 +14,78 @@ use crate::outbound::{Outbound, OutboundKind};
 use crate::sessions::{Delivery, SessionId};
 
 impl Router {
-    /// The bridge could not publish the job and it will not be tried again.
+    /// The bridge could not publish the job: it is held for another try, or answered.
     pub(super) fn on_rejected(&mut self, job: JobId, reason: Rejection) {
-        let method = self
-            .pending
-            .get(&job)
-            .map(|p| p.method.clone())
-            .unwrap_or_default();
-        let (code, message, data) = match reason {
-            Rejection::NoRoute => (
-                jsonrpc::METHOD_NOT_FOUND,
-                "Method not found",
-                no_worker_serves(&method),
-            ),
-            Rejection::InvalidMethod => (
-                jsonrpc::METHOD_NOT_FOUND,
-                "Method not found",
-                "method name too long".to_owned(),
-            ),
-            Rejection::BrokerUnavailable => (
-                jsonrpc::BROKER_UNAVAILABLE,
-                "broker unavailable",
-                "RabbitMQ did not take the job".to_owned(),
-            ),
-            Rejection::Nacked => (
-                jsonrpc::BROKER_UNAVAILABLE,
-                "broker unavailable",
-                "RabbitMQ refused the job".to_owned(),
-            ),
-            Rejection::Expired => (
-                jsonrpc::TIMEOUT,
-                "timeout",
-                "the deadline passed before the job could be published".to_owned(),
-            ),
+        let error = match reason {
+            Rejection::BrokerUnavailable | Rejection::Nacked => {
+                // Not taken by RabbitMQ: wait and try again (until the call's deadline).
+                debug!(%job, "publish failed; call held for another try");
+                return self.hold(job);
+            }
+            Rejection::NoRoute => CallError::NoWorker {
+                method: self
+                    .pending
+                    .get(&job)
+                    .map(|p| p.method.clone())
+                    .unwrap_or_default(),
+            },
+            Rejection::InvalidMethod => CallError::MethodNameTooLong,
+            Rejection::Expired => CallError::ExpiredBeforePublish,
         };
-        self.finish_with_error(job, Ending::Answered, code, message, &data);
+        self.finish_with_error(job, Ending::Answered, error);
     }
 
     pub(super) fn on_reply(&mut self, epoch: u64, Reply { seq, job, body }: Reply) {
         self.taken(epoch, seq);
-        if let ReplyBody::Progress(value) = body {
-            return self.on_progress(job, value);
-        }
-        let outcome = match &body {
-            ReplyBody::Result(_) | ReplyBody::Progress(_) => Outcome::Ok,
-            ReplyBody::Error(_) => Outcome::WorkerError,
-            ReplyBody::Invalid { .. } => Outcome::InvalidReply,
+        // What the reply says is read before the call ends, so that it ends under the outcome
+        // of the response it gets.
+        let reply = match body {
+            ReplyBody::Progress(value) => return self.on_progress(job, value),
+            ReplyBody::Result(json) => RawValue::from_string(json)
+                .map(Ok)
+                .map_err(|e| e.to_string()),
+            ReplyBody::Error(err) => Ok(Err(err)),
+            ReplyBody::Invalid { reason } => Err(reason),
         };
-        let Some(pending) = self.end(job, Ending::Answered, outcome) else {
+        let Some(pending) = self.end(job, Ending::Answered) else {
             return self.count_orphan(job);
         };
-        let Some(id) = pending.id.as_deref() else {
-            debug!(%job, session = pending.session, method = %pending.method, "notification finished");
-            return;
-        };
-        let text = match body {
-            ReplyBody::Result(json) => match RawValue::from_string(json) {
-                Ok(result) => jsonrpc::result_response(id, &result),
-                Err(e) => invalid_reply(id, &pending.method, &e.to_string()),
-            },
-            ReplyBody::Error(err) => {
-                let data = err.data.and_then(|d| RawValue::from_string(d).ok());
-                jsonrpc::error_response_raw(Some(id), err.code, &err.message, data.as_deref())
-            }
-            ReplyBody::Invalid { reason } => {
+        let (outcome, text) = match reply {
+            Ok(Ok(result)) => (
+                Some(Outcome::Ok),
+                pending
+                    .id
+                    .as_deref()
+                    .map(|id| jsonrpc::result_response(id, &result)),
+            ),
+            Ok(Err(err)) => (
+                Some(Outcome::WorkerError),
+                pending.id.as_deref().map(|id| {
+                    let data = err.data.and_then(|d| RawValue::from_string(d).ok());
+                    jsonrpc::error_response_raw(Some(id), err.code, &err.message, data.as_deref())
+                }),
+            ),
+            Err(reason) => {
                 warn!(%job, session = pending.session, method = %pending.method, %reason, "worker replied something unreadable");
-                invalid_reply(id, &pending.method, &reason)
+                let error = CallError::InvalidReply {
+                    method: pending.method.clone(),
+                    reason,
+                };
+                (
+                    error.outcome(),
+                    pending.id.as_deref().map(|id| error.response(Some(id))),
+                )
             }
-            ReplyBody::Progress(_) => return,
         };
-        self.respond_to(pending.session, pending.batch, OutboundKind::Response, text);
+        self.count_ending(job, &pending, outcome);
+        match text {
+            Some(text) => {
+                self.respond_to(pending.session, pending.batch, OutboundKind::Response, text)
+            }
+            None => {
+                debug!(%job, session = pending.session, method = %pending.method, "notification finished")
+            }
+        }
     }
 
     fn on_progress(&mut self, job: JobId, value: String) {
@@ -178,11 +181,6 @@ impl Router {
             }
         }
     }
-}
-
-fn invalid_reply(id: &RawValue, method: &str, reason: &str) -> String {
-    let message = format!("Internal error: the worker for method {method:?} sent an invalid reply");
-    jsonrpc::error_response(Some(id), jsonrpc::INTERNAL_ERROR, &message, Some(reason))
 }
 
 #[cfg(test)]
