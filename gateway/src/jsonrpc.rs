@@ -11,13 +11,6 @@ use serde_json::value::RawValue;
 
 pub(crate) use parse::{Call, Entry, FrameRejected, Incoming, ParseLimits, cancel_target, parse};
 
-// The codes are wsmq-codes'; the gateway's own names for them.
-pub(crate) use wsmq_codes::{
-    BATCH_TOO_LONG, BROKER_UNAVAILABLE, CANCELLED, INTERNAL_ERROR, INVALID_REQUEST,
-    JSON_TOO_DEEP as NESTING_TOO_DEEP, METHOD_NOT_FOUND, PARAMS_TOO_LARGE, PARSE_ERROR,
-    RATE_LIMITED, TIMEOUT, TOO_MANY_IN_FLIGHT,
-};
-
 /// Highest AMQP priority a call may ask for.
 pub(crate) const MAX_PRIORITY: u8 = 9;
 
@@ -93,7 +86,8 @@ fn to_text(response: &Response<'_>) -> String {
     // Serialising borrowed, already-valid JSON cannot fail; keep a valid fallback regardless.
     serde_json::to_string(response).unwrap_or_else(|_| {
         format!(
-            r#"{{"jsonrpc":"2.0","error":{{"code":{INTERNAL_ERROR},"message":"Internal error"}},"id":null}}"#
+            r#"{{"jsonrpc":"2.0","error":{{"code":{},"message":"Internal error"}},"id":null}}"#,
+            wsmq_codes::INTERNAL_ERROR
         )
     })
 }

@@ -316,11 +316,11 @@ pub(crate) fn cancel_target(call: &Call) -> Result<Box<RawValue>, &'static str> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::jsonrpc::{
-        BATCH_TOO_LONG, INVALID_REQUEST, NESTING_TOO_DEEP, PARAMS_TOO_LARGE, PARSE_ERROR,
-        error_response,
-    };
+    use crate::jsonrpc::error_response;
     use serde_json::Value;
+    use wsmq_codes::{
+        BATCH_TOO_LONG, INVALID_REQUEST, JSON_TOO_DEEP, PARAMS_TOO_LARGE, PARSE_ERROR,
+    };
 
     fn value(text: &str) -> Value {
         serde_json::from_str(text).expect("valid JSON")
@@ -506,7 +506,7 @@ mod tests {
         // The request object is level 1, so params add max_depth - 1 levels.
         call(&nested(limits.max_depth));
         let v = rejected(&nested(limits.max_depth + 1), &limits);
-        assert_eq!(v["error"]["code"], NESTING_TOO_DEEP);
+        assert_eq!(v["error"]["code"], JSON_TOO_DEEP);
         assert_eq!(v["id"], Value::Null);
         assert_eq!(
             v["error"]["data"],
@@ -531,7 +531,7 @@ mod tests {
     fn deep_nesting_beyond_serde_json_limit_is_refused_not_a_parse_error() {
         let text = "[".repeat(100_000);
         let v = rejected(&text, &ParseLimits::default());
-        assert_eq!(v["error"]["code"], NESTING_TOO_DEEP);
+        assert_eq!(v["error"]["code"], JSON_TOO_DEEP);
     }
 
     #[test]
