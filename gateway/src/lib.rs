@@ -15,6 +15,7 @@
 //! do once in is its own task's business ([`connection`], [`limits`]).
 
 mod auth;
+mod call_error;
 mod config;
 mod connection;
 mod http;
@@ -47,6 +48,8 @@ pub use config::{Cli, Config, ConfigError, Overrides};
 /// should call it, and it may change with the parser.
 #[doc(hidden)]
 pub mod fuzzing {
+    use wsmq_codes as codes;
+
     use crate::jsonrpc::{self, Entry, FrameRejected, Incoming, ParseLimits};
 
     /// Parses `text` as a websocket text frame with the default limits, and panics if the
@@ -62,10 +65,10 @@ pub mod fuzzing {
                 assert!(
                     matches!(
                         code,
-                        jsonrpc::PARSE_ERROR
-                            | jsonrpc::INVALID_REQUEST
-                            | jsonrpc::NESTING_TOO_DEEP
-                            | jsonrpc::BATCH_TOO_LONG
+                        codes::PARSE_ERROR
+                            | codes::INVALID_REQUEST
+                            | codes::JSON_TOO_DEEP
+                            | codes::BATCH_TOO_LONG
                     ),
                     "undocumented frame refusal: {answer}"
                 );
@@ -124,7 +127,7 @@ pub mod fuzzing {
             Entry::Invalid(answer) => {
                 let (code, id) = check_error(&answer);
                 assert!(
-                    matches!(code, jsonrpc::INVALID_REQUEST | jsonrpc::PARAMS_TOO_LARGE),
+                    matches!(code, codes::INVALID_REQUEST | codes::PARAMS_TOO_LARGE),
                     "undocumented call refusal: {answer}"
                 );
                 assert!(is_scalar_id(&id), "{answer}");
@@ -254,6 +257,8 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
                 .then(|| (f64::from(config.call_rate), config.call_burst)),
             ping_interval: (!config.ping_interval.is_zero()).then_some(config.ping_interval),
             idle_timeout: (!config.idle_timeout.is_zero()).then_some(config.idle_timeout),
+            write_timeout: config.write_timeout,
+            max_awaiting: connection::max_awaiting(config.max_inflight_per_client),
         },
         max_message_bytes: config.max_message_bytes,
         max_frame_bytes: config.frame_limit(),

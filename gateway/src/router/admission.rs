@@ -7,10 +7,12 @@ use tracing::debug;
 use wsmq_ipc_proto::{BrokerState, Job, JobId, Json, ToBridge};
 
 use super::{CallState, Pending, Router, unix_ms};
-use crate::jsonrpc::{self, Call};
+use crate::call_error::CallError;
+use crate::jsonrpc::Call;
 use crate::link::Outgoing;
 use crate::metrics;
 use crate::outbound::{ClientId, OutboundKind};
+use crate::sessions::SessionId;
 
 impl Router {
     pub(super) fn on_call(&mut self, client: ClientId, mut call: Call, batch: Option<u64>) {
@@ -18,57 +20,29 @@ impl Router {
             debug!(client, "call from a connection that has gone; dropped");
             return;
         };
-        let refuse = |this: &mut Self, call: &Call, code: i64, message: &str, data: &str| {
-            metrics::call_ended(
-                this.methods.label(&call.method),
-                super::outcome_of(code),
-                Duration::ZERO,
-            );
-            match &call.id {
-                Some(id) => {
-                    let text = jsonrpc::error_response(Some(id), code, message, Some(data));
-                    this.respond_to(session, batch, OutboundKind::Response, text);
-                }
-                None => debug!(client, method = %call.method, message, "notification dropped"),
-            }
-        };
-        let unavailable = "broker unavailable";
         if self.broker == BrokerState::Blocked && self.epoch.is_some() {
             // A resource alarm is not an outage: holding would only grow memory.
-            return refuse(
-                self,
-                &call,
-                jsonrpc::BROKER_UNAVAILABLE,
-                unavailable,
-                "RabbitMQ is blocking publishers (resource alarm)",
-            );
+            return self.refuse(session, &call, batch, CallError::BrokerBlocked);
         }
-        let too_many = "too many calls in flight";
-        let in_flight = self.sessions.in_flight(session);
-        if in_flight >= self.limits.per_client {
-            let data = format!(
-                "at most {} calls in flight per connection",
-                self.limits.per_client
+        if self.sessions.in_flight(session) >= self.limits.per_client {
+            let max = self.limits.per_client;
+            return self.refuse(
+                session,
+                &call,
+                batch,
+                CallError::TooManyOnConnection { max },
             );
-            return refuse(self, &call, jsonrpc::TOO_MANY_IN_FLIGHT, too_many, &data);
         }
         if self.pending.len() >= self.limits.global {
-            return refuse(
-                self,
-                &call,
-                jsonrpc::TOO_MANY_IN_FLIGHT,
-                too_many,
-                "the gateway is at capacity",
-            );
+            return self.refuse(session, &call, batch, CallError::GatewayAtCapacity);
         }
         let available = self.available();
         if !available && self.held.len() >= self.limits.max_held {
-            let data = format!(
-                "{}; {} calls are already waiting for it",
-                self.outage(),
-                self.held.len()
-            );
-            return refuse(self, &call, jsonrpc::BROKER_UNAVAILABLE, unavailable, &data);
+            let error = CallError::TooManyHeld {
+                outage: self.outage(),
+                waiting: self.held.len(),
+            };
+            return self.refuse(session, &call, batch, error);
         }
 
         let timeout = call
@@ -91,13 +65,7 @@ impl Router {
             caller: self.sessions.identity(session).map(|id| id.to_string()),
         };
         if available && !self.submit(&job) {
-            return refuse(
-                self,
-                &call,
-                jsonrpc::BROKER_UNAVAILABLE,
-                unavailable,
-                "the bridge is backed up",
-            );
+            return self.refuse(session, &call, batch, CallError::BridgeBackedUp);
         }
         let state = if available {
             debug!(client, job = %job_id, method = %call.method, ?timeout, "call submitted");
@@ -124,6 +92,20 @@ impl Router {
             },
         );
         metrics::calls_in_flight(self.pending.len());
+    }
+
+    /// Answers a call that was not taken (a notification: drops it) and counts it.
+    fn refuse(&mut self, session: SessionId, call: &Call, batch: Option<u64>, error: CallError) {
+        if let Some(outcome) = error.outcome() {
+            metrics::call_ended(self.methods.label(&call.method), outcome, Duration::ZERO);
+        }
+        match &call.id {
+            Some(id) => {
+                let text = error.response(Some(id));
+                self.respond_to(session, batch, OutboundKind::Response, text);
+            }
+            None => debug!(session, method = %call.method, ?error, "notification refused"),
+        }
     }
 
     /// Whether jobs can go to RabbitMQ right now.
@@ -167,6 +149,7 @@ fn new_job_id() -> JobId {
 #[cfg(test)]
 mod tests {
     use std::time::SystemTime;
+    use wsmq_codes as codes;
 
     use serde_json::json;
     use wsmq_ipc_proto::{BrokerState, ReplyBody, ToGateway};
@@ -185,7 +168,6 @@ mod tests {
             assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
         }
     }
-    use crate::jsonrpc;
 
     #[tokio::test]
     async fn in_flight_cap_refuses_the_extra_call() {
@@ -200,7 +182,7 @@ mod tests {
         let r = response(&mut a).await;
         assert_eq!(
             (r["id"].clone(), r["error"]["code"].clone()),
-            (json!(2), json!(jsonrpc::TOO_MANY_IN_FLIGHT))
+            (json!(2), json!(codes::TOO_MANY_IN_FLIGHT))
         );
         // Once the first finishes there is room again.
         h.reply(1, first.id, ReplyBody::Result("0".into())).await;
@@ -236,7 +218,7 @@ mod tests {
             .await
             .expect("router alive");
         let r = response(&mut a).await;
-        assert_eq!(r["error"]["code"], jsonrpc::BROKER_UNAVAILABLE);
+        assert_eq!(r["error"]["code"], codes::BROKER_UNAVAILABLE);
         assert!(h.jobs.try_recv().is_err());
     }
 }

@@ -6,8 +6,8 @@ use std::collections::{HashMap, VecDeque};
 use tracing::debug;
 use wsmq_ipc_proto::{CancelReason, JobId, ToBridge};
 
-use super::{CallState, Pending, Router, outcome_of};
-use crate::jsonrpc;
+use super::{CallState, Pending, Router};
+use crate::call_error::CallError;
 use crate::link::Outgoing;
 use crate::metrics::{self, Outcome};
 use crate::outbound::{ClientId, OutboundKind};
@@ -61,13 +61,7 @@ impl Router {
             return;
         };
         debug!(client, %job, "call cancelled");
-        self.finish_with_error(
-            job,
-            Ending::Cancelled,
-            jsonrpc::CANCELLED,
-            "cancelled",
-            "cancelled by the client",
-        );
+        self.finish_with_error(job, Ending::Cancelled, CallError::Cancelled);
         self.tell_workers(job, CancelReason::Cancelled);
     }
 
@@ -77,22 +71,17 @@ impl Router {
         };
         if pending.state == CallState::Held {
             // It never reached RabbitMQ: the outage, not the worker, is why it failed.
-            let data = format!("{} until the call's deadline", self.outage());
+            let outage = self.outage();
             self.finish_with_error(
                 job,
                 Ending::Answered,
-                jsonrpc::BROKER_UNAVAILABLE,
-                "broker unavailable",
-                &data,
+                CallError::HeldPastDeadline { outage },
             );
             return;
         }
         debug!(%job, session = pending.session, method = %pending.method, "call timed out");
-        let data = format!(
-            "no result for {:?} before the call's deadline",
-            pending.method
-        );
-        self.finish_with_error(job, Ending::TimedOut, jsonrpc::TIMEOUT, "timeout", &data);
+        let method = pending.method.clone();
+        self.finish_with_error(job, Ending::TimedOut, CallError::Timeout { method });
         self.tell_workers(job, CancelReason::Timeout);
     }
 
@@ -108,39 +97,42 @@ impl Router {
     }
 
     /// Ends a call: removes it from the table, its timer, the held calls and its session's
-    /// books.
-    pub(super) fn end(&mut self, job: JobId, ending: Ending, outcome: Outcome) -> Option<Pending> {
+    /// books. Whoever ends it counts how, with [`count_ending`](Self::count_ending).
+    pub(super) fn end(&mut self, job: JobId, ending: Ending) -> Option<Pending> {
         let pending = self.pending.remove(&job)?;
         self.held.forget(job);
         self.deadlines.try_remove(&pending.deadline);
         self.endings.remember(job, ending);
-        let took = pending.started.elapsed();
-        debug!(%job, session = pending.session, method = %pending.method, ?outcome, ?took, "call ended");
-        metrics::call_ended(self.methods.label(&pending.method), outcome, took);
         metrics::calls_in_flight(self.pending.len());
         self.sessions
             .call_ended(pending.session, pending.id.as_deref(), job);
         Some(pending)
     }
 
-    pub(super) fn finish_with_error(
-        &mut self,
-        job: JobId,
-        ending: Ending,
-        code: i64,
-        message: &str,
-        data: &str,
-    ) {
-        let Some(pending) = self.end(job, ending, outcome_of(code)) else {
+    /// Counts a call that [`end`](Self::end) ended, under `outcome` (`None` only for an
+    /// error that is no call's outcome, which the router never decides: see
+    /// [`CallError::outcome`]).
+    pub(super) fn count_ending(&self, job: JobId, pending: &Pending, outcome: Option<Outcome>) {
+        let took = pending.started.elapsed();
+        debug!(%job, session = pending.session, method = %pending.method, ?outcome, ?took, "call ended");
+        if let Some(outcome) = outcome {
+            metrics::call_ended(self.methods.label(&pending.method), outcome, took);
+        }
+    }
+
+    /// Ends a call with an error the gateway decided, and answers it.
+    pub(super) fn finish_with_error(&mut self, job: JobId, ending: Ending, error: CallError) {
+        let Some(pending) = self.end(job, ending) else {
             return;
         };
+        self.count_ending(job, &pending, error.outcome());
         match pending.id.as_deref() {
             Some(id) => {
-                let text = jsonrpc::error_response(Some(id), code, message, Some(data));
+                let text = error.response(Some(id));
                 self.respond_to(pending.session, pending.batch, OutboundKind::Response, text);
             }
             None => {
-                debug!(%job, session = pending.session, method = %pending.method, message, "notification failed")
+                debug!(%job, session = pending.session, method = %pending.method, ?error, "notification failed")
             }
         }
     }
@@ -149,11 +141,11 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+    use wsmq_codes as codes;
     use wsmq_ipc_proto::{CancelReason, JobId, ReplyBody};
 
     use super::super::harness::{assert_silent, call, cancellation, harness, raw, response};
     use super::{Ending, Endings, REMEMBERED_ENDINGS};
-    use crate::jsonrpc;
 
     #[test]
     fn endings_forget_the_oldest_past_their_bound() {
@@ -181,7 +173,7 @@ mod tests {
         let r = response(&mut a).await;
         assert_eq!(
             (r["id"].clone(), r["error"]["code"].clone()),
-            (json!(1), json!(jsonrpc::TIMEOUT))
+            (json!(1), json!(codes::TIMEOUT))
         );
         assert_eq!(cancellation(&mut h).await, (job.id, CancelReason::Timeout));
 
@@ -209,7 +201,7 @@ mod tests {
         let r = response(&mut a).await;
         assert_eq!(
             (r["id"].clone(), r["error"]["code"].clone()),
-            (json!("c1"), json!(jsonrpc::CANCELLED))
+            (json!("c1"), json!(codes::CANCELLED))
         );
         assert_eq!(
             cancellation(&mut h).await,
@@ -244,7 +236,7 @@ mod tests {
             .cancel(1, raw(json!("dup")))
             .await
             .expect("router alive");
-        assert_eq!(response(&mut a).await["error"]["code"], jsonrpc::CANCELLED);
+        assert_eq!(response(&mut a).await["error"]["code"], codes::CANCELLED);
         assert_eq!(
             cancellation(&mut h).await,
             (second.id, CancelReason::Cancelled)

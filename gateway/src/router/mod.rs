@@ -38,11 +38,11 @@ use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
 use tokio_util::time::{DelayQueue, delay_queue};
 use tracing::{debug, info, warn};
-use wsmq_ipc_proto::{BrokerState, Job, JobId, Rejection, ToGateway};
+use wsmq_ipc_proto::{BrokerState, Job, JobId, ToGateway};
 
 use crate::jsonrpc;
 use crate::link::{LinkEvent, Outgoing};
-use crate::metrics::{self, Dropped, MethodLabels, Outcome};
+use crate::metrics::{self, Dropped, MethodLabels};
 use crate::outbound::{Outbound, OutboundKind};
 use crate::sessions::{SessionId, Sessions};
 
@@ -177,23 +177,6 @@ struct Router {
 fn unix_ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// The `data` of the -32601 for a method no worker serves; also given for a method the
-/// caller's allowlist excludes, so that the two cannot be told apart.
-pub(crate) fn no_worker_serves(method: &str) -> String {
-    format!("no worker serves {method:?}")
-}
-
-/// The metrics outcome of a call answered with error `code` by the gateway itself.
-fn outcome_of(code: i64) -> Outcome {
-    match code {
-        jsonrpc::TIMEOUT => Outcome::Timeout,
-        jsonrpc::CANCELLED => Outcome::Cancelled,
-        jsonrpc::METHOD_NOT_FOUND => Outcome::MethodNotFound,
-        jsonrpc::TOO_MANY_IN_FLIGHT => Outcome::TooManyInFlight,
-        _ => Outcome::BrokerUnavailable,
-    }
 }
 
 impl Router {
@@ -362,14 +345,6 @@ impl Router {
                     p.job = None;
                     self.methods.learn(&p.method);
                 }
-            }
-            ToGateway::Rejected {
-                job,
-                reason: Rejection::BrokerUnavailable | Rejection::Nacked,
-            } => {
-                // Not taken by RabbitMQ: wait and try again (until the call's deadline).
-                debug!(%job, "publish failed; call held for another try");
-                self.hold(job);
             }
             ToGateway::Rejected { job, reason } => self.on_rejected(job, reason),
             ToGateway::Reply(reply) => self.on_reply(epoch, reply),

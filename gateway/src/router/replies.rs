@@ -1,11 +1,11 @@
 //! What the bridge sends back for a call — its result, an error, progress, or a refusal to
 //! publish it — carried to the one client that asked.
 
-use serde_json::value::RawValue;
 use tracing::{debug, warn};
 use wsmq_ipc_proto::{JobId, Json, Rejection, Reply, ReplyBody, ReplySeq, ToBridge};
 
-use super::{Ending, Router, no_worker_serves};
+use super::{Ending, Router};
+use crate::call_error::CallError;
 use crate::jsonrpc;
 use crate::link::Outgoing;
 use crate::metrics::{self, Dropped, Outcome};
@@ -13,77 +13,81 @@ use crate::outbound::{Outbound, OutboundKind};
 use crate::sessions::{Delivery, SessionId};
 
 impl Router {
-    /// The bridge could not publish the job and it will not be tried again.
+    /// The bridge could not publish the job: it is held for another try, or answered.
     pub(super) fn on_rejected(&mut self, job: JobId, reason: Rejection) {
-        let method = self
-            .pending
-            .get(&job)
-            .map(|p| p.method.clone())
-            .unwrap_or_default();
-        let (code, message, data) = match reason {
-            Rejection::NoRoute => (
-                jsonrpc::METHOD_NOT_FOUND,
-                "Method not found",
-                no_worker_serves(&method),
-            ),
-            Rejection::InvalidMethod => (
-                jsonrpc::METHOD_NOT_FOUND,
-                "Method not found",
-                "method name too long".to_owned(),
-            ),
-            Rejection::BrokerUnavailable => (
-                jsonrpc::BROKER_UNAVAILABLE,
-                "broker unavailable",
-                "RabbitMQ did not take the job".to_owned(),
-            ),
-            Rejection::Nacked => (
-                jsonrpc::BROKER_UNAVAILABLE,
-                "broker unavailable",
-                "RabbitMQ refused the job".to_owned(),
-            ),
-            Rejection::Expired => (
-                jsonrpc::TIMEOUT,
-                "timeout",
-                "the deadline passed before the job could be published".to_owned(),
-            ),
+        let error = match reason {
+            Rejection::BrokerUnavailable | Rejection::Nacked => {
+                // Not taken by RabbitMQ: wait and try again (until the call's deadline).
+                debug!(%job, "publish failed; call held for another try");
+                return self.hold(job);
+            }
+            Rejection::NoRoute => CallError::NoWorker {
+                method: self
+                    .pending
+                    .get(&job)
+                    .map(|p| p.method.clone())
+                    .unwrap_or_default(),
+            },
+            Rejection::InvalidMethod => CallError::MethodNameTooLong,
+            Rejection::Expired => CallError::ExpiredBeforePublish,
         };
-        self.finish_with_error(job, Ending::Answered, code, message, &data);
+        self.finish_with_error(job, Ending::Answered, error);
     }
 
     pub(super) fn on_reply(&mut self, epoch: u64, Reply { seq, job, body }: Reply) {
         self.taken(epoch, seq);
-        if let ReplyBody::Progress(value) = body {
-            return self.on_progress(job, value);
-        }
-        let outcome = match &body {
-            ReplyBody::Result(_) | ReplyBody::Progress(_) => Outcome::Ok,
-            ReplyBody::Error(_) => Outcome::WorkerError,
-            ReplyBody::Invalid { .. } => Outcome::InvalidReply,
+        // What the reply says is read before the call ends, so that it ends under the outcome
+        // of the response it gets.
+        let reply = match body {
+            ReplyBody::Progress(value) => return self.on_progress(job, value),
+            // The bridge checked the worker's JSON: it is spliced into the response as it came.
+            ReplyBody::Result(json) => match json.as_str() {
+                Ok(_) => Ok(Ok(json)),
+                Err(e) => Err(format!("result is not UTF-8: {e}")),
+            },
+            ReplyBody::Error(err) => Ok(Err(err)),
+            ReplyBody::Invalid { reason } => Err(reason),
         };
-        let Some(pending) = self.end(job, Ending::Answered, outcome) else {
+        let Some(pending) = self.end(job, Ending::Answered) else {
             return self.count_orphan(job);
         };
-        let Some(id) = pending.id.as_deref() else {
-            debug!(%job, session = pending.session, method = %pending.method, "notification finished");
-            return;
-        };
-        let text = match body {
-            // The bridge checked the worker's JSON; it is spliced in as it came.
-            ReplyBody::Result(json) => match json.as_str() {
-                Ok(result) => jsonrpc::result_response(id, result),
-                Err(e) => invalid_reply(id, &pending.method, &format!("result is not UTF-8: {e}")),
-            },
-            ReplyBody::Error(err) => {
-                let data = err.data.as_ref().and_then(|d| d.as_str().ok());
-                jsonrpc::error_response_raw(Some(id), err.code, &err.message, data)
-            }
-            ReplyBody::Invalid { reason } => {
+        let (outcome, text) = match reply {
+            Ok(Ok(result)) => (
+                Some(Outcome::Ok),
+                pending
+                    .id
+                    .as_deref()
+                    // Checked to be UTF-8 above: the fallback is never taken.
+                    .map(|id| jsonrpc::result_response(id, result.as_str().unwrap_or("null"))),
+            ),
+            Ok(Err(err)) => (
+                Some(Outcome::WorkerError),
+                pending.id.as_deref().map(|id| {
+                    let data = err.data.as_ref().and_then(|d| d.as_str().ok());
+                    jsonrpc::error_response_raw(Some(id), err.code, &err.message, data)
+                }),
+            ),
+            Err(reason) => {
                 warn!(%job, session = pending.session, method = %pending.method, %reason, "worker replied something unreadable");
-                invalid_reply(id, &pending.method, &reason)
+                let error = CallError::InvalidReply {
+                    method: pending.method.clone(),
+                    reason,
+                };
+                (
+                    error.outcome(),
+                    pending.id.as_deref().map(|id| error.response(Some(id))),
+                )
             }
-            ReplyBody::Progress(_) => return,
         };
-        self.respond_to(pending.session, pending.batch, OutboundKind::Response, text);
+        self.count_ending(job, &pending, outcome);
+        match text {
+            Some(text) => {
+                self.respond_to(pending.session, pending.batch, OutboundKind::Response, text)
+            }
+            None => {
+                debug!(%job, session = pending.session, method = %pending.method, "notification finished")
+            }
+        }
     }
 
     fn on_progress(&mut self, job: JobId, value: Json) {
@@ -181,18 +185,13 @@ impl Router {
     }
 }
 
-fn invalid_reply(id: &RawValue, method: &str, reason: &str) -> String {
-    let message = format!("Internal error: the worker for method {method:?} sent an invalid reply");
-    jsonrpc::error_response(Some(id), jsonrpc::INTERNAL_ERROR, &message, Some(reason))
-}
-
 #[cfg(test)]
 mod tests {
     use serde_json::{Value, json};
+    use wsmq_codes as codes;
     use wsmq_ipc_proto::{Rejection, ReplyBody, ToBridge, ToGateway, WorkerError};
 
     use super::super::harness::{assert_silent, call, harness, response};
-    use crate::jsonrpc;
     use crate::outbound::OutboundKind;
 
     #[tokio::test]
@@ -320,7 +319,7 @@ mod tests {
             json!({"code": 4000, "message": "requested failure", "data": {"k": 1}})
         );
         let r = response(&mut a).await;
-        assert_eq!(r["error"]["code"], jsonrpc::INTERNAL_ERROR);
+        assert_eq!(r["error"]["code"], codes::INTERNAL_ERROR);
         assert!(
             r["error"]["message"]
                 .as_str()
@@ -346,7 +345,7 @@ mod tests {
         let r = response(&mut a).await;
         assert_eq!(
             (r["id"].clone(), r["error"]["code"].clone()),
-            (json!(9), json!(jsonrpc::METHOD_NOT_FOUND))
+            (json!(9), json!(codes::METHOD_NOT_FOUND))
         );
     }
 
