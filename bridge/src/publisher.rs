@@ -29,10 +29,10 @@ use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use lapin::message::BasicReturnMessage;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error};
+use wsmq_amqp_proto::{Cancellation, JobMessage};
 use wsmq_ipc_proto::{CancelReason, Job, JobId, Rejection};
 
 /// Longest wait for RabbitMQ to confirm one publish.
@@ -41,24 +41,6 @@ const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 /// Requests waiting for one lane to start them. The session bounds the publishes in flight
 /// (`--max-unconfirmed`), so this only smooths hand-offs; when full, the publishing task waits.
 const LANE_QUEUE_CAPACITY: usize = 256;
-
-/// AMQP 0-9-1 short strings (routing keys, queue names) hold at most 255 bytes.
-const MAX_ROUTING_KEY: usize = 255;
-
-/// Header carrying the method name, so a worker serving several queues can tell them apart.
-pub(crate) const METHOD_HEADER: &str = "wsmq-method";
-/// Header carrying the job's deadline in unix milliseconds.
-pub(crate) const DEADLINE_HEADER: &str = "wsmq-deadline";
-/// Header on a cancellation broadcast saying why (`cancelled` or `timeout`).
-pub(crate) const REASON_HEADER: &str = "wsmq-reason";
-/// Header naming the authenticated caller (the gateway's identity of the client), when there
-/// is one; workers may decide by it.
-pub(crate) const CALLER_HEADER: &str = "wsmq-caller";
-
-/// The fanout exchange cancellations are broadcast on, for a queue prefix.
-pub(crate) fn cancel_exchange(prefix: &str) -> String {
-    format!("{prefix}wsmq.cancel")
-}
 
 fn unix_ms_now() -> u64 {
     std::time::SystemTime::now()
@@ -139,7 +121,7 @@ impl Publishers {
         reply_queue: &str,
         job: Job,
     ) -> Result<(), Rejection> {
-        let Some(routing_key) = routing_key(prefix, &job.method) else {
+        let Some(routing_key) = wsmq_amqp_proto::routing_key(prefix, &job.method) else {
             return Err(Rejection::InvalidMethod);
         };
         let started = Instant::now();
@@ -158,14 +140,14 @@ impl Publishers {
         job: JobId,
         reason: CancelReason,
     ) -> Result<(), Rejection> {
-        let mut headers = FieldTable::default();
-        headers.insert(
-            REASON_HEADER.into(),
-            AMQPValue::LongString(reason.as_str().into()),
-        );
-        let properties = BasicProperties::default()
-            .with_correlation_id(job.to_string().into())
-            .with_headers(headers);
+        let properties = Cancellation {
+            job_id: job.to_string(),
+            reason: match reason {
+                CancelReason::Cancelled => wsmq_amqp_proto::CancelReason::Cancelled,
+                CancelReason::Timeout => wsmq_amqp_proto::CancelReason::Timeout,
+            },
+        }
+        .properties();
         let outcome = self
             .send(Message::Cancel {
                 exchange: exchange.to_owned(),
@@ -189,12 +171,6 @@ impl Publishers {
     }
 }
 
-/// The routing key for a method, or `None` if it would not fit in an AMQP short string.
-pub(crate) fn routing_key(prefix: &str, method: &str) -> Option<String> {
-    let key = format!("{prefix}{method}");
-    (key.len() <= MAX_ROUTING_KEY).then_some(key)
-}
-
 /// The AMQP message for a job: persistent, with the job's id as `correlation_id` and
 /// `message_id` (a return is matched to its job by it), its deadline as the per-message TTL.
 fn job_message(routing_key: String, reply_queue: &str, job: Job) -> Result<Message, Rejection> {
@@ -202,29 +178,18 @@ fn job_message(routing_key: String, reply_queue: &str, job: Job) -> Result<Messa
     if remaining_ms == 0 {
         return Err(Rejection::Expired);
     }
-    let id: ShortString = job.id.to_string().into();
-    let mut headers = FieldTable::default();
-    let deadline = i64::try_from(job.deadline_unix_ms).unwrap_or(i64::MAX);
-    headers.insert(DEADLINE_HEADER.into(), AMQPValue::LongLongInt(deadline));
-    if let Some(caller) = job.caller {
-        headers.insert(CALLER_HEADER.into(), AMQPValue::LongString(caller.into()));
-    }
-    headers.insert(
-        METHOD_HEADER.into(),
-        AMQPValue::LongString(job.method.into()),
-    );
-    let mut properties = BasicProperties::default()
+    let id = job.id.to_string();
+    let properties = JobMessage {
+        id: &id,
+        method: &job.method,
+        reply_to: reply_queue,
+        deadline_unix_ms: job.deadline_unix_ms,
         // RabbitMQ discards the job if no worker has taken it by then.
-        .with_expiration(remaining_ms.to_string().into())
-        .with_correlation_id(id.clone())
-        .with_message_id(id)
-        .with_reply_to(reply_queue.into())
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
-        .with_headers(headers);
-    if let Some(priority) = job.priority {
-        properties = properties.with_priority(priority);
+        remaining_ms,
+        caller: job.caller.as_deref(),
+        priority: job.priority,
     }
+    .properties();
     Ok(Message::Job {
         id: job.id,
         routing_key,
@@ -522,22 +487,5 @@ impl Lane {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routing_key_is_prefix_then_method() {
-        assert_eq!(routing_key("t1.", "echo").as_deref(), Some("t1.echo"));
-        assert_eq!(routing_key("", "echo").as_deref(), Some("echo"));
-    }
-
-    #[test]
-    fn routing_key_longer_than_a_short_string_is_refused() {
-        assert!(routing_key("p.", &"m".repeat(253)).is_some());
-        assert!(routing_key("p.", &"m".repeat(254)).is_none());
     }
 }
