@@ -1,5 +1,6 @@
 //! Exit statuses: one per class of failure, so a script can tell "try again later" from "the
-//! call is wrong" from "the worker said no" without parsing stderr. README's table is this one.
+//! call is wrong" from "the worker said no" without parsing stderr. The table in docs/clients.md
+//! is this one.
 
 use std::process::ExitCode;
 
