@@ -314,7 +314,7 @@ impl Session {
             self.taken(&source, tag);
             return Ok(());
         };
-        let Delivery {
+        let lapin::message::Delivery {
             properties, data, ..
         } = delivery;
         let body = reply::classify(properties.headers().as_ref(), data.into());
