@@ -170,6 +170,15 @@ pub struct Overrides {
     )]
     pub idle_timeout: Option<Duration>,
 
+    /// Longest a client's socket may take nothing while responses wait to be written; then the
+    /// client counts as not reading and is closed (1008, best effort). [default: 10s]
+    #[arg(long, value_parser = humantime::parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        with = "humantime_serde::option"
+    )]
+    pub write_timeout: Option<Duration>,
+
     /// Tokens file: `identity:token` per line, optionally `:pattern,pattern` (the methods
     /// that identity may call, e.g. `report.*`); `#` starts a comment. Reloaded on SIGHUP.
     #[arg(long)]
@@ -266,6 +275,8 @@ pub struct Config {
     /// Zero: off.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub write_timeout: Duration,
     pub tokens: Option<PathBuf>,
     pub jwt_secret_file: Option<PathBuf>,
     pub jwt_public_key: Option<PathBuf>,
@@ -303,6 +314,7 @@ impl Default for Config {
             handshake_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(300),
+            write_timeout: Duration::from_secs(10),
             tokens: None,
             jwt_secret_file: None,
             jwt_public_key: None,
@@ -333,6 +345,8 @@ pub enum ConfigError {
     FrameTooLarge(usize, usize),
     #[error("handshake_timeout must be at least 1ms")]
     HandshakeTimeout,
+    #[error("write_timeout must be at least 1ms")]
+    WriteTimeout,
     #[error(
         "listen address {0} is not loopback and no authentication is configured: give --tokens, \
          --jwt-secret-file or --jwt-public-key (or --insecure-no-auth to let anyone in)"
@@ -390,6 +404,9 @@ impl Config {
         }
         if self.handshake_timeout.is_zero() {
             return Err(ConfigError::HandshakeTimeout);
+        }
+        if self.write_timeout.is_zero() {
+            return Err(ConfigError::WriteTimeout);
         }
         if self.jwt_secret_file.is_some() && self.jwt_public_key.is_some() {
             return Err(ConfigError::TwoJwtKeys);

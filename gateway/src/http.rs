@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::auth::Authenticator;
-use crate::connection::{self, ConnectionConfig, OUTBOUND_CAPACITY};
+use crate::connection::{self, ConnectionConfig};
 use crate::limits::PerAddress;
 use crate::router::{Health, RouterHandle};
 use crate::sessions::ResumeRefused;
@@ -182,7 +182,7 @@ async fn websocket(
         None => info_span!("client", id = client, %peer),
     };
     // Attach to the session before upgrading, so a refused resume is a plain HTTP answer.
-    let (tx, rx) = mpsc::channel(OUTBOUND_CAPACITY);
+    let (tx, rx) = mpsc::channel(app.connection.max_awaiting * 2);
     match app
         .router
         .connect(client, tx, query.session, caller.identity.clone())

@@ -14,6 +14,8 @@
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
+use crate::call_error::CallError;
+
 /// Invalid JSON was received.
 pub(crate) const PARSE_ERROR: i64 = -32700;
 /// The JSON sent is not a valid request object.
@@ -138,26 +140,15 @@ pub(crate) struct FrameRejected(pub(crate) String);
 
 /// The -32700 answer to a frame that is not JSON.
 fn parse_error(e: serde_json::Error) -> FrameRejected {
-    FrameRejected(error_response(
-        None,
-        PARSE_ERROR,
-        "Parse error",
-        Some(&e.to_string()),
-    ))
+    FrameRejected(CallError::Parse(e.to_string()).response(None))
 }
 
 /// Parses one websocket text frame.
 pub(crate) fn parse(text: &str, limits: &ParseLimits) -> Result<Incoming, FrameRejected> {
     if let Some(depth) = exceeds_depth(text, limits.max_depth) {
-        return Err(FrameRejected(error_response(
-            None,
-            NESTING_TOO_DEEP,
-            "JSON nested too deep",
-            Some(&format!(
-                "nesting deeper than {depth} levels; at most {}",
-                limits.max_depth
-            )),
-        )));
+        let max = limits.max_depth;
+        let error = CallError::NestingTooDeep { depth, max };
+        return Err(FrameRejected(error.response(None)));
     }
     let raw: &RawValue = serde_json::from_str(text).map_err(parse_error)?;
     let json = raw.get();
@@ -165,24 +156,14 @@ pub(crate) fn parse(text: &str, limits: &ParseLimits) -> Result<Incoming, FrameR
         let members = match collect_batch(json, limits.max_batch_len).map_err(parse_error)? {
             Batch::Members(members) => members,
             Batch::TooLong(len) => {
-                return Err(FrameRejected(error_response(
-                    None,
-                    BATCH_TOO_LONG,
-                    "batch too long",
-                    Some(&format!(
-                        "batch of {len} calls; at most {}",
-                        limits.max_batch_len
-                    )),
-                )));
+                let max = limits.max_batch_len;
+                let error = CallError::BatchTooLong { len, max };
+                return Err(FrameRejected(error.response(None)));
             }
         };
         if members.is_empty() {
-            return Err(FrameRejected(error_response(
-                None,
-                INVALID_REQUEST,
-                "Invalid Request",
-                Some("empty batch"),
-            )));
+            let error = CallError::InvalidRequest("empty batch".into());
+            return Err(FrameRejected(error.response(None)));
         }
         Ok(Incoming::Batch(
             members
@@ -297,12 +278,7 @@ struct RawRequest<'a> {
 
 fn parse_entry(raw: &RawValue, limits: &ParseLimits) -> Entry {
     let invalid = |id: Option<&RawValue>, why: &str| {
-        Entry::Invalid(error_response(
-            id,
-            INVALID_REQUEST,
-            "Invalid Request",
-            Some(why),
-        ))
+        Entry::Invalid(CallError::InvalidRequest(why.to_owned().into()).response(id))
     };
     if !raw.get().starts_with('{') {
         return invalid(None, "a request must be a JSON object");
@@ -335,16 +311,11 @@ fn parse_entry(raw: &RawValue, limits: &ParseLimits) -> Entry {
     if let Some(params) = req.params
         && params.get().len() > limits.max_params_bytes
     {
-        return Entry::Invalid(error_response(
-            id,
-            PARAMS_TOO_LARGE,
-            "params too large",
-            Some(&format!(
-                "params of {} bytes; at most {}",
-                params.get().len(),
-                limits.max_params_bytes
-            )),
-        ));
+        let error = CallError::ParamsTooLarge {
+            len: params.get().len(),
+            max: limits.max_params_bytes,
+        };
+        return Entry::Invalid(error.response(id));
     }
     let options = match req.wsmq.map(CallOptions::parse).transpose() {
         Ok(options) => options.unwrap_or_default(),

@@ -15,6 +15,7 @@
 //! do once in is its own task's business ([`connection`], [`limits`]).
 
 mod auth;
+mod call_error;
 mod config;
 mod connection;
 mod http;
@@ -22,6 +23,7 @@ mod jsonrpc;
 mod limits;
 mod link;
 mod metrics;
+mod outbound;
 mod router;
 mod server;
 mod sessions;
@@ -253,6 +255,8 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
                 .then(|| (f64::from(config.call_rate), config.call_burst)),
             ping_interval: (!config.ping_interval.is_zero()).then_some(config.ping_interval),
             idle_timeout: (!config.idle_timeout.is_zero()).then_some(config.idle_timeout),
+            write_timeout: config.write_timeout,
+            max_awaiting: connection::max_awaiting(config.max_inflight_per_client),
         },
         max_message_bytes: config.max_message_bytes,
         max_frame_bytes: config.frame_limit(),

@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio_util::time::{DelayQueue, delay_queue};
 use wsmq_ipc_proto::JobId;
 
-use crate::router::{ClientId, Outbound, OutboundKind};
+use crate::outbound::{ClientId, Outbound, OutboundKind};
 
 /// Responses and progress kept for a session while no connection serves it. Past it, more are
 /// dropped (and counted); it is below the connection's outbound queue, so a resuming connection

@@ -7,6 +7,7 @@ mod bench;
 mod clients;
 mod faults;
 mod hostile;
+mod hostile_clients;
 mod ipc;
 mod jsonrpc;
 mod lifecycle;

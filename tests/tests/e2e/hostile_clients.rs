@@ -1,0 +1,219 @@
+//! Clients that abuse the gateway's resources rather than its parser (issue 17): a fast
+//! pipelining reader, a client that never reads, method names that name wsmq's or RabbitMQ's
+//! own queues, cross-site browsers, a dawdling handshake, and dead sessions that keep results.
+//!
+//! What these tests count (memory, open sockets) is read from the gateway process itself
+//! (`/proc/<pid>/status`, `/proc/<pid>/fd`), never inferred from the client's side.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::Message;
+use wsmq_tests::{Incoming, RECV_TIMEOUT, System, rpc};
+
+/// Open sockets of a process, from `/proc/<pid>/fd`.
+fn open_sockets(pid: u32) -> Result<usize> {
+    let mut n = 0;
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let Ok(entry) = entry else { continue };
+        if std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+        {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Waits until `check` holds, polling every 100 ms, for at most `limit`.
+async fn wait_until(limit: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<bool> {
+    let until = Instant::now() + limit;
+    loop {
+        if check()? {
+            return Ok(true);
+        }
+        if Instant::now() >= until {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One connection pipelines `calls` echo calls as fast as it can while a second task reads
+/// everything; returns how many answers came and the close, if the gateway closed.
+async fn pipeline(addr: std::net::SocketAddr, calls: usize) -> Result<(usize, Option<Incoming>)> {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws"))
+        .await
+        .context("connects")?;
+    let (mut sink, mut stream) = ws.split();
+    let writer = tokio::spawn(async move {
+        for i in 0..calls {
+            let call = json!({"jsonrpc": "2.0", "method": "echo", "params": {"i": i}, "id": i});
+            if sink.send(Message::text(call.to_string())).await.is_err() {
+                break;
+            }
+        }
+        sink
+    });
+    let mut answered = 0;
+    let mut ended = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while answered < calls {
+        let next = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .context("answers stopped coming")?;
+        match next {
+            Some(Ok(Message::Text(text))) => {
+                let v: Value = serde_json::from_str(text.as_str())?;
+                if v.get("id").is_some() {
+                    answered += 1;
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                ended = Some(Incoming::Close(
+                    frame.map(|f| (u16::from(f.code), f.reason.to_string())),
+                ));
+                break;
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                ended = Some(Incoming::Ended(Some(e.to_string())));
+                break;
+            }
+            None => {
+                ended = Some(Incoming::Ended(None));
+                break;
+            }
+        }
+    }
+    let mut sink = writer.await.context("writer task")?;
+    let _ = sink.close().await;
+    Ok((answered, ended))
+}
+
+/// Issue 17 §1: a client that reads everything is never taken for a slow one, however fast it
+/// pipelines (each call is answered: a result, or -32003/-32005 past the caps).
+#[tokio::test]
+async fn a_client_that_reads_is_never_dropped_as_slow_however_fast_it_pipelines() {
+    let mut system = System::start().await.expect("system starts");
+    let addr = system.gateway_addr().expect("addr");
+    const ROUNDS: usize = 3;
+    const CALLS: usize = 10_000;
+    for round in 0..ROUNDS {
+        let (answered, ended) = pipeline(addr, CALLS).await.expect("pipeline runs");
+        assert!(
+            ended.is_none() && answered == CALLS,
+            "round {round}: {answered} of {CALLS} answered, then {ended:?}"
+        );
+    }
+    let lines = system
+        .gateway()
+        .expect("gateway")
+        .lines()
+        .await
+        .expect("log");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.message() == Some("client is not reading its responses; disconnecting it")),
+        "no reading client is taken for a slow one"
+    );
+    system.cleanup().await;
+}
+
+/// Opens a websocket over a TCP socket with a 4 KiB receive buffer and sends 16 KiB echo calls
+/// until a send blocks for a second (the gateway stopped reading, or closed), never reading.
+async fn stuff_and_never_read(addr: std::net::SocketAddr) -> Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_recv_buffer_size(4096)?;
+    let mut tcp = socket.connect(addr).await?;
+    tcp.write_all(
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await?;
+    // Read the 101 answer only (up to its blank line), nothing after.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = tokio::time::timeout(RECV_TIMEOUT, tcp.read(&mut byte)).await??;
+        ensure!(n == 1, "closed during the handshake");
+        head.push(byte[0]);
+    }
+    ensure!(head.starts_with(b"HTTP/1.1 101"), "upgrade refused");
+    let payload = json!({"jsonrpc": "2.0", "method": "echo", "params": {"pad": "x".repeat(16 * 1024)}, "id": 1})
+        .to_string();
+    let frame = masked_text_frame(payload.as_bytes());
+    for _ in 0..4000 {
+        match tokio::time::timeout(Duration::from_secs(1), tcp.write_all(&frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => break,
+        }
+    }
+    Ok(tcp)
+}
+
+/// A client-to-server text frame (masked, as RFC 6455 requires of clients).
+fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let mut frame = vec![0x81u8];
+    let len = payload.len();
+    if len < 126 {
+        frame.push(0x80 | len as u8);
+    } else if len <= 0xffff {
+        frame.push(0x80 | 126);
+        frame.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        frame.push(0x80 | 127);
+        frame.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    frame.extend_from_slice(&mask);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    frame
+}
+
+/// Issue 17 §3: three clients that send until their sends block and never read are let go:
+/// the gateway's open sockets return to what they were before them.
+#[tokio::test]
+async fn clients_that_never_read_are_let_go_and_their_sockets_closed() {
+    let system = System::builder()
+        .gateway_arg("--ping-interval", "1s")
+        .gateway_arg("--idle-timeout", "3s")
+        .start()
+        .await
+        .expect("system starts");
+    let addr = system.gateway_addr().expect("addr");
+    let pid = system.gateway_pid().expect("pid");
+    let before = open_sockets(pid).expect("fds");
+    let mut stuck = Vec::new();
+    for _ in 0..3 {
+        stuck.push(stuff_and_never_read(addr).await.expect("client stuffs"));
+    }
+    eprintln!(
+        "[test] gateway sockets: {before} before, {} with the stuck clients",
+        open_sockets(pid).expect("fds")
+    );
+    let released = wait_until(Duration::from_secs(45), || Ok(open_sockets(pid)? <= before))
+        .await
+        .expect("reads /proc");
+    assert!(
+        released,
+        "the gateway still holds {} sockets ({before} before the stuck clients)",
+        open_sockets(pid).expect("fds")
+    );
+    // Every slot is free again: a normal client still gets in and is served.
+    let mut client = system.client().await.expect("connects");
+    let answer = client
+        .call("echo", json!({"ok": true}))
+        .await
+        .expect("echo");
+    assert_eq!(rpc::result(&answer), Some(&json!({"ok": true})));
+    drop(stuck);
+    system.cleanup().await;
+}
