@@ -15,7 +15,7 @@ use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::mpsc;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 use wsmq_ipc_proto::{CancelReason, Job, JobId, Rejection};
 
 /// Longest wait for RabbitMQ to confirm one publish.
@@ -164,9 +164,24 @@ impl Publishers {
     }
 }
 
-/// The routing key for a method, or `None` if it would not fit in an AMQP short string.
+/// The routing key for a method, or `None` if it would not fit in an AMQP short string or
+/// would name a queue that is not a worker's: a reserved method
+/// ([`wsmq_ipc_proto::is_reserved_method`]; the gateway refuses those first, this is defence in
+/// depth), or a key that is a bridge's reply queue or one of RabbitMQ's `amq.` queues whatever
+/// the prefix.
 pub(crate) fn routing_key(prefix: &str, method: &str) -> Option<String> {
+    if wsmq_ipc_proto::is_reserved_method(method) {
+        warn!(method, "job for a reserved method name refused");
+        return None;
+    }
     let key = format!("{prefix}{method}");
+    if wsmq_ipc_proto::is_reserved_method(&key) {
+        warn!(
+            method,
+            key, "job whose routing key is a reserved name refused"
+        );
+        return None;
+    }
     (key.len() <= MAX_ROUTING_KEY).then_some(key)
 }
 
@@ -255,6 +270,21 @@ mod tests {
     fn routing_key_is_prefix_then_method() {
         assert_eq!(routing_key("t1.", "echo").as_deref(), Some("t1.echo"));
         assert_eq!(routing_key("", "echo").as_deref(), Some("echo"));
+    }
+
+    #[test]
+    fn routing_key_never_names_a_reply_dead_letter_or_broker_queue() {
+        for (prefix, method) in [
+            ("", "wsmq.reply.web-1"),
+            ("t1.", "wsmq.dead"),
+            ("t1.", "wsmq.cancel"),
+            ("", "amq.gen-JzTY20BRgKO"),
+            ("wsmq.", "reply.web-1"),
+            ("am", "q.gen-x"),
+        ] {
+            assert_eq!(routing_key(prefix, method), None, "{prefix}{method}");
+        }
+        assert!(routing_key("t1.", "wsmq_echo").is_some());
     }
 
     #[test]
