@@ -43,7 +43,7 @@ struct Cli {
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     url: String,
 
-    /// RabbitMQ, for `amqp` mode.
+    /// RabbitMQ, for the `amqp` and `amqp-durable` modes.
     #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
     amqp: String,
 
@@ -55,8 +55,9 @@ struct Cli {
     #[arg(long, default_value = "guest:guest")]
     stomp_login: String,
 
-    /// The bridge's and the worker's --queue-prefix: `amqp` and `stomp` publish to
-    /// `<prefix><method>`, the queue the gateway's jobs go to.
+    /// The bridge's and the worker's --queue-prefix: `amqp`, `amqp-durable` and `stomp` publish
+    /// to `<prefix><method>`, the queue the gateway's jobs go to (`amqp-durable` also names its
+    /// durable reply queues `<prefix>bench-reply.<pid>.<n>`, deleted after each run).
     #[arg(long, default_value = "")]
     queue_prefix: String,
 
@@ -66,7 +67,7 @@ struct Cli {
     method: String,
 
     /// Websocket connections (gateway, stomp) or AMQP channels with their own reply queue
-    /// (amqp) that carry the calls.
+    /// (amqp, amqp-durable) that carry the calls.
     #[arg(long, default_value_t = 64)]
     connections: usize,
 
@@ -117,9 +118,13 @@ struct Cli {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 enum Mode {
     Gateway,
+    /// A direct lapin RPC client with wsmq's guarantees (persistence, confirms, `mandatory`,
+    /// a durable reply queue, manual acks).
+    AmqpDurable,
+    /// A plain direct lapin RPC client (transient, no confirms, no acks).
     Amqp,
     Stomp,
     Idle,
@@ -129,6 +134,7 @@ impl Mode {
     fn name(self) -> &'static str {
         match self {
             Mode::Gateway => "gateway",
+            Mode::AmqpDurable => "amqp-durable",
             Mode::Amqp => "amqp",
             Mode::Stomp => "stomp",
             Mode::Idle => "idle",
@@ -216,7 +222,7 @@ async fn run(cli: Cli) -> Result<bool> {
         for &mode in &load_modes {
             let (result, usage) = run_once(&cli, mode, &params).await?;
             println!(
-                "{:<8} round {round}: {:>9.0} calls/s  p50 {:>6} µs  p99 {:>7} µs  max {:>7} µs  errors {}{}",
+                "{:<12} round {round}: {:>9.0} calls/s  p50 {:>6} µs  p99 {:>7} µs  max {:>7} µs  errors {}{}",
                 mode.name(),
                 result.calls_per_s,
                 result.p50_us,
@@ -231,7 +237,7 @@ async fn run(cli: Cli) -> Result<bool> {
             );
             for u in &usage {
                 println!(
-                    "         {:<9} {:>6.1} µs CPU per call; RSS {} KiB at the end{}",
+                    "             {:<9} {:>6.1} µs CPU per call; RSS {} KiB at the end{}",
                     u.name,
                     u.cpu_us_per_call,
                     u.rss_end_kib,
@@ -301,7 +307,7 @@ fn print_summary(modes: &[Mode], summaries: &BTreeMap<Mode, ModeSummary>) {
     for mode in modes {
         if let Some(s) = summaries.get(mode) {
             println!(
-                "{:<8} median: {:>9.0} calls/s  p50 {:>6} µs  p99 {:>7} µs  max {:>7} µs  errors {}",
+                "{:<12} median: {:>9.0} calls/s  p50 {:>6} µs  p99 {:>7} µs  max {:>7} µs  errors {}",
                 mode.name(),
                 s.calls_per_s,
                 s.p50_us,
@@ -456,9 +462,18 @@ async fn connect(cli: &Cli, mode: Mode, params: &str) -> Result<Lanes> {
             .context("cannot connect to the gateway")?;
             Lanes::Gateway(conns, target)
         }
-        Mode::Amqp => {
+        Mode::Amqp | Mode::AmqpDurable => {
+            let guarantees = if mode == Mode::Amqp {
+                amqp::Guarantees::Plain
+            } else {
+                amqp::Guarantees::Durable
+            };
             let connection = amqp::connect(&cli.amqp).await?;
-            let callers = try_join_all((0..lanes).map(|_| amqp::Caller::open(&connection))).await?;
+            let callers = try_join_all(
+                (0..lanes)
+                    .map(|i| amqp::Caller::open(&connection, guarantees, &cli.queue_prefix, i)),
+            )
+            .await?;
             let target = amqp::Target {
                 queue,
                 params: params.to_owned(),

@@ -182,7 +182,7 @@ impl Supervisor {
         // Workers declare the same exchange, with the same settings, to hear cancellations.
         consuming
             .exchange_declare(
-                crate::publisher::cancel_exchange(&s.queue_prefix)
+                wsmq_amqp_proto::cancel_exchange_name(&s.queue_prefix)
                     .as_str()
                     .into(),
                 ExchangeKind::Fanout,
@@ -221,7 +221,7 @@ impl Supervisor {
         let relay = Relay::open(&connection, &s.queue_prefix, &s.connection_name)
             .await
             .map_err(|source| BrokerError::DeadLetterTopology {
-                name: crate::dead::dead_letter_name(&s.queue_prefix),
+                name: wsmq_amqp_proto::dead_letter_exchange_name(&s.queue_prefix),
                 source,
             })?;
         // Its own task: a reply's confirm must not hold up this loop.

@@ -9,15 +9,8 @@
 //! caller hears at once rather than at its deadline. Since each dead job names its reply queue,
 //! every bridge sharing the prefix may take any of them: they compete for the queue.
 //!
-//! What RabbitMQ 3.10 puts on a dead job (observed): the job's properties and headers as
-//! published, plus `x-death` (an array, newest first, of tables with `reason` =
-//! `delivery_limit`, `rejected`, `expired` or `maxlen`, `count` = times dead-lettered for that
-//! reason, `queue`, `exchange`, `routing-keys`, `time`, and `original-expiration` when the job
-//! had one) and `x-first-death-reason`/`-queue`/`-exchange`. It does **not** carry the job's
-//! `x-delivery-count`, and `x-death`'s `count` is 1, so neither tells how often the job was
-//! delivered. Quorum method queues therefore dead-letter with the routing key
-//! `wsmq.delivery-limit.<N>`: a job dead-lettered for `delivery_limit` was delivered N + 1
-//! times.
+//! How RabbitMQ marks a dead job, and how a quorum queue tells its delivery limit, is the
+//! contract's ([`wsmq_amqp_proto::dead`]), as is the reply's shape.
 //!
 //! A dead job is acked only once RabbitMQ has confirmed its reply, or when it cannot or need not
 //! be answered (no `reply_to`, or it expired: its caller already had `-32001`). A bridge that
@@ -28,40 +21,20 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, Consumer, ExchangeKind};
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
-
-use crate::publisher::METHOD_HEADER;
-use crate::reply::STATUS_HEADER;
-
-/// The error code a caller gets for a dead job.
-pub(crate) const JOB_FAILED_CODE: i64 = -32004;
-/// Its message.
-pub(crate) const JOB_FAILED_MESSAGE: &str = "job failed";
+use wsmq_amqp_proto::ReplyAddress;
+use wsmq_amqp_proto::dead::{
+    DEATH_EXPIRED, DEATH_UNKNOWN, death_reason, delivery_attempts, job_failed_body,
+    job_failed_properties,
+};
 
 /// Dead jobs RabbitMQ hands the relay before it acked them. They are relayed one at a time
 /// (each reply waits for its confirm), so a few suffice; the rest wait in the queue, where
 /// another bridge may take them.
 const DEAD_PREFETCH: u16 = 16;
-
-/// Before the delivery limit in the routing key a quorum method queue dead-letters with.
-const DELIVERY_LIMIT_ROUTING_KEY_PREFIX: &str = "wsmq.delivery-limit.";
-
-/// `x-death` reason of a job that expired before anyone took it.
-const EXPIRED: &str = "expired";
-/// `x-death` reason of a job returned more often than its queue's delivery limit.
-const DELIVERY_LIMIT: &str = "delivery_limit";
-/// The reason reported when a dead job has no `x-death` (somebody published it to the
-/// exchange by hand).
-const UNKNOWN_REASON: &str = "unknown";
-
-/// The dead-letter exchange, and the queue bound to it, for a queue prefix.
-pub(crate) fn dead_letter_name(prefix: &str) -> String {
-    format!("{prefix}wsmq.dead")
-}
 
 /// How one dead job ended; the label of `wsmq_bridge_dead_letters_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,94 +109,34 @@ struct Answer {
 impl Answer {
     /// The JSON-RPC error object the caller receives.
     fn body(&self) -> Vec<u8> {
-        json!({
-            "code": JOB_FAILED_CODE,
-            "message": JOB_FAILED_MESSAGE,
-            "data": {
-                "attempts": self.attempts,
-                "method": self.method,
-                "reason": self.reason,
-            },
-        })
-        .to_string()
-        .into_bytes()
+        job_failed_body(self.attempts, self.method.as_deref(), &self.reason)
     }
 
-    /// An error reply as a worker would send it: same `correlation_id`, JSON, persistent,
-    /// `wsmq-status: error`.
+    /// An error reply as a worker would send it.
     fn properties(&self) -> BasicProperties {
-        let mut headers = FieldTable::default();
-        headers.insert(STATUS_HEADER.into(), AMQPValue::LongString("error".into()));
-        BasicProperties::default()
-            .with_correlation_id(self.correlation_id.clone())
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2)
-            .with_headers(headers)
+        job_failed_properties(self.correlation_id.clone())
     }
-}
-
-/// A header's text, whether sent as a long or a short string.
-fn text(value: &AMQPValue) -> Option<String> {
-    match value {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
-        _ => None,
-    }
-}
-
-/// Why the job died: the `reason` of the newest `x-death` entry (RabbitMQ puts it first), else
-/// `x-first-death-reason`.
-fn death_reason(headers: Option<&FieldTable>) -> Option<String> {
-    let headers = headers?.inner();
-    let newest = match headers.get("x-death") {
-        Some(AMQPValue::FieldArray(deaths)) => match deaths.as_slice().first() {
-            Some(AMQPValue::FieldTable(death)) => death.inner().get("reason").and_then(text),
-            _ => None,
-        },
-        _ => None,
-    };
-    newest.or_else(|| headers.get("x-first-death-reason").and_then(text))
-}
-
-/// How many times the job was delivered, when its death tells: one more than the delivery
-/// limit its queue dead-letters with (`wsmq.delivery-limit.<N>` routing key) for a job that
-/// died of that limit. `None` for any other death, or a queue that does not say its limit.
-fn attempts(reason: &str, routing_key: &str) -> Option<u64> {
-    if reason != DELIVERY_LIMIT {
-        return None;
-    }
-    let limit: u64 = routing_key
-        .strip_prefix(DELIVERY_LIMIT_ROUTING_KEY_PREFIX)?
-        .parse()
-        .ok()?;
-    limit.checked_add(1)
-}
-
-/// A property that must be present and non-empty.
-fn present(value: &Option<ShortString>) -> Option<ShortString> {
-    value.as_ref().filter(|s| !s.as_str().is_empty()).cloned()
 }
 
 /// Decides what to do with a dead job from its routing key and properties.
 fn decide(routing_key: &str, properties: &BasicProperties) -> Action {
     let headers = properties.headers().as_ref();
-    let reason = death_reason(headers).unwrap_or_else(|| UNKNOWN_REASON.to_owned());
-    if reason == EXPIRED {
+    let reason = death_reason(headers).unwrap_or_else(|| DEATH_UNKNOWN.to_owned());
+    if reason == DEATH_EXPIRED {
         return Action::Drop(Outcome::Expired);
     }
-    let (Some(reply_to), Some(correlation_id)) = (
-        present(properties.reply_to()),
-        present(properties.correlation_id()),
-    ) else {
+    let Some(ReplyAddress {
+        reply_to,
+        correlation_id,
+    }) = ReplyAddress::from_properties(properties)
+    else {
         return Action::Drop(Outcome::Unanswerable);
     };
     Action::Answer(Answer {
         reply_to,
         correlation_id,
-        attempts: attempts(&reason, routing_key),
-        method: headers
-            .and_then(|h| h.inner().get(METHOD_HEADER))
-            .and_then(text),
+        attempts: delivery_attempts(&reason, routing_key),
+        method: wsmq_amqp_proto::method_from_headers(headers),
         reason,
     })
 }
@@ -243,7 +156,7 @@ impl Relay {
         prefix: &str,
         consumer_tag: &str,
     ) -> lapin::Result<Self> {
-        let name = dead_letter_name(prefix);
+        let name = wsmq_amqp_proto::dead_letter_exchange_name(prefix);
         let channel = crate::publisher::open_channel(connection).await?;
         channel
             .exchange_declare(
@@ -388,8 +301,9 @@ impl Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lapin::types::FieldArray;
-    use serde_json::Value;
+    use lapin::types::{AMQPValue, FieldArray};
+    use serde_json::{Value, json};
+    use wsmq_amqp_proto::{DEADLINE_HEADER, METHOD_HEADER};
 
     /// The headers RabbitMQ 3.10 put on a job dead-lettered by a quorum queue (as observed).
     fn dead_headers(reason: &str) -> FieldTable {
@@ -412,7 +326,7 @@ mod tests {
             AMQPValue::LongString(reason.into()),
         );
         headers.insert(METHOD_HEADER.into(), AMQPValue::LongString("crash".into()));
-        headers.insert("wsmq-deadline".into(), AMQPValue::LongLongInt(1));
+        headers.insert(DEADLINE_HEADER.into(), AMQPValue::LongLongInt(1));
         headers
     }
 
@@ -421,56 +335,6 @@ mod tests {
             .with_reply_to("wsmq.reply.web-1".into())
             .with_correlation_id("job-1".into())
             .with_headers(dead_headers(reason))
-    }
-
-    #[test]
-    fn reason_is_the_newest_x_death_entry() {
-        let mut headers = dead_headers("delivery_limit");
-        let mut older = FieldTable::default();
-        older.insert("reason".into(), AMQPValue::LongString("rejected".into()));
-        if let Some(AMQPValue::FieldArray(deaths)) = headers.inner().get("x-death").cloned() {
-            let mut deaths = deaths.as_slice().to_vec();
-            deaths.push(AMQPValue::FieldTable(older));
-            headers.insert(
-                "x-death".into(),
-                AMQPValue::FieldArray(FieldArray::from(deaths)),
-            );
-        }
-        assert_eq!(
-            death_reason(Some(&headers)).as_deref(),
-            Some("delivery_limit")
-        );
-    }
-
-    #[test]
-    fn reason_falls_back_to_x_first_death_reason_and_is_none_without_either() {
-        let mut headers = FieldTable::default();
-        headers.insert(
-            "x-first-death-reason".into(),
-            AMQPValue::ShortString("rejected".into()),
-        );
-        assert_eq!(death_reason(Some(&headers)).as_deref(), Some("rejected"));
-        assert_eq!(death_reason(Some(&FieldTable::default())), None);
-        assert_eq!(death_reason(None), None);
-    }
-
-    #[test]
-    fn attempts_are_one_more_than_the_delivery_limit_in_the_routing_key() {
-        assert_eq!(attempts("delivery_limit", "wsmq.delivery-limit.2"), Some(3));
-        assert_eq!(attempts("delivery_limit", "wsmq.delivery-limit.0"), Some(1));
-        assert_eq!(
-            attempts("delivery_limit", "wsmq.delivery-limit.18446744073709551615"),
-            None,
-            "no overflow"
-        );
-    }
-
-    #[test]
-    fn attempts_are_unknown_for_other_deaths_or_queues_that_do_not_say_their_limit() {
-        assert_eq!(attempts("rejected", "wsmq.delivery-limit.2"), None);
-        assert_eq!(attempts("delivery_limit", "p.crash"), None);
-        assert_eq!(attempts("delivery_limit", "wsmq.delivery-limit.x"), None);
-        assert_eq!(attempts("delivery_limit", "wsmq.delivery-limit.-1"), None);
     }
 
     #[test]

@@ -12,32 +12,14 @@
 //! replacement when a channel dies.
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use lapin::{Channel, Confirmation, Connection};
 use tokio::sync::mpsc;
 use tracing::{debug, error, warn};
+use wsmq_amqp_proto::{Cancellation, JobMessage};
 use wsmq_ipc_proto::{CancelReason, Job, JobId, Rejection};
 
 /// Longest wait for RabbitMQ to confirm one publish.
 const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// AMQP 0-9-1 short strings (routing keys, queue names) hold at most 255 bytes.
-const MAX_ROUTING_KEY: usize = 255;
-
-/// Header carrying the method name, so a worker serving several queues can tell them apart.
-pub(crate) const METHOD_HEADER: &str = "wsmq-method";
-/// Header carrying the job's deadline in unix milliseconds.
-pub(crate) const DEADLINE_HEADER: &str = "wsmq-deadline";
-/// Header on a cancellation broadcast saying why (`cancelled` or `timeout`).
-pub(crate) const REASON_HEADER: &str = "wsmq-reason";
-/// Header naming the authenticated caller (the gateway's identity of the client), when there
-/// is one; workers may decide by it.
-pub(crate) const CALLER_HEADER: &str = "wsmq-caller";
-
-/// The fanout exchange cancellations are broadcast on, for a queue prefix.
-pub(crate) fn cancel_exchange(prefix: &str) -> String {
-    format!("{prefix}wsmq.cancel")
-}
 
 fn unix_ms_now() -> u64 {
     std::time::SystemTime::now()
@@ -99,7 +81,14 @@ impl Publishers {
         reply_queue: &str,
         job: &Job,
     ) -> Result<(), Rejection> {
-        let Some(key) = routing_key(prefix, &job.method) else {
+        // The gateway refuses reserved methods first; this is defence in depth, so that no IPC
+        // peer can publish to a reply, dead-letter or broker queue.
+        if wsmq_ipc_proto::is_reserved_method(&job.method) {
+            warn!(job = %job.id, method = %job.method, "job for a reserved method name refused");
+            return Err(Rejection::InvalidMethod);
+        }
+        let Some(key) = wsmq_amqp_proto::routing_key(prefix, &job.method) else {
+            warn!(job = %job.id, method = %job.method, "job whose routing key is too long or a reserved queue name refused");
             return Err(Rejection::InvalidMethod);
         };
         let started = std::time::Instant::now();
@@ -118,14 +107,14 @@ impl Publishers {
         reason: CancelReason,
     ) -> Result<(), Rejection> {
         let channel = self.take().await?;
-        let mut headers = FieldTable::default();
-        headers.insert(
-            REASON_HEADER.into(),
-            AMQPValue::LongString(reason.as_str().into()),
-        );
-        let props = BasicProperties::default()
-            .with_correlation_id(job.to_string().into())
-            .with_headers(headers);
+        let props = Cancellation {
+            job_id: job.to_string(),
+            reason: match reason {
+                CancelReason::Cancelled => wsmq_amqp_proto::CancelReason::Cancelled,
+                CancelReason::Timeout => wsmq_amqp_proto::CancelReason::Timeout,
+            },
+        }
+        .properties();
         let confirm = channel
             .basic_publish(
                 exchange.into(),
@@ -164,27 +153,6 @@ impl Publishers {
     }
 }
 
-/// The routing key for a method, or `None` if it would not fit in an AMQP short string or
-/// would name a queue that is not a worker's: a reserved method
-/// ([`wsmq_ipc_proto::is_reserved_method`]; the gateway refuses those first, this is defence in
-/// depth), or a key that is a bridge's reply queue or one of RabbitMQ's `amq.` queues whatever
-/// the prefix.
-pub(crate) fn routing_key(prefix: &str, method: &str) -> Option<String> {
-    if wsmq_ipc_proto::is_reserved_method(method) {
-        warn!(method, "job for a reserved method name refused");
-        return None;
-    }
-    let key = format!("{prefix}{method}");
-    if wsmq_ipc_proto::is_reserved_method(&key) {
-        warn!(
-            method,
-            key, "job whose routing key is a reserved name refused"
-        );
-        return None;
-    }
-    (key.len() <= MAX_ROUTING_KEY).then_some(key)
-}
-
 async fn publish_on(
     channel: &Channel,
     key: &str,
@@ -196,31 +164,17 @@ async fn publish_on(
         return Err(Rejection::Expired);
     }
     let id = job.id.to_string();
-    let mut headers = FieldTable::default();
-    headers.insert(
-        METHOD_HEADER.into(),
-        AMQPValue::LongString(job.method.as_str().into()),
-    );
-    let deadline = i64::try_from(job.deadline_unix_ms).unwrap_or(i64::MAX);
-    headers.insert(DEADLINE_HEADER.into(), AMQPValue::LongLongInt(deadline));
-    if let Some(caller) = &job.caller {
-        headers.insert(
-            CALLER_HEADER.into(),
-            AMQPValue::LongString(caller.as_str().into()),
-        );
-    }
-    let mut props = BasicProperties::default()
+    let props = JobMessage {
+        id: &id,
+        method: &job.method,
+        reply_to: reply_queue,
+        deadline_unix_ms: job.deadline_unix_ms,
         // RabbitMQ discards the job if no worker has taken it by then.
-        .with_expiration(remaining_ms.to_string().into())
-        .with_correlation_id(id.as_str().into())
-        .with_message_id(id.as_str().into())
-        .with_reply_to(reply_queue.into())
-        .with_content_type("application/json".into())
-        .with_delivery_mode(2)
-        .with_headers(headers);
-    if let Some(priority) = job.priority {
-        props = props.with_priority(priority);
+        remaining_ms,
+        caller: job.caller.as_deref(),
+        priority: job.priority,
     }
+    .properties();
     let options = BasicPublishOptions {
         mandatory: true,
         ..BasicPublishOptions::default()
@@ -259,37 +213,5 @@ async fn publish_on(
             debug!(job = %job.id, error = %e, "publish confirm failed");
             Err(Rejection::BrokerUnavailable)
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn routing_key_is_prefix_then_method() {
-        assert_eq!(routing_key("t1.", "echo").as_deref(), Some("t1.echo"));
-        assert_eq!(routing_key("", "echo").as_deref(), Some("echo"));
-    }
-
-    #[test]
-    fn routing_key_never_names_a_reply_dead_letter_or_broker_queue() {
-        for (prefix, method) in [
-            ("", "wsmq.reply.web-1"),
-            ("t1.", "wsmq.dead"),
-            ("t1.", "wsmq.cancel"),
-            ("", "amq.gen-JzTY20BRgKO"),
-            ("wsmq.", "reply.web-1"),
-            ("am", "q.gen-x"),
-        ] {
-            assert_eq!(routing_key(prefix, method), None, "{prefix}{method}");
-        }
-        assert!(routing_key("t1.", "wsmq_echo").is_some());
-    }
-
-    #[test]
-    fn routing_key_longer_than_a_short_string_is_refused() {
-        assert!(routing_key("p.", &"m".repeat(253)).is_some());
-        assert!(routing_key("p.", &"m".repeat(254)).is_none());
     }
 }

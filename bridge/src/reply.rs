@@ -1,89 +1,26 @@
 //! Turns a worker's AMQP reply into a typed [`ReplyBody`] for the gateway.
 //!
-//! Workers are written in any language by anyone, so nothing about a reply is trusted: a body
-//! that is not JSON, or an error reply that is not a JSON-RPC error object, becomes
-//! [`ReplyBody::Invalid`] with a reason the client can read, never a crash or a lost reply.
+//! Reading the reply is the contract's ([`wsmq_amqp_proto::classify_reply`]): workers are
+//! written in any language by anyone, so nothing about a reply is trusted, and a reply that
+//! cannot be read becomes [`ReplyBody::Invalid`] with a reason the client can read, never a
+//! crash or a lost reply. This module only moves the result into the IPC protocol's types.
 
-use lapin::types::{AMQPValue, FieldTable};
-use serde::Deserialize;
-use serde_json::value::RawValue;
+use lapin::types::FieldTable;
+use wsmq_amqp_proto::{Reply, classify_reply};
 use wsmq_ipc_proto::{ReplyBody, WorkerError};
-
-/// Header a worker sets to `error` when its body is a JSON-RPC error object.
-pub(crate) const STATUS_HEADER: &str = "wsmq-status";
-
-/// What the status header says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Status {
-    Ok,
-    Error,
-    Progress,
-}
-
-fn status(headers: Option<&FieldTable>) -> Result<Status, String> {
-    let Some(value) = headers.and_then(|h| h.inner().get(STATUS_HEADER)) else {
-        return Ok(Status::Ok);
-    };
-    let text: &[u8] = match value {
-        AMQPValue::LongString(s) => s.as_bytes(),
-        AMQPValue::ShortString(s) => s.as_str().as_bytes(),
-        AMQPValue::ByteArray(b) => b.as_slice(),
-        other => return Err(format!("header {STATUS_HEADER} is not a string: {other:?}")),
-    };
-    match text {
-        b"ok" | b"result" => Ok(Status::Ok),
-        b"error" => Ok(Status::Error),
-        b"progress" => Ok(Status::Progress),
-        other => Err(format!(
-            "header {STATUS_HEADER} has unknown value {:?}",
-            String::from_utf8_lossy(other)
-        )),
-    }
-}
-
-#[derive(Deserialize)]
-struct ErrorObject<'a> {
-    code: i64,
-    message: String,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
-}
 
 /// Classifies a reply from its headers and body.
 pub(crate) fn classify(headers: Option<&FieldTable>, body: &[u8]) -> ReplyBody {
-    let status = match status(headers) {
-        Ok(s) => s,
-        Err(reason) => return ReplyBody::Invalid { reason },
-    };
-    let Ok(text) = std::str::from_utf8(body) else {
-        return ReplyBody::Invalid {
-            reason: "reply body is not UTF-8".into(),
-        };
-    };
-    match status {
-        Status::Ok => match serde_json::from_str::<&RawValue>(text) {
-            Ok(raw) => ReplyBody::Result(raw.get().to_owned()),
-            Err(e) => ReplyBody::Invalid {
-                reason: format!("reply body is not valid JSON: {e}"),
-            },
-        },
-        Status::Progress => match serde_json::from_str::<&RawValue>(text) {
-            Ok(raw) => ReplyBody::Progress(raw.get().to_owned()),
-            Err(e) => ReplyBody::Invalid {
-                reason: format!("progress report is not valid JSON: {e}"),
-            },
-        },
-        Status::Error => match serde_json::from_str::<ErrorObject<'_>>(text) {
-            Ok(obj) => ReplyBody::Error(WorkerError {
-                code: obj.code,
-                message: obj.message,
-                data: obj.data.map(|d| d.get().to_owned()),
-            }),
-            Err(e) => ReplyBody::Invalid {
-                reason: format!(
-                    "error reply is not a JSON-RPC error object {{code, message, data?}}: {e}"
-                ),
-            },
+    match classify_reply(headers, body) {
+        Ok(Reply::Result(raw)) => ReplyBody::Result(raw.get().to_owned()),
+        Ok(Reply::Progress(raw)) => ReplyBody::Progress(raw.get().to_owned()),
+        Ok(Reply::Error(error)) => ReplyBody::Error(WorkerError {
+            code: error.code,
+            message: error.message,
+            data: error.data.map(|d| d.get().to_owned()),
+        }),
+        Err(invalid) => ReplyBody::Invalid {
+            reason: invalid.to_string(),
         },
     }
 }
@@ -91,6 +28,8 @@ pub(crate) fn classify(headers: Option<&FieldTable>, body: &[u8]) -> ReplyBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use lapin::types::AMQPValue;
+    use wsmq_amqp_proto::STATUS_HEADER;
 
     fn headers(status: &str) -> FieldTable {
         let mut t = FieldTable::default();
@@ -99,35 +38,18 @@ mod tests {
     }
 
     #[test]
-    fn progress_header_makes_a_progress_report() {
+    fn result_is_kept_verbatim() {
         assert_eq!(
-            classify(Some(&headers("progress")), br#"{"step":1}"#),
-            ReplyBody::Progress(r#"{"step":1}"#.into())
-        );
-    }
-
-    #[test]
-    fn garbage_progress_is_invalid() {
-        assert!(matches!(
-            classify(Some(&headers("progress")), b"{"),
-            ReplyBody::Invalid { .. }
-        ));
-    }
-
-    #[test]
-    fn plain_json_is_a_result_kept_verbatim() {
-        let body = br#" {"b": 1, "a": [1.50, "x"]} "#;
-        assert_eq!(
-            classify(None, body),
+            classify(None, br#" {"b": 1, "a": [1.50, "x"]} "#),
             ReplyBody::Result(r#"{"b": 1, "a": [1.50, "x"]}"#.into())
         );
     }
 
     #[test]
-    fn ok_header_is_a_result() {
+    fn progress_header_makes_a_progress_report() {
         assert_eq!(
-            classify(Some(&headers("ok")), b"42"),
-            ReplyBody::Result("42".into())
+            classify(Some(&headers("progress")), br#"{"step":1}"#),
+            ReplyBody::Progress(r#"{"step":1}"#.into())
         );
     }
 
@@ -145,49 +67,12 @@ mod tests {
     }
 
     #[test]
-    fn error_without_data_has_none() {
-        let got = classify(Some(&headers("error")), br#"{"code":1,"message":"m"}"#);
-        assert!(matches!(
-            got,
-            ReplyBody::Error(WorkerError { data: None, .. })
-        ));
-    }
-
-    #[test]
-    fn garbage_body_is_invalid_with_a_reason() {
-        match classify(None, b"not json{") {
-            ReplyBody::Invalid { reason } => assert!(reason.contains("not valid JSON"), "{reason}"),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn non_utf8_body_is_invalid() {
-        assert!(matches!(
-            classify(None, &[0xff, 0xfe]),
-            ReplyBody::Invalid { .. }
-        ));
-    }
-
-    #[test]
-    fn error_reply_that_is_not_an_error_object_is_invalid() {
-        for body in [&br#"{"message":"no code"}"#[..], b"[1]", b"\"text\""] {
-            assert!(
-                matches!(
-                    classify(Some(&headers("error")), body),
-                    ReplyBody::Invalid { .. }
-                ),
-                "{}",
-                String::from_utf8_lossy(body)
-            );
-        }
-    }
-
-    #[test]
-    fn unknown_status_value_is_invalid() {
-        assert!(matches!(
+    fn unreadable_reply_is_invalid_with_the_contracts_reason() {
+        assert_eq!(
             classify(Some(&headers("maybe")), b"1"),
-            ReplyBody::Invalid { .. }
-        ));
+            ReplyBody::Invalid {
+                reason: r#"header wsmq-status has unknown value "maybe""#.into()
+            }
+        );
     }
 }

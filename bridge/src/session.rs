@@ -265,7 +265,7 @@ impl Session {
             debug!(%job, "cancellation not broadcast: broker down");
             return;
         };
-        let exchange = crate::publisher::cancel_exchange(target.queue_prefix);
+        let exchange = wsmq_amqp_proto::cancel_exchange_name(target.queue_prefix);
         self.publishes.spawn(async move {
             if let Err(e) = publishers.cancel(&exchange, job, reason).await {
                 debug!(%job, error = ?e, "cancellation broadcast failed");

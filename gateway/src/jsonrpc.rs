@@ -16,32 +16,12 @@ use serde_json::value::RawValue;
 
 use crate::call_error::CallError;
 
-/// Invalid JSON was received.
-pub(crate) const PARSE_ERROR: i64 = -32700;
-/// The JSON sent is not a valid request object.
-pub(crate) const INVALID_REQUEST: i64 = -32600;
-/// No worker serves the method.
-pub(crate) const METHOD_NOT_FOUND: i64 = -32601;
-/// Internal JSON-RPC error (and workers' unreadable replies).
-pub(crate) const INTERNAL_ERROR: i64 = -32603;
-/// The bridge or RabbitMQ is unavailable, or backed up. Retryable.
-pub(crate) const BROKER_UNAVAILABLE: i64 = -32000;
-/// The client or the gateway has too many calls in flight. Retryable.
-pub(crate) const TOO_MANY_IN_FLIGHT: i64 = -32003;
-
-/// The call's deadline passed before its result came.
-pub(crate) const TIMEOUT: i64 = -32001;
-/// The client cancelled the call with `$/cancel`.
-pub(crate) const CANCELLED: i64 = -32002;
-/// The connection is calling faster than `--call-rate` allows (after its `--call-burst`).
-pub(crate) const RATE_LIMITED: i64 = -32005;
-
-/// The frame nests arrays and objects deeper than `max_json_depth`.
-pub(crate) const NESTING_TOO_DEEP: i64 = -32010;
-/// The batch has more members than `max_batch_len`.
-pub(crate) const BATCH_TOO_LONG: i64 = -32011;
-/// A call's `params` is larger than `max_params_bytes`.
-pub(crate) const PARAMS_TOO_LARGE: i64 = -32012;
+// The codes are wsmq-codes'; the gateway's own names for them.
+pub(crate) use wsmq_codes::{
+    BATCH_TOO_LONG, BROKER_UNAVAILABLE, CANCELLED, INTERNAL_ERROR, INVALID_REQUEST,
+    JSON_TOO_DEEP as NESTING_TOO_DEEP, METHOD_NOT_FOUND, PARAMS_TOO_LARGE, PARSE_ERROR,
+    RATE_LIMITED, TIMEOUT, TOO_MANY_IN_FLIGHT,
+};
 
 /// Highest AMQP priority a call may ask for.
 pub(crate) const MAX_PRIORITY: u8 = 9;
@@ -413,7 +393,9 @@ fn null() -> &'static RawValue {
 fn to_text(response: &Response<'_>) -> String {
     // Serialising borrowed, already-valid JSON cannot fail; keep a valid fallback regardless.
     serde_json::to_string(response).unwrap_or_else(|_| {
-        r#"{"jsonrpc":"2.0","error":{"code":-32603,"message":"Internal error"},"id":null}"#.into()
+        format!(
+            r#"{{"jsonrpc":"2.0","error":{{"code":{INTERNAL_ERROR},"message":"Internal error"}},"id":null}}"#
+        )
     })
 }
 

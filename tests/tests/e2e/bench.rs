@@ -20,7 +20,7 @@ async fn bench_runs_every_mode_against_the_real_system_without_errors() {
     let pid = system.gateway_pid().expect("gateway pid");
 
     let run = Command::new(bench)
-        .args(["--mode", "idle,gateway,amqp"])
+        .args(["--mode", "idle,gateway,amqp-durable,amqp"])
         .args(["--url", &format!("ws://{addr}/ws")])
         .args(["--amqp", system.amqp_url()])
         .args(["--queue-prefix", system.prefix()])
@@ -49,7 +49,7 @@ async fn bench_runs_every_mode_against_the_real_system_without_errors() {
         .last()
         .and_then(|l| serde_json::from_str(l).ok())
         .expect("the last line is the JSON summary");
-    for mode in ["gateway", "amqp"] {
+    for mode in ["gateway", "amqp-durable", "amqp"] {
         let m = &summary["modes"][mode];
         assert!(m["calls"].as_u64() > Some(0), "{mode} made calls: {m}");
         assert_eq!(m["errors"].as_u64(), Some(0), "{mode} had no errors: {m}");
