@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde_json::value::RawValue;
 
+use wsmq_codes as codes;
+
 use crate::jsonrpc;
 use crate::metrics::Outcome;
 
@@ -76,27 +78,27 @@ impl CallError {
     /// The JSON-RPC error code.
     pub(crate) fn code(&self) -> i64 {
         match self {
-            CallError::Parse(_) | CallError::BinaryFrame => jsonrpc::PARSE_ERROR,
-            CallError::InvalidRequest(_) => jsonrpc::INVALID_REQUEST,
-            CallError::NestingTooDeep { .. } => jsonrpc::NESTING_TOO_DEEP,
-            CallError::BatchTooLong { .. } => jsonrpc::BATCH_TOO_LONG,
-            CallError::ParamsTooLarge { .. } => jsonrpc::PARAMS_TOO_LARGE,
-            CallError::RateLimited { .. } => jsonrpc::RATE_LIMITED,
+            CallError::Parse(_) | CallError::BinaryFrame => codes::PARSE_ERROR,
+            CallError::InvalidRequest(_) => codes::INVALID_REQUEST,
+            CallError::NestingTooDeep { .. } => codes::JSON_TOO_DEEP,
+            CallError::BatchTooLong { .. } => codes::BATCH_TOO_LONG,
+            CallError::ParamsTooLarge { .. } => codes::PARAMS_TOO_LARGE,
+            CallError::RateLimited { .. } => codes::RATE_LIMITED,
             CallError::ReservedMethod
             | CallError::NotAllowed { .. }
             | CallError::InternalName { .. }
             | CallError::NoWorker { .. }
-            | CallError::MethodNameTooLong => jsonrpc::METHOD_NOT_FOUND,
+            | CallError::MethodNameTooLong => codes::METHOD_NOT_FOUND,
             CallError::BrokerBlocked
             | CallError::TooManyHeld { .. }
             | CallError::BridgeBackedUp
-            | CallError::HeldPastDeadline { .. } => jsonrpc::BROKER_UNAVAILABLE,
+            | CallError::HeldPastDeadline { .. } => codes::BROKER_UNAVAILABLE,
             CallError::TooManyOnConnection { .. } | CallError::GatewayAtCapacity => {
-                jsonrpc::TOO_MANY_IN_FLIGHT
+                codes::TOO_MANY_IN_FLIGHT
             }
-            CallError::Cancelled => jsonrpc::CANCELLED,
-            CallError::Timeout { .. } | CallError::ExpiredBeforePublish => jsonrpc::TIMEOUT,
-            CallError::InvalidReply { .. } => jsonrpc::INTERNAL_ERROR,
+            CallError::Cancelled => codes::CANCELLED,
+            CallError::Timeout { .. } | CallError::ExpiredBeforePublish => codes::TIMEOUT,
+            CallError::InvalidReply { .. } => codes::INTERNAL_ERROR,
         }
     }
 
@@ -422,12 +424,12 @@ mod tests {
     fn an_outcome_agrees_with_its_code() {
         for (error, ..) in every_variant() {
             let expected = match error.code() {
-                jsonrpc::BROKER_UNAVAILABLE => Outcome::BrokerUnavailable,
-                jsonrpc::TOO_MANY_IN_FLIGHT => Outcome::TooManyInFlight,
-                jsonrpc::CANCELLED => Outcome::Cancelled,
-                jsonrpc::TIMEOUT => Outcome::Timeout,
-                jsonrpc::METHOD_NOT_FOUND => Outcome::MethodNotFound,
-                jsonrpc::INTERNAL_ERROR => Outcome::InvalidReply,
+                codes::BROKER_UNAVAILABLE => Outcome::BrokerUnavailable,
+                codes::TOO_MANY_IN_FLIGHT => Outcome::TooManyInFlight,
+                codes::CANCELLED => Outcome::Cancelled,
+                codes::TIMEOUT => Outcome::Timeout,
+                codes::METHOD_NOT_FOUND => Outcome::MethodNotFound,
+                codes::INTERNAL_ERROR => Outcome::InvalidReply,
                 _ => continue,
             };
             if let Some(outcome) = error.outcome() {

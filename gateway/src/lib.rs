@@ -48,6 +48,8 @@ pub use config::{Cli, Config, ConfigError, Overrides};
 /// should call it, and it may change with the parser.
 #[doc(hidden)]
 pub mod fuzzing {
+    use wsmq_codes as codes;
+
     use crate::jsonrpc::{self, Entry, FrameRejected, Incoming, ParseLimits};
 
     /// Parses `text` as a websocket text frame with the default limits, and panics if the
@@ -63,10 +65,10 @@ pub mod fuzzing {
                 assert!(
                     matches!(
                         code,
-                        jsonrpc::PARSE_ERROR
-                            | jsonrpc::INVALID_REQUEST
-                            | jsonrpc::NESTING_TOO_DEEP
-                            | jsonrpc::BATCH_TOO_LONG
+                        codes::PARSE_ERROR
+                            | codes::INVALID_REQUEST
+                            | codes::JSON_TOO_DEEP
+                            | codes::BATCH_TOO_LONG
                     ),
                     "undocumented frame refusal: {answer}"
                 );
@@ -125,7 +127,7 @@ pub mod fuzzing {
             Entry::Invalid(answer) => {
                 let (code, id) = check_error(&answer);
                 assert!(
-                    matches!(code, jsonrpc::INVALID_REQUEST | jsonrpc::PARAMS_TOO_LARGE),
+                    matches!(code, codes::INVALID_REQUEST | codes::PARAMS_TOO_LARGE),
                     "undocumented call refusal: {answer}"
                 );
                 assert!(is_scalar_id(&id), "{answer}");

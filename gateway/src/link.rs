@@ -3,7 +3,8 @@
 //! One task owns the socket. Each successful connection is a numbered *epoch*: everything the
 //! router sends is tagged with the epoch it was meant for, and the writer drops what belongs to
 //! an older one, so a job queued just before a disconnect is never replayed into the next
-//! session behind the router's back (the router has already answered it).
+//! epoch behind the router's back (the router has already answered it). ("Session" in the
+//! gateway means a client's resumable session, never this.)
 //!
 //! Before the hello, the link reads the bridge's credentials (SO_PEERCRED) and refuses a
 //! bridge that runs as neither the gateway's user, root, nor `--ipc-bridge-uid`: a process that
@@ -37,7 +38,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// Frames written before a flush; bounds the latency a burst adds to the first of them.
 const MAX_FRAMES_PER_FLUSH: usize = 256;
 
-/// A message for the bridge, for one IPC session.
+/// A message for the bridge, for one link epoch.
 #[derive(Debug)]
 pub(crate) struct Outgoing {
     pub(crate) epoch: u64,
@@ -204,7 +205,7 @@ impl Link {
         Ok(stream)
     }
 
-    /// One session: handshake, then pump frames both ways until either side ends.
+    /// One epoch: handshake, then pump frames both ways until either side ends.
     async fn serve(&mut self, stream: Stream, epoch: u64) -> Result<(), LinkError> {
         let (read, write) = tokio::io::split(stream);
         let mut reader = FramedRead::new(read, IpcCodec::<ToGateway, ToBridge>::new());
@@ -283,8 +284,8 @@ async fn write_frames<W: AsyncWrite + Unpin>(
             Some(j) = jobs.recv() => j,
             else => return Ok(()),
         };
-        // Feed what is already queued, then flush once; messages of an older session are
-        // dropped (the router answered their calls when that session ended).
+        // Feed what is already queued, then flush once; messages of an older epoch are
+        // dropped (the router answered their calls when that epoch ended).
         let mut queued = 0usize;
         let mut next = Some(first);
         while let Some(out) = next.take() {

@@ -138,13 +138,13 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use std::time::SystemTime;
+    use wsmq_codes as codes;
 
     use serde_json::json;
     use wsmq_ipc_proto::{BrokerState, ReplyBody, ToGateway};
 
     use super::super::harness::{call, harness, response};
     use super::super::unix_ms;
-    use crate::jsonrpc;
 
     #[tokio::test]
     async fn in_flight_cap_refuses_the_extra_call() {
@@ -159,7 +159,7 @@ mod tests {
         let r = response(&mut a).await;
         assert_eq!(
             (r["id"].clone(), r["error"]["code"].clone()),
-            (json!(2), json!(jsonrpc::TOO_MANY_IN_FLIGHT))
+            (json!(2), json!(codes::TOO_MANY_IN_FLIGHT))
         );
         // Once the first finishes there is room again.
         h.reply(1, first.id, ReplyBody::Result("0".into())).await;
@@ -195,7 +195,7 @@ mod tests {
             .await
             .expect("router alive");
         let r = response(&mut a).await;
-        assert_eq!(r["error"]["code"], jsonrpc::BROKER_UNAVAILABLE);
+        assert_eq!(r["error"]["code"], codes::BROKER_UNAVAILABLE);
         assert!(h.jobs.try_recv().is_err());
     }
 }

@@ -141,11 +141,11 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+    use wsmq_codes as codes;
     use wsmq_ipc_proto::{CancelReason, JobId, ReplyBody};
 
     use super::super::harness::{assert_silent, call, cancellation, harness, raw, response};
     use super::{Ending, Endings, REMEMBERED_ENDINGS};
-    use crate::jsonrpc;
 
     #[test]
     fn endings_forget_the_oldest_past_their_bound() {
@@ -173,7 +173,7 @@ mod tests {
         let r = response(&mut a).await;
         assert_eq!(
             (r["id"].clone(), r["error"]["code"].clone()),
-            (json!(1), json!(jsonrpc::TIMEOUT))
+            (json!(1), json!(codes::TIMEOUT))
         );
         assert_eq!(cancellation(&mut h).await, (job.id, CancelReason::Timeout));
 
@@ -201,7 +201,7 @@ mod tests {
         let r = response(&mut a).await;
         assert_eq!(
             (r["id"].clone(), r["error"]["code"].clone()),
-            (json!("c1"), json!(jsonrpc::CANCELLED))
+            (json!("c1"), json!(codes::CANCELLED))
         );
         assert_eq!(
             cancellation(&mut h).await,
@@ -236,7 +236,7 @@ mod tests {
             .cancel(1, raw(json!("dup")))
             .await
             .expect("router alive");
-        assert_eq!(response(&mut a).await["error"]["code"], jsonrpc::CANCELLED);
+        assert_eq!(response(&mut a).await["error"]["code"], codes::CANCELLED);
         assert_eq!(
             cancellation(&mut h).await,
             (second.id, CancelReason::Cancelled)

@@ -10,7 +10,7 @@ use wsmq_ipc_proto::{
 };
 
 use super::{Health, Limits, RouterHandle, ToLink, spawn};
-use crate::jsonrpc::{self, Call};
+use crate::jsonrpc::Call;
 use crate::link::{LinkEvent, Outgoing};
 use crate::outbound::{ClientId, Outbound};
 
@@ -64,7 +64,7 @@ pub(super) fn call(id: Option<Value>, method: &str, params: Value) -> Call {
         id: id.map(|v| serde_json::value::to_raw_value(&v).expect("raw")),
         method: method.into(),
         params: Some(serde_json::value::to_raw_value(&params).expect("raw")),
-        options: jsonrpc::CallOptions::default(),
+        options: Default::default(),
     }
 }
 

@@ -111,11 +111,11 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use serde_json::json;
+    use wsmq_codes as codes;
     use wsmq_ipc_proto::{BrokerState, JobId, Rejection, ReplyBody, ToBridge, ToGateway};
 
     use super::super::harness::{assert_silent, call, harness, harness_with, response};
     use super::HeldCalls;
-    use crate::jsonrpc;
     use crate::link::LinkEvent;
 
     #[test]
@@ -184,7 +184,7 @@ mod tests {
         let r = response(&mut a).await;
         assert_eq!(
             (r["id"].clone(), r["error"]["code"].clone()),
-            (json!(2), json!(jsonrpc::BROKER_UNAVAILABLE))
+            (json!(2), json!(codes::BROKER_UNAVAILABLE))
         );
         assert!(!h.health.borrow().bridge);
         assert!(
@@ -201,7 +201,7 @@ mod tests {
         c.options.timeout_ms = Some(500);
         h.handle.call(1, c, None).await.expect("router alive");
         let r = response(&mut a).await;
-        assert_eq!(r["error"]["code"], jsonrpc::BROKER_UNAVAILABLE);
+        assert_eq!(r["error"]["code"], codes::BROKER_UNAVAILABLE);
         h.link_up(1).await;
         assert!(
             h.jobs.try_recv().is_err(),
@@ -218,7 +218,7 @@ mod tests {
         h.handle.call(1, c, None).await.expect("router alive");
         assert_eq!(
             response(&mut a).await["error"]["code"],
-            jsonrpc::BROKER_UNAVAILABLE
+            codes::BROKER_UNAVAILABLE
         );
         // The first call's deadline ended it: the second takes its place, the third is over.
         for i in [2, 3] {
@@ -230,7 +230,7 @@ mod tests {
         let r = response(&mut a).await;
         assert_eq!(
             (r["id"].clone(), r["error"]["code"].clone()),
-            (json!(3), json!(jsonrpc::BROKER_UNAVAILABLE))
+            (json!(3), json!(codes::BROKER_UNAVAILABLE))
         );
         h.link_up(1).await;
         let out = h.jobs.recv().await.expect("the held job");

@@ -349,7 +349,7 @@ impl Router {
             ToGateway::Rejected { job, reason } => self.on_rejected(job, reason),
             ToGateway::Reply(reply) => self.on_reply(epoch, reply),
             ToGateway::Welcome(_) | ToGateway::Refused(_) => {
-                warn!("unexpected handshake message mid-session; ignored");
+                warn!("unexpected handshake message after the handshake; ignored");
             }
         }
     }

@@ -186,10 +186,10 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use serde_json::{Value, json};
+    use wsmq_codes as codes;
     use wsmq_ipc_proto::{Rejection, ReplyBody, ToBridge, ToGateway, WorkerError};
 
     use super::super::harness::{assert_silent, call, harness, response};
-    use crate::jsonrpc;
     use crate::outbound::OutboundKind;
 
     #[tokio::test]
@@ -317,7 +317,7 @@ mod tests {
             json!({"code": 4000, "message": "requested failure", "data": {"k": 1}})
         );
         let r = response(&mut a).await;
-        assert_eq!(r["error"]["code"], jsonrpc::INTERNAL_ERROR);
+        assert_eq!(r["error"]["code"], codes::INTERNAL_ERROR);
         assert!(
             r["error"]["message"]
                 .as_str()
@@ -343,7 +343,7 @@ mod tests {
         let r = response(&mut a).await;
         assert_eq!(
             (r["id"].clone(), r["error"]["code"].clone()),
-            (json!(9), json!(jsonrpc::METHOD_NOT_FOUND))
+            (json!(9), json!(codes::METHOD_NOT_FOUND))
         );
     }
 
