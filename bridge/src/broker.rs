@@ -7,6 +7,7 @@
 //! current publishing channel and state as `watch` values, and the reply deliveries through a
 //! bounded channel.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -16,7 +17,7 @@ use lapin::options::{
     BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions, QueueDeclareOptions,
 };
 use lapin::types::FieldTable;
-use lapin::{Connection, ConnectionProperties, Event, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties, Event, ExchangeKind};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -47,7 +48,7 @@ pub(crate) struct BrokerSettings {
     pub(crate) reply_queue: String,
     pub(crate) queue_prefix: String,
     pub(crate) prefetch: u16,
-    /// Confirm-mode channels to publish on (each carries one unconfirmed job at a time).
+    /// Confirm-mode channels to publish on (each carries many publishes in flight).
     pub(crate) publish_channels: usize,
     /// Shown in RabbitMQ's management UI as the connection name.
     pub(crate) connection_name: String,
@@ -88,10 +89,26 @@ pub(crate) struct BrokerHandle {
     pub(crate) state: watch::Receiver<BrokerState>,
     /// Where to publish; `None` while disconnected.
     pub(crate) publisher: watch::Receiver<Option<Publishers>>,
-    /// Worker replies, unacknowledged: whoever takes one must ack or nack it.
-    pub(crate) replies: mpsc::Receiver<Delivery>,
+    /// Worker replies, unacknowledged: whoever takes one must ack or nack it, on its source.
+    pub(crate) replies: mpsc::Receiver<ReplyDelivery>,
     pub(crate) queue_prefix: String,
     pub(crate) reply_queue: String,
+    /// Unacknowledged replies RabbitMQ hands out at most (per reply channel).
+    pub(crate) prefetch: u16,
+}
+
+/// A worker's reply and the channel it came on.
+#[derive(Debug)]
+pub(crate) struct ReplyDelivery {
+    pub(crate) delivery: Delivery,
+    pub(crate) source: Arc<ReplySource>,
+}
+
+/// The reply channel of one broker connection. Delivery tags count per channel, so an
+/// acknowledgement must go to the channel its reply came on (compared by identity).
+#[derive(Debug)]
+pub(crate) struct ReplySource {
+    pub(crate) channel: Channel,
 }
 
 /// Starts the supervising task; it runs until `shutdown`.
@@ -108,6 +125,7 @@ pub(crate) fn spawn(
         replies,
         queue_prefix: settings.queue_prefix.clone(),
         reply_queue: settings.reply_queue.clone(),
+        prefetch: settings.prefetch,
     };
     let supervisor = Supervisor {
         settings,
@@ -123,7 +141,7 @@ struct Supervisor {
     settings: BrokerSettings,
     state_tx: watch::Sender<BrokerState>,
     publisher_tx: watch::Sender<Option<Publishers>>,
-    replies_tx: mpsc::Sender<Delivery>,
+    replies_tx: mpsc::Sender<ReplyDelivery>,
     shutdown: CancellationToken,
 }
 
@@ -218,6 +236,9 @@ impl Supervisor {
             )
             .await
             .map_err(topology)?;
+        let source = Arc::new(ReplySource {
+            channel: consuming.clone(),
+        });
         let relay = Relay::open(&connection, &s.queue_prefix, &s.connection_name)
             .await
             .map_err(|source| BrokerError::DeadLetterTopology {
@@ -259,8 +280,9 @@ impl Supervisor {
                         None => break Err(BrokerError::RelayPanicked),
                     }
                 }
-                Some(()) = replace.recv() => match crate::publisher::open_channel(&connection).await {
-                    Ok(channel) => publishers.give_back(channel),
+                Some(lane) = replace.recv() => match crate::publisher::open_channel(&connection).await {
+                    // A lane that has gone meanwhile drops the channel with it.
+                    Ok(channel) => { let _ = lane.send(channel); }
                     Err(e) => break Err(BrokerError::Connection(e)),
                 },
                 delivery = consumer.next() => match delivery {
@@ -269,7 +291,7 @@ impl Supervisor {
                         // rest stays in RabbitMQ.
                         tokio::select! {
                             () = self.shutdown.cancelled() => break Ok(()),
-                            sent = self.replies_tx.send(delivery) => if sent.is_err() { break Ok(()) },
+                            sent = self.replies_tx.send(ReplyDelivery { delivery, source: source.clone() }) => if sent.is_err() { break Ok(()) },
                         }
                     }
                     Some(Err(e)) => break Err(BrokerError::Consumer(e)),

@@ -60,8 +60,8 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefetch: Option<u16>,
 
-    /// Channels to publish on. Each carries one job awaiting its confirm at a time, so this
-    /// caps the publishes in flight to RabbitMQ. [default: 32]
+    /// Confirm-mode channels to publish on, in turn. Each carries many jobs awaiting their
+    /// confirms (`--max-unconfirmed` bounds them all). [default: 2]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub publish_channels: Option<usize>,
@@ -120,7 +120,7 @@ impl Default for Config {
             instance: String::new(),
             queue_prefix: String::new(),
             prefetch: 256,
-            publish_channels: 32,
+            publish_channels: 2,
             max_unconfirmed: 1024,
             metrics_listen: String::new(),
             drain_timeout: 10,

@@ -4,18 +4,18 @@
 //! not yet taken, and the permits that bound it; a writer task owns the write half. Publishes run
 //! as their own tasks (bounded by a semaphore) so one slow confirm never holds up the others.
 //!
-//! A reply is acknowledged to RabbitMQ only when the gateway says it took it; whatever is still
-//! untaken when the session ends is returned to the queue, so a gateway or bridge restart loses
-//! no result (at worst the gateway sees one twice, and answers each call once).
+//! A reply is acknowledged to RabbitMQ only when the gateway says it took it, in batches (see
+//! [`crate::acks`]); whatever is still untaken when the session ends is returned to the queue, so
+//! a gateway or bridge restart loses no result (at worst the gateway sees one twice, and answers
+//! each call once).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
-use lapin::Acker;
-use lapin::message::Delivery;
+use futures::{FutureExt, SinkExt, StreamExt};
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::DeliveryTag;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::codec::{FramedRead, FramedWrite};
@@ -27,15 +27,13 @@ use wsmq_ipc_proto::{
     Reply, ReplySeq, ToBridge, ToGateway, Welcome,
 };
 
-use crate::broker::BrokerHandle;
+use crate::acks::{AckOp, AckWindow};
+use crate::broker::{BrokerHandle, ReplyDelivery, ReplySource};
 use crate::publisher::Publishers;
 use crate::reply;
 
 /// Frames waiting for the writer. When full, publishes and replies wait for the gateway to read.
 const OUTBOUND_CAPACITY: usize = 1024;
-
-/// How long one acknowledgement may take before the session gives up on it.
-const ACK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How long a connecting gateway has to say hello.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -118,6 +116,8 @@ where
     let mut session = Session {
         out: out_tx,
         untaken: HashMap::new(),
+        acks: None,
+        prefetch: ctx.broker.prefetch,
         untaken_permits: Arc::new(Semaphore::new(MAX_UNTAKEN_REPLIES)),
         publish_permits: Arc::new(Semaphore::new(ctx.max_unconfirmed)),
         publishes: TaskTracker::new(),
@@ -146,8 +146,14 @@ struct PublishTarget<'a> {
 
 struct Session {
     out: mpsc::Sender<ToGateway>,
-    /// Replies sent to the gateway and not yet taken, with the permit each holds.
-    untaken: HashMap<ReplySeq, (Acker, OwnedSemaphorePermit)>,
+    /// Replies sent to the gateway and not yet taken: where each came from, its delivery tag
+    /// there, and the permit it holds.
+    untaken: HashMap<ReplySeq, (Arc<ReplySource>, DeliveryTag, OwnedSemaphorePermit)>,
+    /// The replies of the current reply channel not yet acknowledged. A reply from an earlier
+    /// channel (the broker connection was lost since) cannot be acknowledged any more: RabbitMQ
+    /// has requeued it.
+    acks: Option<(Arc<ReplySource>, AckWindow)>,
+    prefetch: u16,
     untaken_permits: Arc<Semaphore>,
     publish_permits: Arc<Semaphore>,
     publishes: TaskTracker,
@@ -176,6 +182,7 @@ impl Session {
         let mut replies_open = true;
         loop {
             tokio::select! {
+                biased;
                 () = ctx.shutdown.cancelled() => return Ok(()),
                 frame = reader.next() => match frame {
                     None => return Ok(()),
@@ -193,6 +200,8 @@ impl Session {
                     Some((permit, delivery)) => self.forward(delivery, permit).await?,
                     None => replies_open = false,
                 },
+                // Only when nothing else is ready: one ack then covers every reply taken since.
+                () = std::future::ready(()), if self.ack_due() => self.flush_acks(),
             }
         }
     }
@@ -216,7 +225,7 @@ impl Session {
                 let removed = self.untaken.remove(&reply);
                 crate::metrics::untaken_replies(self.untaken.len());
                 match removed {
-                    Some((acker, _permit)) => ack(&acker, reply.0).await,
+                    Some((source, tag, _permit)) => self.taken(&source, tag),
                     None => warn!(seq = reply.0, "gateway took a reply it was never sent"),
                 }
                 Ok(())
@@ -235,19 +244,20 @@ impl Session {
         let reply_queue = target.reply_queue.clone();
         let out = self.out.clone();
         self.publishes.spawn(async move {
+            let (id, client) = (job.id, job.client);
             let outcome = match publishers {
-                Some(p) => p.publish(&prefix, &reply_queue, &job).await,
+                Some(p) => p.publish(&prefix, &reply_queue, job).await,
                 None => Err(Rejection::BrokerUnavailable),
             };
             drop(permit);
             let msg = match outcome {
                 Ok(()) => {
-                    debug!(job = %job.id, client = job.client, method = %job.method, "job published");
-                    ToGateway::Published { job: job.id }
+                    debug!(job = %id, client, "job published");
+                    ToGateway::Published { job: id }
                 }
                 Err(reason) => {
-                    debug!(job = %job.id, client = job.client, method = %job.method, ?reason, "job rejected");
-                    ToGateway::Rejected { job: job.id, reason }
+                    debug!(job = %id, client, ?reason, "job rejected");
+                    ToGateway::Rejected { job: id, reason }
                 }
             };
             // If the gateway is gone it will not wait for this answer; the job (if published)
@@ -276,9 +286,19 @@ impl Session {
 
     async fn forward(
         &mut self,
-        delivery: Delivery,
+        reply: ReplyDelivery,
         permit: OwnedSemaphorePermit,
     ) -> Result<(), SessionError> {
+        let ReplyDelivery { delivery, source } = reply;
+        let tag = delivery.delivery_tag;
+        match &mut self.acks {
+            Some((current, window)) if Arc::ptr_eq(current, &source) => window.delivered(tag),
+            _ => {
+                let mut window = AckWindow::new(self.prefetch);
+                window.delivered(tag);
+                self.acks = Some((source.clone(), window));
+            }
+        }
         let props = &delivery.properties;
         let job = props
             .correlation_id()
@@ -291,14 +311,14 @@ impl Session {
                 correlation_id = ?props.correlation_id(),
                 "reply without a valid correlation_id dropped"
             );
-            ack(&delivery.acker, 0).await;
+            self.taken(&source, tag);
             return Ok(());
         };
         let body = reply::classify(props.headers().as_ref(), &delivery.data);
         crate::metrics::reply_forwarded(&body);
         self.next_seq += 1;
         let seq = ReplySeq(self.next_seq);
-        self.untaken.insert(seq, (delivery.acker, permit));
+        self.untaken.insert(seq, (source, tag, permit));
         crate::metrics::untaken_replies(self.untaken.len());
         self.send(ToGateway::Reply(Reply { seq, job, body })).await
     }
@@ -322,49 +342,94 @@ impl Session {
         }
         crate::metrics::replies_requeued(self.untaken.len());
         crate::metrics::untaken_replies(0);
-        let untaken: Vec<_> = self.untaken.drain().collect();
-        let requeue_all = async {
-            for (_, (acker, _permit)) in untaken {
-                let requeue = BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                };
-                if let Err(e) = acker.nack(requeue).await {
-                    debug!(error = %e, "nack failed; the broker requeues it when the channel closes");
-                }
-            }
+        self.untaken.clear();
+        let Some((source, mut window)) = self.acks.take() else {
+            return;
         };
+        // In order, in one go: the frames reach lapin's queue before any of them is awaited.
+        let settle =
+            futures::future::join_all(window.finish().into_iter().map(|op| perform(&source, op)));
         // A broker that stopped answering must not hold up shutdown: it requeues whatever is
         // unacked when the connection goes.
-        if tokio::time::timeout(grace, requeue_all).await.is_err() {
+        if tokio::time::timeout(grace, settle).await.is_err() {
             warn!(
                 ?grace,
                 "returning untaken replies timed out; RabbitMQ requeues them on close"
             );
         }
     }
-}
 
-/// Acknowledges a reply, giving up after [`ACK_TIMEOUT`]. lapin's ack can hang while the
-/// connection is dying, and this runs on the session loop: a hang there stopped the whole link
-/// to the gateway. An ack that fails or times out leaves the reply unacked; RabbitMQ requeues it
-/// when the channel goes, and the gateway drops the second copy.
-async fn ack(acker: &Acker, seq: u64) {
-    match tokio::time::timeout(ACK_TIMEOUT, acker.ack(BasicAckOptions::default())).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => debug!(seq, error = %e, "ack failed; the reply will be redelivered"),
-        Err(_) => {
-            warn!(seq, timeout = ?ACK_TIMEOUT, "ack timed out; the reply will be redelivered")
+    /// The gateway took (or the bridge dropped) the reply `tag` from `source`.
+    fn taken(&mut self, source: &Arc<ReplySource>, tag: DeliveryTag) {
+        let Some((current, window)) = &mut self.acks else {
+            return;
+        };
+        if !Arc::ptr_eq(current, source) {
+            // From a channel that is gone: RabbitMQ has requeued it already.
+            return;
+        }
+        for op in window.taken(tag) {
+            send_now(current, op);
         }
     }
+
+    fn ack_due(&self) -> bool {
+        self.acks.as_ref().is_some_and(|(_, w)| w.is_due())
+    }
+
+    fn flush_acks(&mut self) {
+        if let Some((source, window)) = &mut self.acks
+            && let Some(op) = window.flush()
+        {
+            send_now(source, op);
+        }
+    }
+}
+
+/// Sends an acknowledgement without waiting for lapin's I/O thread to write it: the frame is
+/// queued (in order with every other frame of the channel) before this returns. If it is never
+/// written, the connection has died and RabbitMQ requeues the reply; the gateway drops the
+/// second copy.
+fn send_now(source: &ReplySource, op: AckOp) {
+    if let Some(Err(e)) = perform(source, op).now_or_never() {
+        debug!(?op, error = %e, "acknowledgement failed; the reply will be redelivered");
+    }
+}
+
+/// Sends one acknowledgement; the future ends when lapin has written it.
+async fn perform(source: &ReplySource, op: AckOp) -> lapin::Result<()> {
+    let channel = &source.channel;
+    let result = match op {
+        AckOp::One(tag) => {
+            channel
+                .basic_ack(tag, BasicAckOptions { multiple: false })
+                .await
+        }
+        AckOp::UpTo(tag) => {
+            channel
+                .basic_ack(tag, BasicAckOptions { multiple: true })
+                .await
+        }
+        AckOp::Requeue(tag) => {
+            let requeue = BasicNackOptions {
+                requeue: true,
+                multiple: false,
+            };
+            channel.basic_nack(tag, requeue).await
+        }
+    };
+    if let Err(e) = &result {
+        debug!(?op, error = %e, "acknowledgement not sent; RabbitMQ requeues the reply when the channel closes");
+    }
+    result
 }
 
 /// The next reply, once there is room for it among the untaken ones. Cancel-safe: a permit won
 /// in a lost race is simply returned.
 async fn next_reply(
     permits: &Arc<Semaphore>,
-    replies: &mut mpsc::Receiver<Delivery>,
-) -> Option<(OwnedSemaphorePermit, Delivery)> {
+    replies: &mut mpsc::Receiver<ReplyDelivery>,
+) -> Option<(OwnedSemaphorePermit, ReplyDelivery)> {
     let permit = permits.clone().acquire_owned().await.ok()?;
     let delivery = replies.recv().await?;
     Some((permit, delivery))
@@ -395,7 +460,7 @@ mod tests {
     #[tokio::test]
     async fn next_reply_waits_for_a_free_permit() {
         let permits = Arc::new(Semaphore::new(1));
-        let (_tx, mut rx) = mpsc::channel::<Delivery>(1);
+        let (_tx, mut rx) = mpsc::channel::<ReplyDelivery>(1);
         let held = permits.clone().acquire_owned().await.expect("permit");
         let waiting =
             tokio::time::timeout(Duration::from_millis(20), next_reply(&permits, &mut rx));

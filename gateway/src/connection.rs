@@ -17,9 +17,9 @@
 //! keepalive (a ping every `ping_interval`; a client that sends nothing back by the next one is
 //! dropped) and the idle timeout (no message and no call in flight for `idle_timeout`).
 
-use std::collections::{HashMap, VecDeque};
-use std::pin::Pin;
-use std::task::{Context, Poll, ready};
+mod writer;
+
+use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, close_code};
@@ -35,6 +35,8 @@ use crate::jsonrpc::{self, Entry, FrameRejected, Incoming};
 use crate::limits::TokenBucket;
 use crate::outbound::{ClientId, Outbound, OutboundKind};
 use crate::router::RouterHandle;
+
+use writer::{Queued, Writer};
 
 /// Sizes the queue of what the router sends one connection (see [`max_awaiting`]). The
 /// connection drains that queue at once into its write queue and never has more calls
@@ -165,116 +167,6 @@ fn close_with(code: u16, reason: &'static str) -> End {
         code,
         reason: reason.into(),
     }))
-}
-
-/// Something queued for the socket.
-enum Queued {
-    Ping,
-    Text(OutboundKind, String),
-}
-
-/// The write half of the socket and what waits for it. Writing is driven from the connection's
-/// `select!` ([`Writer::poll_write`]) and never awaited on its own, so a socket that takes
-/// nothing holds no one up; state lives here, not in a future, so a write interrupted by
-/// another event loses nothing.
-struct Writer<W> {
-    sink: W,
-    queue: VecDeque<Queued>,
-    queued_bytes: usize,
-    /// Something was handed to the sink and not flushed yet.
-    unflushed: bool,
-    /// When the socket last took something, or the writer last went from idle to busy.
-    progress: Instant,
-}
-
-impl<W> Writer<W>
-where
-    W: Sink<Message, Error = axum::Error> + Unpin,
-{
-    fn new(sink: W) -> Self {
-        Self {
-            sink,
-            queue: VecDeque::new(),
-            queued_bytes: 0,
-            unflushed: false,
-            progress: Instant::now(),
-        }
-    }
-
-    /// Whether something waits to be written or flushed.
-    fn busy(&self) -> bool {
-        !self.queue.is_empty() || self.unflushed
-    }
-
-    fn push(&mut self, item: Queued) {
-        if !self.busy() {
-            self.progress = Instant::now();
-        }
-        if let Queued::Text(_, text) = &item {
-            self.queued_bytes += text.len();
-        }
-        self.queue.push_back(item);
-    }
-
-    fn text(&mut self, kind: OutboundKind, text: String) {
-        self.push(Queued::Text(kind, text));
-    }
-
-    /// More waits than a reading client lets pile up.
-    fn over_budget(&self) -> bool {
-        self.queue.len() > 1 && self.queued_bytes > MAX_QUEUED_BYTES
-    }
-
-    /// When the connection counts as stuck if the socket still takes nothing.
-    fn stall_deadline(&self, timeout: Duration) -> Instant {
-        self.progress + timeout
-    }
-
-    /// Hands queued messages to the socket as far as it takes them, then flushes. Ready when
-    /// everything is written.
-    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), axum::Error>> {
-        while !self.queue.is_empty() {
-            ready!(Pin::new(&mut self.sink).poll_ready(cx))?;
-            self.progress = Instant::now();
-            let message = match self.queue.pop_front() {
-                Some(Queued::Ping) => Message::Ping(Default::default()),
-                Some(Queued::Text(_, text)) => {
-                    self.queued_bytes -= text.len();
-                    Message::Text(text.into())
-                }
-                None => break,
-            };
-            Pin::new(&mut self.sink).start_send(message)?;
-            self.unflushed = true;
-        }
-        if self.unflushed {
-            ready!(Pin::new(&mut self.sink).poll_flush(cx))?;
-            self.unflushed = false;
-            self.progress = Instant::now();
-        }
-        Poll::Ready(Ok(()))
-    }
-
-    /// Writes everything queued.
-    async fn flush_all(&mut self) -> Result<(), axum::Error> {
-        std::future::poll_fn(|cx| self.poll_write(cx)).await
-    }
-
-    /// What never reached the socket, for the session to keep.
-    fn take_unsent(&mut self) -> Vec<Outbound> {
-        self.queued_bytes = 0;
-        self.queue
-            .drain(..)
-            .filter_map(|item| match item {
-                Queued::Ping => None,
-                Queued::Text(kind, text) => Some(Outbound {
-                    batch: None,
-                    kind,
-                    text,
-                }),
-            })
-            .collect()
-    }
 }
 
 struct Connection<S: Stream + Sink<Message>> {

@@ -405,7 +405,7 @@ mod tests {
 
     #[test]
     fn readme_worked_examples_are_the_codecs_bytes() {
-        // The hex in README's "Debugging the IPC socket" section; keep the two in step.
+        // The hex in docs/ipc.md's "Worked example with socat and xxd"; keep the two in step.
         let job: JobId = "dfe77758-d123-4533-bffb-64a047aab6f3"
             .parse()
             .expect("uuid");
