@@ -12,6 +12,15 @@ pub const DELIVERY_MODE_PERSISTENT: u8 = 2;
 /// The longest queue name (and routing key) AMQP allows, in bytes: a short string.
 pub const MAX_QUEUE_NAME_LEN: usize = 255;
 
+/// Before the bridge instance's name in its reply queue's name ([`reply_queue_name`]).
+pub const REPLY_QUEUE_PREFIX: &str = "wsmq.reply.";
+
+/// The durable reply queue of the bridge instance `instance`: `wsmq.reply.<instance>`, the
+/// `reply_to` of its jobs. Not under the queue prefix: instance names are unique per broker.
+pub fn reply_queue_name(instance: &str) -> String {
+    format!("{REPLY_QUEUE_PREFIX}{instance}")
+}
+
 /// The queue that serves `method` under `prefix`: the job's routing key on the default exchange.
 pub fn queue_name(prefix: &str, method: &str) -> String {
     format!("{prefix}{method}")
@@ -130,6 +139,11 @@ mod tests {
     use super::*;
     use crate::headers::{caller_from_headers, deadline_from_headers, method_from_headers};
     use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn reply_queue_is_named_after_the_instance() {
+        assert_eq!(reply_queue_name("web-1"), "wsmq.reply.web-1");
+    }
 
     #[test]
     fn queue_name_is_prefix_then_method() {

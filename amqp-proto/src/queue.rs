@@ -97,6 +97,16 @@ impl QueueType {
             Self::Quorum { delivery_limit } => quorum_queue_arguments(prefix, delivery_limit),
         }
     }
+
+    /// The exchange a method queue of this type under `prefix` dead-letters to, which must be
+    /// declared before the queue: [`dead_letter_exchange_name`] for a quorum queue, `None` for
+    /// a classic one.
+    pub fn dead_letter_exchange(self, prefix: &str) -> Option<String> {
+        match self {
+            Self::Classic => None,
+            Self::Quorum { .. } => Some(dead_letter_exchange_name(prefix)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -121,6 +131,7 @@ mod tests {
             method_queue_arguments(Some(9))
         );
         assert!(QueueType::Classic.arguments("p.", None).inner().is_empty());
+        assert_eq!(QueueType::Classic.dead_letter_exchange("p."), None);
     }
 
     #[test]
@@ -150,6 +161,12 @@ mod tests {
         assert_eq!(
             got, expected,
             "and no x-max-priority: quorum queues have none"
+        );
+        assert_eq!(
+            QueueType::Quorum { delivery_limit: 2 }
+                .dead_letter_exchange("t1.")
+                .as_deref(),
+            Some("t1.wsmq.dead")
         );
     }
 }

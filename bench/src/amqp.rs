@@ -25,14 +25,13 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::types::{FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer};
+
+use wsmq_amqp_proto::{CONTENT_TYPE, DELIVERY_MODE_PERSISTENT, ReplyStatus};
 
 use crate::gateway::DRAIN;
 use crate::stats::{LaneStats, Window};
-
-/// AMQP `delivery_mode` of a persistent message.
-const PERSISTENT: u8 = 2;
 
 /// The per-message TTL `amqp-durable` jobs carry, as wsmq's carry the call's deadline.
 const JOB_TTL: Duration = Duration::from_secs(30);
@@ -159,12 +158,12 @@ impl Caller {
         let mut props = BasicProperties::default()
             .with_reply_to(self.reply_queue.clone())
             .with_correlation_id(id.to_string().into())
-            .with_content_type("application/json".into());
+            .with_content_type(CONTENT_TYPE.into());
         let mut options = BasicPublishOptions::default();
         if self.guarantees == Guarantees::Durable {
             props = props
                 .with_message_id(id.to_string().into())
-                .with_delivery_mode(PERSISTENT)
+                .with_delivery_mode(DELIVERY_MODE_PERSISTENT)
                 .with_expiration(JOB_TTL.as_millis().to_string().into());
             options.mandatory = true;
         }
@@ -252,16 +251,10 @@ impl Caller {
                             .correlation_id()
                             .as_ref()
                             .and_then(|id| id.as_str().parse::<u64>().ok());
-                        let status = props
-                            .headers()
-                            .as_ref()
-                            .and_then(|h| h.inner().get("wsmq-status").cloned());
-                        // `ok` (or no header) is a result; `error` and anything else are errors.
-                        let ok = match &status {
-                            None => true,
-                            Some(AMQPValue::LongString(s)) => s.as_bytes() == b"ok",
-                            Some(_) => false,
-                        };
+                        // A result (`ok`, or no status) is an answer; an error, a progress
+                        // report or anything unreadable is a failed call.
+                        let status = ReplyStatus::from_headers(props.headers().as_ref());
+                        let ok = status == Some(ReplyStatus::Ok);
                         let Some(id) = id.filter(|id| calls.contains_key(id)) else {
                             stats.failed(1, || format!("reply to no call: {id:?}"));
                             continue;

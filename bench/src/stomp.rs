@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
+use wsmq_amqp_proto::{CONTENT_TYPE, STATUS_ERROR, STATUS_HEADER};
 
 use anyhow::{Context, Result, bail};
 use futures::{SinkExt, StreamExt};
@@ -35,7 +36,7 @@ impl Target {
     fn send_frame(&self, id: u64) -> String {
         format!(
             "SEND\ndestination:/amq/queue/{}\nreply-to:/temp-queue/replies\ncorrelation-id:{id}\n\
-             content-type:application/json\ncontent-length:{}\n\n{}\0",
+             content-type:{CONTENT_TYPE}\ncontent-length:{}\n\n{}\0",
             self.queue,
             self.params.len(),
             self.params
@@ -80,6 +81,8 @@ pub(crate) async fn drive(mut ws: Ws, share: usize, target: &Target, window: Win
     let mut stats = LaneStats::new();
     let mut sent: HashMap<u64, Instant> = HashMap::with_capacity(share);
     let mut next_id = 0u64;
+    // The worker marks error replies with its status header; STOMP passes it through.
+    let error_reply = format!("\n{STATUS_HEADER}:{STATUS_ERROR}");
     let result = async {
         for _ in 0..share {
             next_id += 1;
@@ -112,8 +115,7 @@ pub(crate) async fn drive(mut ws: Ws, share: usize, target: &Target, window: Win
                 stats.failed(1, || format!("message for no call: {correlation:?}"));
                 continue;
             };
-            // The worker marks error replies with a header; STOMP passes it through.
-            if text.as_str().contains("\nwsmq-status:error") {
+            if text.as_str().contains(&error_reply) {
                 stats.failed(1, || "error reply".into());
             } else {
                 stats.answered(&window, started, now);

@@ -232,7 +232,7 @@ impl Config {
 
     /// The durable queue the workers' replies arrive on.
     pub fn reply_queue(&self) -> String {
-        format!("wsmq.reply.{}", self.instance)
+        wsmq_amqp_proto::reply_queue_name(&self.instance)
     }
 
     /// The configuration as a `[bridge]` TOML section, with the broker password masked.

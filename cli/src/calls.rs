@@ -173,7 +173,7 @@ impl Runner<'_> {
             match serde_json::from_value::<RpcError>(error.clone()) {
                 Ok(error) => Outcome::Error(error),
                 Err(e) => Outcome::Error(RpcError {
-                    code: -32603,
+                    code: wsmq_codes::INTERNAL_ERROR,
                     message: format!("unreadable error object: {e}"),
                     data: Some(error.clone()),
                 }),

@@ -1,5 +1,6 @@
 //! Exit statuses: one per class of failure, so a script can tell "try again later" from "the
-//! call is wrong" from "the worker said no" without parsing stderr. README's table is this one.
+//! call is wrong" from "the worker said no" without parsing stderr. The table in docs/clients.md
+//! is this one.
 
 use std::process::ExitCode;
 
@@ -35,13 +36,19 @@ pub(crate) enum Exit {
 impl Exit {
     /// The class of a JSON-RPC error code.
     pub(crate) fn for_code(code: i64) -> Self {
+        use wsmq_codes::{
+            BATCH_TOO_LONG, BROKER_UNAVAILABLE, CANCELLED, INTERNAL_ERROR, INVALID_PARAMS,
+            INVALID_REQUEST, JOB_FAILED, JSON_TOO_DEEP, METHOD_NOT_FOUND, PARAMS_TOO_LARGE,
+            PARSE_ERROR, RATE_LIMITED, TIMEOUT, TOO_MANY_IN_FLIGHT,
+        };
         match code {
-            -32700 | -32600 | -32601 | -32602 | -32010 | -32011 | -32012 => Exit::Refused,
-            -32000 | -32003 | -32005 => Exit::Unavailable,
-            -32001 => Exit::Timeout,
-            -32002 => Exit::Cancelled,
-            -32004 => Exit::JobFailed,
-            -32603 => Exit::Internal,
+            PARSE_ERROR | INVALID_REQUEST | METHOD_NOT_FOUND | INVALID_PARAMS | JSON_TOO_DEEP
+            | BATCH_TOO_LONG | PARAMS_TOO_LARGE => Exit::Refused,
+            BROKER_UNAVAILABLE | TOO_MANY_IN_FLIGHT | RATE_LIMITED => Exit::Unavailable,
+            TIMEOUT => Exit::Timeout,
+            CANCELLED => Exit::Cancelled,
+            JOB_FAILED => Exit::JobFailed,
+            INTERNAL_ERROR => Exit::Internal,
             _ => Exit::WorkerError,
         }
     }
@@ -91,6 +98,13 @@ With --many, the status is that of the first call (in call order) that failed.";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn help_table_names_every_wsmq_code() {
+        for (name, code) in wsmq_codes::ALL {
+            assert!(TABLE.contains(&code.to_string()), "{name} ({code})");
+        }
+    }
 
     #[test]
     fn every_gateway_code_has_its_own_class_and_worker_codes_share_one() {

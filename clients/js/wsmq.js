@@ -15,7 +15,7 @@
 // the gateway's `$/session` greeting) and the gateway hands over whatever arrived meanwhile, so
 // a network blip loses nothing. Calls made while reconnecting are queued and sent on resume.
 
-/** JSON-RPC and wsmq error codes (README, "Error codes"). */
+/** JSON-RPC and wsmq error codes (docs/protocol.md, "Error codes"; the Rust list is wsmq-codes). */
 export const codes = Object.freeze({
   PARSE_ERROR: -32700,
   INVALID_REQUEST: -32600,

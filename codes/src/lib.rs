@@ -8,8 +8,8 @@
 //! (postcard, lapin) to learn a number.
 //!
 //! The JavaScript client `clients/js/wsmq.js` exports the same set as `codes`, under the same
-//! names; a test in this crate reads that file and fails when the two lists differ. The
-//! websocket protocol docs (docs/, "Error codes") say when each is sent.
+//! names; a test in this crate reads that file, and the table of `docs/protocol.md` ("Error
+//! codes", which says when each is sent), and fails when any of the three lists differ.
 //!
 //! Codes from -32768 to -32000 are reserved by JSON-RPC 2.0: -32700 and -326xx are the spec's,
 //! -32000 to -32099 are "server errors" the implementation defines, and wsmq's are below.

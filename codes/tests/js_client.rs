@@ -1,4 +1,4 @@
-//! The JavaScript client's `codes` and this crate's list are the same set, name for name.
+//! The JavaScript client's `codes`, the docs' table and this crate's list are the same set.
 //!
 //! `clients/js/wsmq.js` is plain JavaScript with no build step, so it cannot import the Rust
 //! list; this test reads its `export const codes = Object.freeze({ ... })` block instead.
@@ -65,6 +65,32 @@ fn js_client_lists_exactly_the_rust_codes() {
     assert_eq!(
         from_js, from_rust,
         "clients/js/wsmq.js `codes` and wsmq_codes::ALL differ (same names, same order)"
+    );
+}
+
+#[test]
+fn protocol_docs_table_lists_exactly_the_rust_codes() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/protocol.md");
+    let docs = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let start = docs
+        .find("## Error codes")
+        .expect("docs/protocol.md has an \"Error codes\" section");
+    let rows: Vec<i64> = docs[start..]
+        .lines()
+        .skip_while(|line| !line.starts_with('|'))
+        .take_while(|line| line.starts_with('|'))
+        .filter_map(|line| line.split('|').nth(1)?.trim().parse().ok())
+        .collect();
+    let rust: Vec<i64> = wsmq_codes::ALL.iter().map(|(_, code)| *code).collect();
+    let mut missing: Vec<i64> = rust.iter().filter(|c| !rows.contains(c)).copied().collect();
+    let mut extra: Vec<i64> = rows.iter().filter(|c| !rust.contains(c)).copied().collect();
+    missing.sort_unstable();
+    extra.sort_unstable();
+    assert_eq!(
+        (missing, extra),
+        (vec![], vec![]),
+        "codes missing from / extra in the docs/protocol.md table"
     );
 }
 

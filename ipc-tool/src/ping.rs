@@ -203,13 +203,16 @@ fn broker_word(state: BrokerState) -> &'static str {
     }
 }
 
-fn broker_sentence(state: BrokerState) -> &'static str {
+fn broker_sentence(state: BrokerState) -> String {
+    const UNAVAILABLE: i64 = wsmq_codes::BROKER_UNAVAILABLE;
     match state {
-        BrokerState::Up => "up",
-        BrokerState::Down => "DOWN (the bridge has no RabbitMQ connection; calls get -32000)",
-        BrokerState::Blocked => {
-            "BLOCKED (RabbitMQ blocks publishers: a memory or disk alarm; calls get -32000)"
+        BrokerState::Up => "up".to_owned(),
+        BrokerState::Down => {
+            format!("DOWN (the bridge has no RabbitMQ connection; calls get {UNAVAILABLE})")
         }
+        BrokerState::Blocked => format!(
+            "BLOCKED (RabbitMQ blocks publishers: a memory or disk alarm; calls get {UNAVAILABLE})"
+        ),
     }
 }
 
@@ -229,6 +232,15 @@ fn path_text(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn broker_down_or_blocked_names_the_code_calls_get() {
+        assert_eq!(broker_sentence(BrokerState::Up), "up");
+        for state in [BrokerState::Down, BrokerState::Blocked] {
+            let sentence = broker_sentence(state);
+            assert!(sentence.ends_with("calls get -32000)"), "{sentence}");
+        }
+    }
 
     fn welcome(broker: BrokerState) -> Outcome {
         Outcome::Welcome {

@@ -13,6 +13,10 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use wsmq_amqp_proto::{
+    CALLER_HEADER, CONTENT_TYPE, DEADLINE_HEADER, DELIVERY_MODE_PERSISTENT, METHOD_HEADER,
+    REASON_HEADER, STATUS_HEADER,
+};
 
 use crate::{RECV_TIMEOUT, System, broker};
 
@@ -22,17 +26,6 @@ const JOB_CHANNEL_CAPACITY: usize = 64;
 
 /// Cancellations heard but not yet looked at by the test; when full the listener waits.
 const CANCEL_CHANNEL_CAPACITY: usize = 64;
-
-/// Header carrying the job's method.
-const METHOD_HEADER: &str = "wsmq-method";
-/// Header carrying the job's deadline, unix milliseconds.
-const DEADLINE_HEADER: &str = "wsmq-deadline";
-/// Header saying what a message on the reply queue is (`ok`, `error`, `progress`).
-const STATUS_HEADER: &str = "wsmq-status";
-/// Header naming the authenticated caller of a job.
-const CALLER_HEADER: &str = "wsmq-caller";
-/// Header saying why a job was cancelled.
-const REASON_HEADER: &str = "wsmq-reason";
 
 /// One job as the worker received it.
 #[derive(Debug, Clone)]
@@ -180,8 +173,8 @@ impl FakeWorker {
             .context("the job has no correlation_id")?;
         let mut props = BasicProperties::default()
             .with_correlation_id(id.into())
-            .with_content_type("application/json".into())
-            .with_delivery_mode(2);
+            .with_content_type(CONTENT_TYPE.into())
+            .with_delivery_mode(DELIVERY_MODE_PERSISTENT);
         if let Some(status) = status {
             let mut headers = FieldTable::default();
             headers.insert(

@@ -317,7 +317,10 @@ impl Tally {
             }
         }
         if !allow_unavailable && self.unavailable > 0 {
-            wrong.push(format!("-32000 answers: {}", self.unavailable));
+            wrong.push(format!(
+                "{BROKER_UNAVAILABLE} answers: {}",
+                self.unavailable
+            ));
         }
         if wrong.is_empty() {
             return Ok(());
@@ -350,7 +353,11 @@ impl fmt::Display for Tally {
         writeln!(f, "  calls sent              {:>8}", self.sent)?;
         writeln!(f, "  answered                {:>8}", self.answered())?;
         writeln!(f, "    ok (own result)       {:>8}", self.ok)?;
-        writeln!(f, "    -32000 unavailable    {:>8}", self.unavailable)?;
+        writeln!(
+            f,
+            "    {BROKER_UNAVAILABLE} unavailable    {:>8}",
+            self.unavailable
+        )?;
         writeln!(
             f,
             "    other errors          {:>8}{others}",

@@ -2,28 +2,12 @@
 
 use serde_json::{Value, json};
 
-/// Parse error: the frame is not JSON.
-pub const PARSE_ERROR: i64 = -32700;
-/// Invalid request: JSON, but not a JSON-RPC 2.0 request.
-pub const INVALID_REQUEST: i64 = -32600;
-/// Method not found: no queue serves the method.
-pub const METHOD_NOT_FOUND: i64 = -32601;
-/// Internal error: e.g. a worker reply that is not valid JSON.
-pub const INTERNAL_ERROR: i64 = -32603;
-/// The bridge or the broker is down; retryable.
-pub const BROKER_UNAVAILABLE: i64 = -32000;
-/// The call's deadline passed before its result came.
-pub const TIMEOUT: i64 = -32001;
-/// The client cancelled the call with `$/cancel`.
-pub const CANCELLED: i64 = -32002;
-/// The connection or the gateway has too many calls in flight; retryable later.
-pub const TOO_MANY_IN_FLIGHT: i64 = -32003;
-/// The message nests JSON deeper than `--max-json-depth`.
-pub const NESTING_TOO_DEEP: i64 = -32010;
-/// The batch has more members than `--max-batch-len`.
-pub const BATCH_TOO_LONG: i64 = -32011;
-/// A call's params exceed `--max-params-bytes`.
-pub const PARAMS_TOO_LARGE: i64 = -32012;
+// The codes are wsmq-codes'; `NESTING_TOO_DEEP` is the tests' name for `JSON_TOO_DEEP`.
+pub use wsmq_codes::{
+    BATCH_TOO_LONG, BROKER_UNAVAILABLE, CANCELLED, INTERNAL_ERROR, INVALID_REQUEST, JOB_FAILED,
+    JSON_TOO_DEEP as NESTING_TOO_DEEP, METHOD_NOT_FOUND, PARAMS_TOO_LARGE, PARSE_ERROR,
+    RATE_LIMITED, TIMEOUT, TOO_MANY_IN_FLIGHT,
+};
 
 /// The notification a client sends to cancel one of its calls.
 pub const CANCEL_METHOD: &str = "$/cancel";

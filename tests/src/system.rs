@@ -152,12 +152,15 @@ impl SystemBuilder {
             .iter()
             .map(|m| format!("{prefix}{m}"))
             .collect();
-        queues.push(format!("wsmq.reply.{instance}"));
+        queues.push(wsmq_amqp_proto::reply_queue_name(&instance));
         // Every bridge declares `<prefix>wsmq.dead`, a fanout exchange (quorum-queue workers
         // declare it too) and a queue bound to it, to answer the callers of dead jobs.
-        queues.push(format!("{prefix}wsmq.dead"));
+        queues.push(wsmq_amqp_proto::dead_letter_exchange_name(&prefix));
         // The bridge and the workers declare it (durable) to broadcast cancellations.
-        let exchanges = vec![format!("{prefix}wsmq.cancel"), format!("{prefix}wsmq.dead")];
+        let exchanges = vec![
+            wsmq_amqp_proto::cancel_exchange_name(&prefix),
+            wsmq_amqp_proto::dead_letter_exchange_name(&prefix),
+        ];
         let mut system = System {
             prefix,
             instance,
@@ -262,17 +265,17 @@ impl System {
 
     /// The bridge's reply queue.
     pub fn reply_queue(&self) -> String {
-        format!("wsmq.reply.{}", self.instance)
+        wsmq_amqp_proto::reply_queue_name(&self.instance)
     }
 
     /// The fanout exchange on which cancellations are broadcast to the workers.
     pub fn cancel_exchange(&self) -> String {
-        format!("{}wsmq.cancel", self.prefix)
+        wsmq_amqp_proto::cancel_exchange_name(&self.prefix)
     }
 
     /// The dead-letter fanout exchange, and the bridge's queue bound to it (same name).
     pub fn dead_letter_name(&self) -> String {
-        format!("{}wsmq.dead", self.prefix)
+        wsmq_amqp_proto::dead_letter_exchange_name(&self.prefix)
     }
 
     /// The bridge's Unix socket.
@@ -436,7 +439,7 @@ impl System {
         let number = self.pairs.len() + 1;
         let instance = format!("{}-{number}", self.instance);
         let socket = self.socket.with_file_name(format!("bridge-{number}.sock"));
-        self.track_queue(format!("wsmq.reply.{instance}"));
+        self.track_queue(wsmq_amqp_proto::reply_queue_name(&instance));
         let mut bridge = self.spawn_bridge_as(&format!("bridge-{number}"), &socket, &instance)?;
         let ready = Self::await_bridge_ready(&mut bridge).await;
         let mut pair = Pair {

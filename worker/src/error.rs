@@ -21,17 +21,17 @@ pub struct RpcError {
 
 impl RpcError {
     /// JSON-RPC "Parse error": the params sent with the job are not valid JSON.
-    pub const PARSE_ERROR: i64 = -32700;
+    pub const PARSE_ERROR: i64 = wsmq_codes::PARSE_ERROR;
     /// JSON-RPC "Method not found".
-    pub const METHOD_NOT_FOUND: i64 = -32601;
+    pub const METHOD_NOT_FOUND: i64 = wsmq_codes::METHOD_NOT_FOUND;
     /// JSON-RPC "Invalid params".
-    pub const INVALID_PARAMS: i64 = -32602;
+    pub const INVALID_PARAMS: i64 = wsmq_codes::INVALID_PARAMS;
     /// JSON-RPC "Internal error": the worker failed, not the request.
-    pub const INTERNAL_ERROR: i64 = -32603;
+    pub const INTERNAL_ERROR: i64 = wsmq_codes::INTERNAL_ERROR;
     /// wsmq's "cancelled": what a handler may return when it stops because its call was
     /// cancelled. The worker never sends it (nobody waits for a cancelled call's reply); the
     /// caller was told by the gateway.
-    pub const CANCELLED: i64 = -32002;
+    pub const CANCELLED: i64 = wsmq_codes::CANCELLED;
 
     /// An error with this code and message and no data.
     pub fn new(code: i64, message: impl Into<String>) -> Self {

@@ -32,7 +32,10 @@
 //! # The AMQP contract
 //!
 //! This is the whole agreement between the bridge and a worker; a worker in any language that
-//! keeps to it can serve methods (`tests/workers/pika_worker.py` is one in Python).
+//! keeps to it can serve methods (`tests/workers/pika_worker.py` is one in Python). Its names,
+//! values and encodings have one owner, the `wsmq-amqp-proto` crate, which the bridge uses too
+//! and which [`contract`] re-exports whole; what follows describes it from a worker's side and
+//! says how this SDK keeps it.
 //!
 //! ## Queues
 //! The bridge publishes each call of method `m` as a job to the default exchange `""` with

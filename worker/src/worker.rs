@@ -258,15 +258,15 @@ impl WorkerBuilder {
                 len: self.queue_prefix.len(),
             })?;
         // `wsmq.dead` is shorter than `wsmq.cancel`, so the prefix fits here too.
-        let dead_letter_exchange = match self.queue_type {
-            QueueType::Classic => None,
-            QueueType::Quorum { .. } => Some(
-                ShortString::try_new(contract::dead_letter_exchange_name(&self.queue_prefix))
-                    .map_err(|_| BuildError::QueuePrefixTooLong {
-                        len: self.queue_prefix.len(),
-                    })?,
-            ),
-        };
+        let dead_letter_exchange = self
+            .queue_type
+            .dead_letter_exchange(&self.queue_prefix)
+            .map(|name| {
+                ShortString::try_new(name).map_err(|_| BuildError::QueuePrefixTooLong {
+                    len: self.queue_prefix.len(),
+                })
+            })
+            .transpose()?;
         let queue_arguments = self
             .queue_type
             .arguments(&self.queue_prefix, self.max_priority);
