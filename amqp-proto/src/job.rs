@@ -26,11 +26,27 @@ pub fn queue_name(prefix: &str, method: &str) -> String {
     format!("{prefix}{method}")
 }
 
+/// Queue-name prefixes that are never a worker's queue: `amq.` is RabbitMQ's (`amq.gen-…`
+/// server-named queues, `amq.rabbitmq.reply-to`), `wsmq.` wsmq's own (the bridges' reply queues
+/// `wsmq.reply.<instance>`). The same prefixes are reserved as method names by
+/// `wsmq_ipc_proto::is_reserved_method`, which also covers the prefixed names
+/// (`<prefix>wsmq.dead`, `<prefix>wsmq.cancel`).
+pub const RESERVED_QUEUE_PREFIXES: [&str; 2] = ["amq.", "wsmq."];
+
+/// Whether `name` starts with one of [`RESERVED_QUEUE_PREFIXES`] (ASCII case ignored).
+pub fn is_reserved_queue_name(name: &str) -> bool {
+    RESERVED_QUEUE_PREFIXES.iter().any(|prefix| {
+        name.get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    })
+}
+
 /// [`queue_name`], or `None` when it would not fit in an AMQP short string
-/// ([`MAX_QUEUE_NAME_LEN`]): no queue can serve such a method.
+/// ([`MAX_QUEUE_NAME_LEN`]), or would be a reserved name ([`is_reserved_queue_name`]): no
+/// worker's queue can serve such a method.
 pub fn routing_key(prefix: &str, method: &str) -> Option<String> {
     let key = queue_name(prefix, method);
-    (key.len() <= MAX_QUEUE_NAME_LEN).then_some(key)
+    (key.len() <= MAX_QUEUE_NAME_LEN && !is_reserved_queue_name(&key)).then_some(key)
 }
 
 /// One job as the bridge publishes it; [`JobMessage::properties`] puts it on the wire.
@@ -133,6 +149,21 @@ mod tests {
     fn queue_name_is_prefix_then_method() {
         assert_eq!(queue_name("t123.", "echo"), "t123.echo");
         assert_eq!(queue_name("", "echo"), "echo");
+    }
+
+    #[test]
+    fn routing_key_is_never_a_reply_or_broker_queue() {
+        for (prefix, method) in [
+            ("", "wsmq.reply.web-1"),
+            ("", "amq.gen-JzTY20BRgKO"),
+            ("", "AMQ.rabbitmq.reply-to"),
+            ("wsmq.", "reply.web-1"),
+            ("am", "q.gen-x"),
+        ] {
+            assert_eq!(routing_key(prefix, method), None, "{prefix}{method}");
+        }
+        assert!(routing_key("t1.", "wsmq_echo").is_some());
+        assert!(routing_key("", "amqp.x").is_some());
     }
 
     #[test]

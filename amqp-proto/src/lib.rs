@@ -67,7 +67,8 @@ pub use headers::{
 };
 pub use job::{
     CONTENT_TYPE, DELIVERY_MODE_PERSISTENT, JobMessage, MAX_QUEUE_NAME_LEN, REPLY_QUEUE_PREFIX,
-    ReplyAddress, queue_name, reply_queue_name, routing_key,
+    RESERVED_QUEUE_PREFIXES, ReplyAddress, is_reserved_queue_name, queue_name, reply_queue_name,
+    routing_key,
 };
 pub use queue::{
     DEAD_LETTER_EXCHANGE_ARGUMENT, DEAD_LETTER_ROUTING_KEY_ARGUMENT, DEFAULT_MAX_PRIORITY,

@@ -138,6 +138,10 @@ pub enum ConfigError {
     BadInstance(String),
     #[error("queue_prefix is {0} bytes; at most 200")]
     PrefixTooLong(usize),
+    #[error(
+        "queue_prefix {0:?} starts with a reserved name (wsmq. or amq.): every job would be refused"
+    )]
+    ReservedPrefix(String),
     #[error("prefetch must be at least 1")]
     ZeroPrefetch,
     #[error("publish_channels must be between 1 and 1000")]
@@ -182,6 +186,9 @@ impl Config {
         }
         if self.queue_prefix.len() > 200 {
             return Err(ConfigError::PrefixTooLong(self.queue_prefix.len()));
+        }
+        if wsmq_ipc_proto::is_reserved_method(&self.queue_prefix) {
+            return Err(ConfigError::ReservedPrefix(self.queue_prefix.clone()));
         }
         if self.prefetch == 0 {
             return Err(ConfigError::ZeroPrefetch);

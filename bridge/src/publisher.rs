@@ -31,7 +31,7 @@ use lapin::message::BasicReturnMessage;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 use wsmq_amqp_proto::{Cancellation, JobMessage};
 use wsmq_ipc_proto::{CancelReason, Job, JobId, Json, Rejection};
 
@@ -122,7 +122,14 @@ impl Publishers {
         reply_queue: &str,
         job: Job,
     ) -> Result<(), Rejection> {
+        // The gateway refuses reserved methods first; this is defence in depth, so that no IPC
+        // peer can publish to a reply, dead-letter or broker queue.
+        if wsmq_ipc_proto::is_reserved_method(&job.method) {
+            warn!(job = %job.id, method = %job.method, "job for a reserved method name refused");
+            return Err(Rejection::InvalidMethod);
+        }
         let Some(routing_key) = wsmq_amqp_proto::routing_key(prefix, &job.method) else {
+            warn!(job = %job.id, method = %job.method, "job whose routing key is too long or a reserved queue name refused");
             return Err(Rejection::InvalidMethod);
         };
         let started = Instant::now();

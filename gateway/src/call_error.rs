@@ -38,6 +38,10 @@ pub(crate) enum CallError {
     /// The caller's allowlist excludes `method`: answered exactly like [`Self::NoWorker`], so
     /// that whether the method exists is not the caller's business.
     NotAllowed { method: String },
+    /// `method` would name one of wsmq's or RabbitMQ's own queues
+    /// ([`wsmq_ipc_proto::is_reserved_method`]): answered exactly like [`Self::NoWorker`],
+    /// before anything is published.
+    InternalName { method: String },
 
     // A call ended by the gateway (counted in `wsmq_calls_total`).
     /// RabbitMQ blocks publishers (a resource alarm): new calls are shed, not held.
@@ -82,6 +86,7 @@ impl CallError {
             CallError::RateLimited { .. } => codes::RATE_LIMITED,
             CallError::ReservedMethod
             | CallError::NotAllowed { .. }
+            | CallError::InternalName { .. }
             | CallError::NoWorker { .. }
             | CallError::MethodNameTooLong => codes::METHOD_NOT_FOUND,
             CallError::BrokerBlocked
@@ -109,6 +114,7 @@ impl CallError {
             CallError::RateLimited { .. } => "rate limited",
             CallError::ReservedMethod
             | CallError::NotAllowed { .. }
+            | CallError::InternalName { .. }
             | CallError::NoWorker { .. }
             | CallError::MethodNameTooLong => "Method not found",
             CallError::BrokerBlocked
@@ -153,7 +159,9 @@ impl CallError {
                 .into();
             }
             CallError::ReservedMethod => "reserved method name",
-            CallError::NotAllowed { method } | CallError::NoWorker { method } => {
+            CallError::NotAllowed { method }
+            | CallError::InternalName { method }
+            | CallError::NoWorker { method } => {
                 return format!("no worker serves {method:?}").into();
             }
             CallError::BrokerBlocked => "RabbitMQ is blocking publishers (resource alarm)",
@@ -193,7 +201,8 @@ impl CallError {
             | CallError::ParamsTooLarge { .. }
             | CallError::RateLimited { .. }
             | CallError::ReservedMethod
-            | CallError::NotAllowed { .. } => None,
+            | CallError::NotAllowed { .. }
+            | CallError::InternalName { .. } => None,
             CallError::BrokerBlocked
             | CallError::TooManyHeld { .. }
             | CallError::BridgeBackedUp
@@ -295,6 +304,15 @@ mod tests {
                 -32601,
                 "Method not found",
                 "no worker serves \"sum\"",
+                None,
+            ),
+            (
+                E::InternalName {
+                    method: "wsmq.dead".into(),
+                },
+                -32601,
+                "Method not found",
+                "no worker serves \"wsmq.dead\"",
                 None,
             ),
             (

@@ -469,6 +469,14 @@ where
             let error = CallError::ReservedMethod;
             return Ok(call.id.as_deref().map(|id| error.response(Some(id))));
         }
+        if wsmq_ipc_proto::is_reserved_method(&call.method) {
+            // It would be published to a reply, dead-letter or broker queue: never sent on.
+            info!(method = %call.method, "call to a reserved queue name refused as an unknown method");
+            let error = CallError::InternalName {
+                method: call.method,
+            };
+            return Ok(call.id.as_deref().map(|id| error.response(Some(id))));
+        }
         let expects_reply = call.id.is_some();
         if self.router.call(self.client, call, batch).await.is_err() {
             return Err(close_with(close_code::AWAY, "server shutting down"));

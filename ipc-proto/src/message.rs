@@ -210,6 +210,25 @@ pub struct Hello {
     pub peer: String,
 }
 
+/// Method-name prefixes no job may have, because the routing key they make would name a queue
+/// or exchange that is not a worker's: `wsmq.` is wsmq's own (the bridges' reply queues
+/// `wsmq.reply.<instance>`, the dead-letter queue `<prefix>wsmq.dead`, the cancellation
+/// exchange `<prefix>wsmq.cancel`, and whatever wsmq names next), `amq.` is RabbitMQ's
+/// (`amq.gen-…` server-named queues, `amq.rabbitmq.reply-to`). The gateway answers a call to
+/// such a method exactly like one no worker serves, and the bridge refuses such a job.
+pub const RESERVED_METHOD_PREFIXES: [&str; 2] = ["wsmq.", "amq."];
+
+/// Whether `method` is reserved (see [`RESERVED_METHOD_PREFIXES`]). Compared without regard to
+/// ASCII case: RabbitMQ's names are case-sensitive, but no worker should be a case away from
+/// one of them.
+pub fn is_reserved_method(method: &str) -> bool {
+    RESERVED_METHOD_PREFIXES.iter().any(|prefix| {
+        method
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(prefix))
+    })
+}
+
 /// One call to run.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
 pub struct Job {
@@ -284,7 +303,8 @@ pub enum Rejection {
     BrokerUnavailable,
     /// RabbitMQ refused the message (a publisher nack). Retryable.
     Nacked,
-    /// The method cannot be a routing key (too long once prefixed).
+    /// The method cannot be a routing key (too long once prefixed), or names a queue that is
+    /// not a worker's (see [`is_reserved_method`]).
     InvalidMethod,
     /// The deadline passed before the job could be published.
     Expired,
@@ -360,6 +380,36 @@ mod tests {
             "+1234567-89ab-cdef-0011-223344556677",
         ] {
             assert_eq!(bad.parse::<JobId>(), Err(InvalidJobId), "{bad:?}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod reserved_tests {
+    use super::*;
+
+    #[test]
+    fn wsmq_and_broker_names_are_reserved_and_worker_names_are_not() {
+        for method in [
+            "wsmq.dead",
+            "wsmq.reply.web-1",
+            "wsmq.cancel",
+            "WSMQ.Dead",
+            "amq.gen-JzTY20BRgKO",
+            "amq.rabbitmq.reply-to",
+        ] {
+            assert!(is_reserved_method(method), "{method}");
+        }
+        for method in [
+            "echo",
+            "wsmq",
+            "amq",
+            "wsmqx.dead",
+            "report.wsmq.dead",
+            "amqp.x",
+            "é",
+        ] {
+            assert!(!is_reserved_method(method), "{method}");
         }
     }
 }

@@ -217,3 +217,132 @@ async fn clients_that_never_read_are_let_go_and_their_sockets_closed() {
     drop(stuck);
     system.cleanup().await;
 }
+
+/// Issue 17 §4: method names that are wsmq's own queue and exchange names, or RabbitMQ's
+/// `amq.` names, are answered -32601 exactly like a method no worker serves, and nothing is
+/// published to them.
+#[tokio::test]
+async fn methods_naming_internal_queues_get_32601_like_an_unknown_method() {
+    let mut system = System::start().await.expect("system starts");
+    let mut client = system.client().await.expect("connects");
+    let unknown = client
+        .call("no.such.method", json!({}))
+        .await
+        .expect("answered");
+    let unknown_error = rpc::error_code(&unknown);
+    assert_eq!(unknown_error, Some(rpc::METHOD_NOT_FOUND));
+    let reserved = [
+        "wsmq.dead".to_owned(),
+        format!("wsmq.reply.{}", system.instance()),
+        "wsmq.reply.another-bridge".to_owned(),
+        "wsmq.cancel".to_owned(),
+        "amq.gen-JzTY20BRgKO-HjmUJj0wLg".to_owned(),
+        "amq.rabbitmq.reply-to".to_owned(),
+    ];
+    for method in &reserved {
+        let answer = client.call(method, json!({})).await.expect("answered");
+        assert_eq!(
+            answer["error"],
+            json!({"code": rpc::METHOD_NOT_FOUND, "message": "Method not found",
+                   "data": format!("no worker serves {method:?}")}),
+            "{method}: {answer}"
+        );
+    }
+    let dead = system.dead_letter_name();
+    let conn = wsmq_tests::broker::connect(system.amqp_url())
+        .await
+        .expect("broker");
+    assert_eq!(
+        wsmq_tests::broker::queue_depth(&conn, &dead)
+            .await
+            .expect("depth"),
+        0,
+        "nothing reached {dead}"
+    );
+    let lines = system.bridge().expect("bridge").lines().await.expect("log");
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.message().is_some_and(|m| m.contains("dead job"))),
+        "the bridge never saw a job on its dead-letter queue"
+    );
+    system.cleanup().await;
+}
+
+/// Issue 17 §4, defence in depth: a job for a reserved method that reaches the bridge without
+/// the gateway (a raw IPC peer) is rejected as an invalid method, and nothing is published.
+#[tokio::test]
+async fn the_bridge_refuses_jobs_for_reserved_names_on_its_own() {
+    use tokio_util::codec::Framed;
+    use wsmq_ipc_proto::{
+        Hello, IpcCodec, Job, JobId, PROTOCOL_VERSION, Rejection, ToBridge, ToGateway,
+    };
+    let system = System::builder()
+        .without_gateway()
+        .start()
+        .await
+        .expect("bridge and worker start");
+    let stream = tokio::net::UnixStream::connect(system.socket_path())
+        .await
+        .expect("connects to the bridge");
+    let mut framed = Framed::new(stream, IpcCodec::<ToGateway, ToBridge>::new());
+    framed
+        .send(ToBridge::Hello(Hello {
+            version: PROTOCOL_VERSION,
+            peer: "e2e reserved-name test".into(),
+        }))
+        .await
+        .expect("hello");
+    let deadline = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+        + 30_000;
+    let methods = [
+        "wsmq.dead".to_owned(),
+        format!("wsmq.reply.{}", system.instance()),
+        "amq.gen-JzTY20BRgKO-HjmUJj0wLg".to_owned(),
+    ];
+    for (n, method) in methods.iter().enumerate() {
+        framed
+            .send(ToBridge::Submit(Job {
+                id: JobId(1000 + n as u128),
+                method: method.clone(),
+                params: "{}".into(),
+                client: 1,
+                deadline_unix_ms: deadline,
+                priority: None,
+                caller: None,
+            }))
+            .await
+            .expect("submit");
+    }
+    let mut rejected = Vec::new();
+    while rejected.len() < methods.len() {
+        let frame = tokio::time::timeout(RECV_TIMEOUT, framed.next())
+            .await
+            .expect("the bridge answers")
+            .expect("not closed")
+            .expect("decodes");
+        match frame {
+            ToGateway::Rejected { job, reason } => {
+                assert_eq!(reason, Rejection::InvalidMethod, "{job}");
+                rejected.push(job);
+            }
+            ToGateway::Published { job } => panic!("job {job} was published"),
+            _ => {}
+        }
+    }
+    let conn = wsmq_tests::broker::connect(system.amqp_url())
+        .await
+        .expect("broker");
+    let dead = system.dead_letter_name();
+    assert_eq!(
+        wsmq_tests::broker::queue_depth(&conn, &dead)
+            .await
+            .expect("depth"),
+        0
+    );
+    drop(framed);
+    system.cleanup().await;
+}
