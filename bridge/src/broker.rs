@@ -10,7 +10,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -22,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 use wsmq_ipc_proto::BrokerState;
+use wsmq_service::{Backoff, ErrorChain};
 
 use crate::dead::{Relay, RelayError};
 use crate::publisher::Publishers;
@@ -147,23 +147,16 @@ struct Supervisor {
 
 impl Supervisor {
     async fn run(self) {
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(MIN_BACKOFF)
-            .with_max_delay(MAX_BACKOFF)
-            .with_jitter()
-            .without_max_times();
-        let mut delays = backoff.build();
+        let mut backoff = Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         loop {
-            let outcome = self
-                .connect_and_serve(&mut || delays = backoff.build())
-                .await;
+            let outcome = self.connect_and_serve(&mut || backoff.reset()).await;
             self.publisher_tx.send_replace(None);
             self.set_state(BrokerState::Down);
             match outcome {
                 Ok(()) => return,
-                Err(e) => warn!(error = %e, cause = %error_chain(&e), "broker connection lost"),
+                Err(e) => warn!(error = %ErrorChain(&e), "broker connection lost"),
             }
-            let delay = delays.next().unwrap_or(MAX_BACKOFF);
+            let delay = backoff.next_delay();
             debug!(?delay, "reconnecting to RabbitMQ after backoff");
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
@@ -324,14 +317,4 @@ impl Supervisor {
         }
         result
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut parts = Vec::new();
-    let mut cur = e.source();
-    while let Some(err) = cur {
-        parts.push(err.to_string());
-        cur = err.source();
-    }
-    parts.join(": ")
 }

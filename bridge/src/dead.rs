@@ -31,37 +31,12 @@ use wsmq_amqp_proto::dead::{
     job_failed_properties,
 };
 
+use crate::metrics::DeadLetterOutcome as Outcome;
+
 /// Dead jobs RabbitMQ hands the relay before it acked them. They are relayed one at a time
 /// (each reply waits for its confirm), so a few suffice; the rest wait in the queue, where
 /// another bridge may take them.
 const DEAD_PREFETCH: u16 = 16;
-
-/// How one dead job ended; the label of `wsmq_bridge_dead_letters_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    /// Its caller was sent -32004 and RabbitMQ confirmed it.
-    Relayed,
-    /// It expired unstarted; its caller had -32001 at its deadline. Acked quietly.
-    Expired,
-    /// It has no `reply_to` or `correlation_id`: nobody to answer. Acked and logged.
-    Unanswerable,
-    /// Its reply queue no longer exists (its bridge is gone for good). Acked and logged.
-    Unroutable,
-    /// The reply could not be published or was refused; the job stays in the queue.
-    Failed,
-}
-
-impl Outcome {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Self::Relayed => "relayed",
-            Self::Expired => "expired",
-            Self::Unanswerable => "unanswerable",
-            Self::Unroutable => "unroutable",
-            Self::Failed => "failed",
-        }
-    }
-}
 
 /// Why the relay stopped other than on request; each ends the broker connection, and the
 /// supervisor's reconnection builds a new relay.
@@ -428,21 +403,5 @@ mod tests {
             }
             other => panic!("expected a worker error, got {other:?}"),
         }
-    }
-
-    #[test]
-    fn outcome_labels_are_fixed() {
-        let labels = [
-            Outcome::Relayed,
-            Outcome::Expired,
-            Outcome::Unanswerable,
-            Outcome::Unroutable,
-            Outcome::Failed,
-        ]
-        .map(Outcome::as_str);
-        assert_eq!(
-            labels,
-            ["relayed", "expired", "unanswerable", "unroutable", "failed"]
-        );
     }
 }

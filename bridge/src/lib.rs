@@ -83,25 +83,12 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
 /// watchdog (STOPPING=1 is sent by the signal handler).
 fn report_to_systemd(
     ipc: &std::path::Path,
-    mut broker: tokio::sync::watch::Receiver<wsmq_ipc_proto::BrokerState>,
+    broker: tokio::sync::watch::Receiver<wsmq_ipc_proto::BrokerState>,
     shutdown: CancellationToken,
 ) {
-    use wsmq_service::notify;
     let ipc = ipc.display().to_string();
-    notify::ready(&format!("listening on {ipc}; connecting to RabbitMQ"));
-    notify::spawn_watchdog(shutdown.clone());
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                changed = broker.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    let state = *broker.borrow_and_update();
-                    notify::status(&format!("listening on {ipc}; RabbitMQ {state:?}"));
-                }
-            }
-        }
+    let ready = format!("listening on {ipc}; connecting to RabbitMQ");
+    wsmq_service::notify::follow(&ready, broker, shutdown, move |state| {
+        format!("listening on {ipc}; RabbitMQ {state:?}")
     });
 }

@@ -25,8 +25,35 @@ pub(crate) fn cancellation_broadcast(ok: bool) {
     counter!("wsmq_bridge_cancellations_total", "outcome" => label).increment(1);
 }
 
+/// How one dead job ended; the label of `wsmq_bridge_dead_letters_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DeadLetterOutcome {
+    /// Its caller was sent -32004 and RabbitMQ confirmed it.
+    Relayed,
+    /// It expired unstarted; its caller had -32001 at its deadline. Acked quietly.
+    Expired,
+    /// It has no `reply_to` or `correlation_id`: nobody to answer. Acked and logged.
+    Unanswerable,
+    /// Its reply queue no longer exists (its bridge is gone for good). Acked and logged.
+    Unroutable,
+    /// The reply could not be published or was refused; the job stays in the queue.
+    Failed,
+}
+
+impl DeadLetterOutcome {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Relayed => "relayed",
+            Self::Expired => "expired",
+            Self::Unanswerable => "unanswerable",
+            Self::Unroutable => "unroutable",
+            Self::Failed => "failed",
+        }
+    }
+}
+
 /// A dead job (from `<prefix>wsmq.dead`) was relayed to its caller, dropped, or failed.
-pub(crate) fn dead_letter(outcome: crate::dead::Outcome) {
+pub(crate) fn dead_letter(outcome: DeadLetterOutcome) {
     counter!("wsmq_bridge_dead_letters_total", "outcome" => outcome.as_str()).increment(1);
 }
 
@@ -76,4 +103,25 @@ pub(crate) fn broker_connected() {
 pub(crate) fn broker_state(up: bool, blocked: bool) {
     gauge!("wsmq_bridge_broker_up").set(f64::from(u8::from(up)));
     gauge!("wsmq_bridge_broker_blocked").set(f64::from(u8::from(blocked)));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_outcome_labels_are_fixed() {
+        let labels = [
+            DeadLetterOutcome::Relayed,
+            DeadLetterOutcome::Expired,
+            DeadLetterOutcome::Unanswerable,
+            DeadLetterOutcome::Unroutable,
+            DeadLetterOutcome::Failed,
+        ]
+        .map(DeadLetterOutcome::as_str);
+        assert_eq!(
+            labels,
+            ["relayed", "expired", "unanswerable", "unroutable", "failed"]
+        );
+    }
 }

@@ -76,18 +76,10 @@ struct CallArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // --help and --version print and succeed; anything else is a bad command line (64).
+    let cli = match wsmq_service::parse_args::<Cli>() {
         Ok(cli) => cli,
-        Err(e) => {
-            let usage = e.use_stderr();
-            // --help and --version print and succeed; anything else is a bad command line.
-            let _ = e.print();
-            return if usage {
-                Exit::Usage.into()
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     let Command::Call(args) = cli.command;
     let runtime = match tokio::runtime::Builder::new_current_thread()

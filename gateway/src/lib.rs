@@ -316,30 +316,17 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
 /// (STOPPING=1 is sent by the signal handler).
 fn report_to_systemd(
     addr: SocketAddr,
-    mut health: watch::Receiver<router::Health>,
+    health: watch::Receiver<router::Health>,
     shutdown: CancellationToken,
 ) {
-    use wsmq_service::notify;
-    notify::ready(&format!("listening on {addr}; waiting for the bridge"));
-    notify::spawn_watchdog(shutdown.clone());
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                changed = health.changed() => {
-                    if changed.is_err() {
-                        return;
-                    }
-                    let h = *health.borrow_and_update();
-                    let word = |up: bool| if up { "up" } else { "down" };
-                    notify::status(&format!(
-                        "listening on {addr}; bridge {}, broker {}{}",
-                        word(h.bridge),
-                        word(h.broker),
-                        if h.blocked { " (blocked)" } else { "" }
-                    ));
-                }
-            }
-        }
+    let ready = format!("listening on {addr}; waiting for the bridge");
+    wsmq_service::notify::follow(&ready, health, shutdown, move |h| {
+        let word = |up: bool| if up { "up" } else { "down" };
+        format!(
+            "listening on {addr}; bridge {}, broker {}{}",
+            word(h.bridge),
+            word(h.broker),
+            if h.blocked { " (blocked)" } else { "" }
+        )
     });
 }

@@ -16,7 +16,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::{SinkExt, StreamExt};
 use interprocess::local_socket::tokio::{Stream, prelude::*};
 use interprocess::local_socket::{GenericFilePath, ToFsName};
@@ -134,12 +133,7 @@ pub(crate) struct Link {
 impl Link {
     /// Connects, serves, reconnects, until shutdown.
     pub(crate) async fn run(mut self) {
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(MIN_BACKOFF)
-            .with_max_delay(MAX_BACKOFF)
-            .with_jitter()
-            .without_max_times();
-        let mut delays = backoff.build();
+        let mut backoff = wsmq_service::Backoff::new(MIN_BACKOFF, MAX_BACKOFF);
         let mut epoch = 0;
         let mut failures = 0u32;
         loop {
@@ -151,7 +145,7 @@ impl Link {
             match result {
                 Ok(stream) => {
                     failures = 0;
-                    delays = backoff.build();
+                    backoff.reset();
                     let outcome = self.serve(stream, epoch).await;
                     if self.events.send(LinkEvent::Down).await.is_err()
                         || self.shutdown.is_cancelled()
@@ -186,7 +180,7 @@ impl Link {
                     }
                 }
             }
-            let delay = delays.next().unwrap_or(MAX_BACKOFF);
+            let delay = backoff.next_delay();
             tokio::select! {
                 () = self.shutdown.cancelled() => return,
                 () = tokio::time::sleep(delay) => {}

@@ -17,7 +17,8 @@ use std::io::{self, Read, Write};
 use anyhow::Context;
 
 use crate::frame::{Frame, FrameSplitter, SplitError};
-use crate::render::{Direction, FrameLine, decode_as, error_chain};
+use crate::render::{Direction, FrameLine, decode_as};
+use wsmq_service::error_chain;
 
 /// Bytes read from the input at a time.
 const READ_CHUNK: usize = 64 * 1024;

@@ -26,10 +26,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::render::Direction;
 
-/// EX_USAGE, as sysexits(3) has it (and as the other wsmq binaries use): a bad command line.
-/// Clap's own 2 would read as "refused" to a script calling `ping`.
-const EXIT_USAGE: u8 = 64;
-
 /// Exit status of `tap` and `decode` when they fail.
 const EXIT_FAILURE: u8 = 1;
 
@@ -152,17 +148,12 @@ struct DecodeArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // Help and version go to stdout with 0; anything else is a usage error (64, EX_USAGE, as
+    // the other wsmq binaries have it: clap's own 2 would read as "refused" to a script calling
+    // `ping`).
+    let cli = match wsmq_service::parse_args::<Cli>() {
         Ok(cli) => cli,
-        Err(e) => {
-            // Help and version go to stdout with 0; anything else is a usage error.
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(EXIT_USAGE)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     match cli.command {
         Command::Ping(args) => run_ping(&args),

@@ -23,7 +23,8 @@ use wsmq_ipc_proto::{
     Welcome,
 };
 
-use crate::render::{self, error_chain};
+use crate::render;
+use wsmq_service::error_chain;
 
 /// The `peer` ping names itself with in the bridge's log.
 pub(crate) const PEER_NAME: &str = "wsmq-ipc ping";

@@ -11,8 +11,6 @@
 //! The rendering is written out by hand with exhaustive matches and destructuring, so a
 //! message or field added to the protocol is a compile error here rather than a silent gap.
 
-use std::error::Error;
-
 use serde_json::{Value, json};
 use wsmq_ipc_proto::codec::decode_body;
 use wsmq_ipc_proto::{
@@ -227,18 +225,6 @@ pub(crate) fn hex_preview(bytes: &[u8]) -> (String, bool) {
         out.push(char::from_digit(u32::from(b & 0xf), 16).unwrap_or('?'));
     }
     (out, bytes.len() > HEX_LIMIT)
-}
-
-/// An error and its sources, `: `-separated (what `{:#}` gives for an `anyhow::Error`).
-pub(crate) fn error_chain(e: &(dyn Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[cfg(test)]

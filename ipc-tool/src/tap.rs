@@ -40,7 +40,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::frame::{Frame, FrameSplitter, SplitError};
-use crate::render::{Direction, FrameLine, decode_as, error_chain};
+use crate::render::{Direction, FrameLine, decode_as};
+use wsmq_service::error_chain;
 
 /// Connections relayed at once. A bridge serves one gateway and refuses the others with a
 /// reason, so the tap relays a few at once to let those refusals through (and print them);

@@ -232,7 +232,7 @@ where
         Ok(config) => config,
         Err(e) => {
             eprintln!("{program}: invalid configuration: {e}");
-            return ControlFlow::Break(ExitCode::from(EXIT_USAGE));
+            return ControlFlow::Break(ExitCode::from(crate::cli::EXIT_USAGE));
         }
     };
     if !args.print_config {
@@ -249,6 +249,3 @@ where
         }
     })
 }
-
-/// Exit status for a configuration that cannot work (sysexits(3) EX_USAGE).
-pub const EXIT_USAGE: u8 = 64;

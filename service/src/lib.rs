@@ -2,27 +2,33 @@
 //! behave alike for an operator: one TOML file with a section per program, every key
 //! overridable by a `WSMQ_*` variable and by a flag; the same log formats, signals, metrics
 //! and systemd notifications.
+//!
+//! Without features it is only what a library may share (the worker SDK uses it so): the error
+//! chain and the reconnect backoff. Feature `cli` adds the command-line helper (clap), feature
+//! `daemon` the rest (configuration, logging, metrics, signals, systemd).
 
 #![forbid(unsafe_code)]
 
+pub mod backoff;
+#[cfg(feature = "cli")]
+pub mod cli;
+#[cfg(feature = "daemon")]
 pub mod config;
+pub mod error;
+#[cfg(feature = "daemon")]
 pub mod logging;
+#[cfg(feature = "daemon")]
 pub mod metrics;
+#[cfg(feature = "daemon")]
 pub mod notify;
+#[cfg(feature = "daemon")]
 pub mod signals;
 
-pub use config::{ConfigArgs, ConfigError, EXIT_USAGE, load, mask_url_password, render, startup};
+pub use backoff::Backoff;
+#[cfg(feature = "cli")]
+pub use cli::{EXIT_USAGE, parse_args};
+#[cfg(feature = "daemon")]
+pub use config::{ConfigArgs, ConfigError, load, mask_url_password, render, startup};
+pub use error::{ErrorChain, error_chain};
+#[cfg(feature = "daemon")]
 pub use logging::LogFormat;
-
-/// An error and its sources, `: `-separated, for a log line: a bare `%e` shows only the
-/// outermost message ("ipc framing failed"), never the cause under it.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}

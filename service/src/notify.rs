@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use sd_notify::NotifyState;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
@@ -46,6 +47,37 @@ pub fn spawn_watchdog(shutdown: CancellationToken) {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 _ = tick.tick() => send(&[NotifyState::Watchdog]),
+            }
+        }
+    });
+}
+
+/// Tells systemd the program is ready with `ready_status`, pings the watchdog, and from then on
+/// keeps `systemctl status` current: each new value of `state` becomes the line `describe`
+/// makes of it, until `shutdown` or until the sender is gone. STOPPING=1 is sent by the signal
+/// handler. Call inside a tokio runtime.
+pub fn follow<T, F>(
+    ready_status: &str,
+    mut state: watch::Receiver<T>,
+    shutdown: CancellationToken,
+    describe: F,
+) where
+    T: Send + Sync + 'static,
+    F: Fn(&T) -> String + Send + 'static,
+{
+    ready(ready_status);
+    spawn_watchdog(shutdown.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                changed = state.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    let line = describe(&state.borrow_and_update());
+                    status(&line);
+                }
             }
         }
     });

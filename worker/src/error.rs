@@ -158,49 +158,9 @@ pub enum WorkerError {
     Unrecoverable(#[source] lapin::Error),
 }
 
-/// Displays an error followed by its sources, `outer: inner: innermost`, for log lines.
-///
-/// A source whose text the line already holds is left out: some errors (lapin's among them)
-/// repeat their source in their own message.
-pub(crate) struct Chain<'a>(pub(crate) &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for Chain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mut line = self.0.to_string();
-        let mut source = self.0.source();
-        while let Some(error) = source {
-            let text = error.to_string();
-            if !line.contains(&text) {
-                line.push_str(": ");
-                line.push_str(&text);
-            }
-            source = error.source();
-        }
-        f.write_str(&line)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn chain_shows_every_source() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("outer")]
-        struct Outer(#[source] std::io::Error);
-        let error = Outer(std::io::Error::other("inner"));
-        assert_eq!(Chain(&error).to_string(), "outer: inner");
-    }
-
-    #[test]
-    fn chain_skips_a_source_the_message_already_repeats() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("outer: {0}")]
-        struct Repeating(#[source] std::io::Error);
-        let error = Repeating(std::io::Error::other("inner"));
-        assert_eq!(Chain(&error).to_string(), "outer: inner");
-    }
 
     #[test]
     fn rpc_error_serialises_without_absent_data() {

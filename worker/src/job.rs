@@ -20,10 +20,11 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::{
     contract::{self, ReplyAddress, ReplyStatus},
-    error::{Chain, RpcError},
+    error::RpcError,
     progress::{self, ProgressCommand},
     request::{Handler, Request},
 };
+use wsmq_service::ErrorChain;
 
 /// What every job of one broker session shares.
 pub(crate) struct JobShared {
@@ -115,7 +116,7 @@ pub(crate) async fn process(shared: Arc<JobShared>, job: Job) {
         match published {
             Ok(()) => ack(&acker).await,
             Err(error) => {
-                warn!(error = %Chain(&error), "reply not confirmed; requeueing the job");
+                warn!(error = %ErrorChain(&error), "reply not confirmed; requeueing the job");
                 if matches!(error, PublishError::Channel(_)) {
                     shared.broken.cancel();
                 }

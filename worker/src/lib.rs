@@ -155,7 +155,6 @@
 //!   connection and returns.
 //! - A panicking handler is answered with `-32603`, so a job cannot crash-loop a worker.
 
-mod backoff;
 pub mod contract;
 mod error;
 mod job;

@@ -39,13 +39,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
 
 use crate::{
-    backoff::Backoff,
     contract::{self, Cancellation, MAX_QUEUE_NAME_LEN, QueueType, ReplyAddress},
-    error::{BuildError, Chain, RpcError, WorkerError},
+    error::{BuildError, RpcError, WorkerError},
     job::{self, Job, JobShared},
     lifecycle::{Admission, JobTable, RECENTLY_CANCELLED_CAPACITY, Ticket},
     request::{self, Handler, Request},
 };
+use wsmq_service::{Backoff, ErrorChain};
 
 /// Default for [`WorkerBuilder::concurrency`].
 pub const DEFAULT_CONCURRENCY: u16 = 16;
@@ -586,7 +586,7 @@ impl Worker {
                             if let Some(e) = lost.lapin_error().filter(|e| is_unrecoverable(e)) {
                                 break Err(WorkerError::Unrecoverable(e.clone()));
                             }
-                            warn!(error = %Chain(&lost), "lost the broker session; reconnecting");
+                            warn!(error = %ErrorChain(&lost), "lost the broker session; reconnecting");
                         }
                     }
                 }
@@ -594,7 +594,7 @@ impl Worker {
                     if let Some(e) = error.lapin_error().filter(|e| is_unrecoverable(e)) {
                         break Err(WorkerError::Unrecoverable(e.clone()));
                     }
-                    warn!(error = %Chain(&error), "could not open a broker session; retrying");
+                    warn!(error = %ErrorChain(&error), "could not open a broker session; retrying");
                 }
             }
             let delay = backoff.next_delay();

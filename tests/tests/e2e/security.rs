@@ -846,7 +846,7 @@ async fn bridge_speaks_tls_to_an_amqps_url_and_never_logs_its_password() {
     );
     // rustls met RabbitMQ's plain AMQP greeting where a TLS record should be.
     let cause = lost
-        .field("cause")
+        .field("error")
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_ascii_lowercase();

@@ -178,17 +178,10 @@ impl Config {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // --help and --version come this way too, on stdout and with success.
+    let cli = match wsmq_service::parse_args::<Cli>() {
         Ok(cli) => cli,
-        Err(e) => {
-            // --help and --version come this way too, on stdout and with success.
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(EXIT_USAGE)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
+        Err(code) => return code,
     };
     let config = match wsmq_service::startup("wsmq-worker", &cli.file, cli.config(), Config::render)
     {

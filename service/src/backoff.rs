@@ -1,21 +1,23 @@
-//! Capped exponential backoff with jitter, for reconnecting to the broker.
+//! Capped exponential backoff with jitter: the one reconnect schedule of every wsmq program
+//! (the gateway's link to the bridge, the bridge's and the workers' broker connections).
 
 use std::time::Duration;
 
 use rand::Rng;
 
 /// Delays between connection attempts: `initial`, doubling per failed attempt up to `max`,
-/// each scaled by a random factor in `[0.5, 1.0]` so that a fleet of workers cut off together
-/// does not reconnect in lockstep.
+/// each scaled by a random factor in `[0.5, 1.0]` so that many peers cut off together
+/// do not reconnect in lockstep.
 #[derive(Debug, Clone)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     initial: Duration,
     max: Duration,
     attempt: u32,
 }
 
 impl Backoff {
-    pub(crate) fn new(initial: Duration, max: Duration) -> Self {
+    /// Delays starting at `initial`, never above `max`.
+    pub fn new(initial: Duration, max: Duration) -> Self {
         Self {
             initial,
             max,
@@ -24,12 +26,12 @@ impl Backoff {
     }
 
     /// Back to `initial`, after a connection that worked.
-    pub(crate) fn reset(&mut self) {
+    pub fn reset(&mut self) {
         self.attempt = 0;
     }
 
     /// The delay before the next attempt.
-    pub(crate) fn next_delay(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let ceiling = self.ceiling();
         self.attempt = self.attempt.saturating_add(1);
         jittered(ceiling, rand::rng().random_range(0.5..=1.0))
