@@ -206,9 +206,10 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub insecure_no_auth: bool,
 
-    /// An Origin browsers may connect from, e.g. https://app.example.com (repeat the flag for
-    /// more); other Origins get HTTP 403. Requests without an Origin (non-browsers) pass.
-    /// Without the flag, every Origin passes.
+    /// An Origin browsers may connect from besides the gateway's own, e.g.
+    /// https://app.example.com (repeat the flag for more); other Origins get HTTP 403.
+    /// Requests without an Origin (non-browsers) pass. Without the flag only the gateway's own
+    /// origin passes (the page at `/`); '*' lets every Origin in (logged as a warning).
     #[arg(long = "allowed-origin", value_name = "URL")]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allowed_origins: Vec<String>,
@@ -418,7 +419,9 @@ impl Config {
             return Err(ConfigError::PublicWithoutAuth(self.listen));
         }
         for origin in &self.allowed_origins {
-            if crate::http::normalize_origin(origin).is_none() {
+            if origin.trim() != crate::http::ANY_ORIGIN
+                && crate::http::normalize_origin(origin).is_none()
+            {
                 return Err(ConfigError::BadOrigin(origin.clone()));
             }
         }

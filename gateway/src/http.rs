@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Query, State};
-use axum::http::header::{ORIGIN, WWW_AUTHENTICATE};
+use axum::http::header::{HOST, ORIGIN, WWW_AUTHENTICATE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -47,30 +47,77 @@ struct WsQuery {
     token: Option<String>,
 }
 
-/// The browser Origins allowed to open a websocket; `None`: all.
+/// The browser Origins allowed to open a websocket. By default a browser is let in only from
+/// the gateway's own origin (its `Origin` names the host the request went to) or an Origin
+/// listed with `--allowed-origin`; `--allowed-origin '*'` lets every Origin in.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Origins(Option<Arc<[String]>>);
+pub(crate) struct Origins {
+    /// `--allowed-origin '*'`.
+    any: bool,
+    listed: Arc<[String]>,
+    /// The gateway listens on loopback: its own origin must then be a loopback name, so that a
+    /// page whose host name was rebound to 127.0.0.1 (DNS rebinding) is not "same origin".
+    loopback: bool,
+}
+
+/// The value of `--allowed-origin` that lets every Origin in.
+pub(crate) const ANY_ORIGIN: &str = "*";
 
 impl Origins {
-    pub(crate) fn new(allowed: &[String]) -> Self {
-        if allowed.is_empty() {
-            return Self(None);
-        }
-        Self(Some(
-            allowed.iter().filter_map(|o| normalize_origin(o)).collect(),
-        ))
-    }
-
-    pub(crate) fn is_restricted(&self) -> bool {
-        self.0.is_some()
-    }
-
-    fn allows(&self, origin: &str) -> bool {
-        match &self.0 {
-            None => true,
-            Some(allowed) => normalize_origin(origin).is_some_and(|o| allowed.contains(&o)),
+    pub(crate) fn new(allowed: &[String], loopback: bool) -> Self {
+        Self {
+            any: allowed.iter().any(|o| o.trim() == ANY_ORIGIN),
+            listed: allowed.iter().filter_map(|o| normalize_origin(o)).collect(),
+            loopback,
         }
     }
+
+    /// Every Origin is let in (`--allowed-origin '*'`).
+    pub(crate) fn is_any(&self) -> bool {
+        self.any
+    }
+
+    /// Whether a browser showing a page from `origin` may open a websocket sent to `host` (the
+    /// request's `Host` header).
+    fn allows(&self, origin: &str, host: Option<&str>) -> bool {
+        if self.any {
+            return true;
+        }
+        let Some(origin) = normalize_origin(origin) else {
+            return false;
+        };
+        if self.listed.contains(&origin) {
+            return true;
+        }
+        let Some(host) = host else {
+            return false;
+        };
+        let authority = origin.split_once("://").map_or("", |(_, a)| a);
+        let host = host.trim().to_ascii_lowercase();
+        let same = strip_default_port(authority) == strip_default_port(&host);
+        same && (!self.loopback || is_loopback_name(&host))
+    }
+}
+
+/// `host:80` and `host:443` compare equal to `host` (browsers leave default ports out of
+/// `Origin`).
+fn strip_default_port(authority: &str) -> &str {
+    authority
+        .strip_suffix(":80")
+        .or_else(|| authority.strip_suffix(":443"))
+        .unwrap_or(authority)
+}
+
+/// `localhost`, `127.x.x.x` or `[::1]`, with or without a port.
+fn is_loopback_name(authority: &str) -> bool {
+    let name = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => authority.rsplit_once(':').map_or(authority, |(n, _)| n),
+    };
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `scheme://host[:port]`, lowercased, without a trailing slash; `None` if `origin` is not
@@ -142,7 +189,8 @@ async fn websocket(
     }
     if let Some(origin) = headers.get(ORIGIN) {
         let origin = String::from_utf8_lossy(origin.as_bytes());
-        if !app.origins.allows(&origin) {
+        let host = headers.get(HOST).and_then(|h| h.to_str().ok());
+        if !app.origins.allows(&origin, host) {
             crate::metrics::connection_refused("origin");
             info!(%peer, %origin, "origin not allowed; upgrade refused with 403");
             return (StatusCode::FORBIDDEN, "origin not allowed\n").into_response();
@@ -289,12 +337,31 @@ mod tests {
 
     #[test]
     fn origins_compare_by_scheme_host_and_port_ignoring_case_and_slash() {
-        let origins = Origins::new(&["https://App.example.com/".to_owned()]);
-        assert!(origins.allows("https://app.example.com"));
-        assert!(!origins.allows("http://app.example.com"));
-        assert!(!origins.allows("https://app.example.com:8443"));
-        assert!(!origins.allows("https://evil.example.com"));
-        assert!(!origins.allows("null"));
-        assert!(Origins::default().allows("https://anything.example"));
+        let origins = Origins::new(&["https://App.example.com/".to_owned()], false);
+        let host = Some("gw.example.com");
+        assert!(origins.allows("https://app.example.com", host));
+        assert!(!origins.allows("http://app.example.com", host));
+        assert!(!origins.allows("https://app.example.com:8443", host));
+        assert!(!origins.allows("https://evil.example.com", host));
+        assert!(!origins.allows("null", host));
+        let any = Origins::new(&["*".to_owned()], true);
+        assert!(any.is_any());
+        assert!(any.allows("https://anything.example", None));
+    }
+
+    #[test]
+    fn by_default_only_the_gateways_own_origin_passes() {
+        let public = Origins::new(&[], false);
+        assert!(public.allows("https://gw.example.com", Some("gw.example.com")));
+        assert!(public.allows("https://gw.example.com", Some("GW.example.com:443")));
+        assert!(!public.allows("https://evil.example.com", Some("gw.example.com")));
+        assert!(!public.allows("https://gw.example.com", None));
+        let local = Origins::new(&[], true);
+        assert!(local.allows("http://127.0.0.1:8080", Some("127.0.0.1:8080")));
+        assert!(local.allows("http://localhost:8080", Some("localhost:8080")));
+        assert!(local.allows("http://[::1]:8080", Some("[::1]:8080")));
+        assert!(!local.allows("http://localhost:8080", Some("127.0.0.1:8080")));
+        // DNS rebinding: a foreign name that resolves to loopback is not the gateway's origin.
+        assert!(!local.allows("http://evil.example:8080", Some("evil.example:8080")));
     }
 }

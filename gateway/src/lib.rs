@@ -163,7 +163,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     let (auth, tokens_reloader) =
         auth::Authenticator::load(&config.auth()).context("authentication setup")?;
     let tls = tls::acceptor(&config).context("TLS setup")?;
-    let origins = http::Origins::new(&config.allowed_origins);
+    let origins = http::Origins::new(&config.allowed_origins, config.listen.ip().is_loopback());
     let public = !config.listen.ip().is_loopback();
     if !auth.enabled() && public {
         warn!(
@@ -171,10 +171,10 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
             "INSECURE: --insecure-no-auth: anyone who reaches this non-loopback address may call every method"
         );
     }
-    if public && !origins.is_restricted() {
+    if origins.is_any() {
         warn!(
             listen = %config.listen,
-            "no --allowed-origin on a non-loopback address: any web page may open a websocket here with its visitors' browsers"
+            "--allowed-origin '*': any web page may open a websocket here with its visitors' browsers"
         );
     }
     auth::spawn_sighup_handler(tokens_reloader, shutdown.clone());

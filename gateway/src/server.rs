@@ -140,6 +140,9 @@ async fn serve_http<I>(
                 } else {
                     crate::metrics::connection_refused("handshake_timeout");
                     info!(%peer, ?handshake_timeout, "no complete HTTP request within the handshake timeout; closing");
+                    // Closed now: hyper's graceful shutdown would wait for the half-read
+                    // request, so the timeout fired CLOSE_GRACE late (12 s for 10 s).
+                    return;
                 }
                 connection.as_mut().graceful_shutdown();
                 closing = true;

@@ -12,7 +12,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
-use wsmq_tests::{Incoming, RECV_TIMEOUT, System, rpc};
+use wsmq_tests::{Incoming, RECV_TIMEOUT, System, WsClient, http, rpc};
 
 /// Open sockets of a process, from `/proc/<pid>/fd`.
 fn open_sockets(pid: u32) -> Result<usize> {
@@ -344,5 +344,136 @@ async fn the_bridge_refuses_jobs_for_reserved_names_on_its_own() {
         0
     );
     drop(framed);
+    system.cleanup().await;
+}
+
+async fn upgrade_status(addr: std::net::SocketAddr, headers: &[(&str, &str)]) -> u16 {
+    match WsClient::try_connect_with(addr, "/ws", headers)
+        .await
+        .expect("handshake answered")
+    {
+        Ok(client) => {
+            let _ = client.close().await;
+            101
+        }
+        Err(wsmq_tests::Refusal::Status(status)) => status,
+        Err(other) => panic!("handshake failed: {other:?}"),
+    }
+}
+
+/// Issue 17 §5: without `--allowed-origin`, a browser is let in only from the gateway's own
+/// origin; clients without an Origin are unaffected; the console's CSP allows websockets to
+/// the gateway's own origin only.
+#[tokio::test]
+async fn by_default_only_the_gateways_own_origin_may_open_a_websocket() {
+    let mut system = System::start().await.expect("system starts");
+    let addr = system.gateway_addr().expect("addr");
+    let own = format!("http://{addr}");
+    let own_localhost = format!("http://localhost:{}", addr.port());
+    assert_eq!(
+        upgrade_status(addr, &[("origin", "https://evil.example.com")]).await,
+        403,
+        "a foreign page is refused"
+    );
+    assert_eq!(upgrade_status(addr, &[("origin", "null")]).await, 403);
+    assert_eq!(
+        upgrade_status(addr, &[("origin", &own_localhost)]).await,
+        403,
+        "same host name but another origin than the Host the request went to"
+    );
+    assert_eq!(
+        upgrade_status(addr, &[("origin", &own)]).await,
+        101,
+        "the console served by the gateway itself gets in"
+    );
+    assert_eq!(
+        upgrade_status(addr, &[]).await,
+        101,
+        "no Origin: not a browser"
+    );
+    let page = http::get(addr, "/").await.expect("GET /");
+    assert_eq!(page.status, 200);
+    let csp = page
+        .headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-security-policy"))
+        .map(|(_, v)| v.clone())
+        .expect("the console has a CSP");
+    let connect_src = csp
+        .split(';')
+        .map(str::trim)
+        .find(|d| d.starts_with("connect-src"))
+        .expect("connect-src");
+    assert_eq!(
+        connect_src,
+        format!("connect-src 'self' ws://{addr} wss://{addr}"),
+        "websockets to the gateway's own origin only: {csp}"
+    );
+    let gateway = system.gateway().expect("gateway");
+    let lines = gateway.lines().await.expect("log");
+    assert!(
+        !lines.iter().any(|l| l
+            .message()
+            .is_some_and(|m| m.contains("--allowed-origin '*'"))),
+        "no warning without '*'"
+    );
+    system.cleanup().await;
+}
+
+/// Issue 17 §5: `--allowed-origin '*'` lets every Origin in, as before, and says so at start.
+#[tokio::test]
+async fn allowed_origin_star_admits_every_origin_with_a_warning() {
+    let mut system = System::builder()
+        .gateway_arg("--allowed-origin", "*")
+        .start()
+        .await
+        .expect("system starts");
+    let addr = system.gateway_addr().expect("addr");
+    assert_eq!(
+        upgrade_status(addr, &[("origin", "https://evil.example.com")]).await,
+        101
+    );
+    let gateway = system.gateway().expect("gateway");
+    let warning = gateway
+        .wait_for_message(
+            "--allowed-origin '*': any web page may open a websocket here with its visitors' browsers",
+        )
+        .await
+        .expect("warned at start");
+    assert_eq!(warning.level(), Some("WARN"));
+    system.cleanup().await;
+}
+
+/// Issue 17 §6: the handshake timeout closes a connection that sent half a request when it
+/// passes, not a grace period later: once the gateway logs the timeout, the socket is closed.
+#[tokio::test]
+async fn a_half_sent_request_is_closed_when_the_handshake_timeout_is_logged() {
+    let mut system = System::builder()
+        .gateway_arg("--handshake-timeout", "1s")
+        .start()
+        .await
+        .expect("system starts");
+    let addr = system.gateway_addr().expect("addr");
+    let mut slow = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    slow.write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n")
+        .await
+        .expect("half a request");
+    system
+        .gateway()
+        .expect("gateway")
+        .wait_for_message("no complete HTTP request within the handshake timeout; closing")
+        .await
+        .expect("the timeout is logged");
+    // The old code waited a 2 s grace for hyper after logging; closed at once now.
+    let mut buf = [0u8; 256];
+    let read = tokio::time::timeout(Duration::from_millis(1500), slow.read(&mut buf)).await;
+    match read {
+        Ok(Ok(0) | Err(_)) => {}
+        Ok(Ok(n)) => {
+            let head = String::from_utf8_lossy(&buf[..n]);
+            assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+        }
+        Err(_) => panic!("the socket is still open after the handshake timeout was logged"),
+    }
     system.cleanup().await;
 }
