@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use wsmq_bridge::{Cli, Config, run};
 
 // One thread: lapin already runs its own I/O thread, and every job crosses from it to the
-// session and back; with tokio's worker threads on top, the hand-offs between threads cost more
+// gateway link and back; with tokio's worker threads on top, the hand-offs between threads cost more
 // than the work (wsmq-bench, 256 in flight: 198 -> 150 µs of bridge CPU per call).
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
