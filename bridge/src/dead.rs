@@ -393,12 +393,13 @@ mod tests {
             Some(&"application/json".into())
         );
         assert_eq!(*properties.delivery_mode(), Some(2));
-        match crate::reply::classify(properties.headers().as_ref(), &answer.body()) {
+        match crate::reply::classify(properties.headers().as_ref(), answer.body().into()) {
             wsmq_ipc_proto::ReplyBody::Error(error) => {
                 assert_eq!(error.code, -32004);
                 assert_eq!(error.message, "job failed");
                 let data: Value =
-                    serde_json::from_str(error.data.as_deref().expect("data")).expect("JSON");
+                    serde_json::from_slice(error.data.as_ref().expect("data").as_bytes())
+                        .expect("JSON");
                 assert_eq!(data["attempts"], 2);
             }
             other => panic!("expected a worker error, got {other:?}"),

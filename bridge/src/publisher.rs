@@ -33,7 +33,7 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, warn};
 use wsmq_amqp_proto::{Cancellation, JobMessage};
-use wsmq_ipc_proto::{CancelReason, Job, JobId, Rejection};
+use wsmq_ipc_proto::{CancelReason, Job, JobId, Json, Rejection};
 
 /// Longest wait for RabbitMQ to confirm one publish.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,7 +81,8 @@ enum Message {
     Job {
         id: JobId,
         routing_key: String,
-        payload: String,
+        /// The client's params as the gateway sent them.
+        payload: Json,
         properties: BasicProperties,
     },
     /// A cancellation broadcast to the fanout exchange.
@@ -334,7 +335,7 @@ impl Lane {
                 None,
                 exchange,
                 String::new(),
-                String::new(),
+                Json::default(),
                 properties,
                 false,
             ),

@@ -5,19 +5,26 @@
 //! cannot be read becomes [`ReplyBody::Invalid`] with a reason the client can read, never a
 //! crash or a lost reply. This module only moves the result into the IPC protocol's types.
 
+use bytes::Bytes;
 use lapin::types::FieldTable;
+use serde_json::value::RawValue;
 use wsmq_amqp_proto::{Reply, classify_reply};
-use wsmq_ipc_proto::{ReplyBody, WorkerError};
+use wsmq_ipc_proto::{Json, ReplyBody, WorkerError};
 
 /// Classifies a reply from its headers and body.
-pub(crate) fn classify(headers: Option<&FieldTable>, body: &[u8]) -> ReplyBody {
-    match classify_reply(headers, body) {
-        Ok(Reply::Result(raw)) => ReplyBody::Result(raw.get().to_owned()),
-        Ok(Reply::Progress(raw)) => ReplyBody::Progress(raw.get().to_owned()),
+///
+/// The body is parsed once, to check it; what goes to the gateway is a slice of the body itself
+/// (surrounding whitespace cut), never a copy or a re-encoding.
+pub(crate) fn classify(headers: Option<&FieldTable>, body: Bytes) -> ReplyBody {
+    // What classify_reply returns borrows from `body`: slice_ref shares its buffer.
+    let json_of = |raw: &RawValue| Json(body.slice_ref(raw.get().as_bytes()));
+    match classify_reply(headers, &body) {
+        Ok(Reply::Result(raw)) => ReplyBody::Result(json_of(raw)),
+        Ok(Reply::Progress(raw)) => ReplyBody::Progress(json_of(raw)),
         Ok(Reply::Error(error)) => ReplyBody::Error(WorkerError {
             code: error.code,
             message: error.message,
-            data: error.data.map(|d| d.get().to_owned()),
+            data: error.data.map(json_of),
         }),
         Err(invalid) => ReplyBody::Invalid {
             reason: invalid.to_string(),
@@ -40,7 +47,7 @@ mod tests {
     #[test]
     fn result_is_kept_verbatim() {
         assert_eq!(
-            classify(None, br#" {"b": 1, "a": [1.50, "x"]} "#),
+            classify(None, Bytes::from_static(br#" {"b": 1, "a": [1.50, "x"]} "#)),
             ReplyBody::Result(r#"{"b": 1, "a": [1.50, "x"]}"#.into())
         );
     }
@@ -48,7 +55,10 @@ mod tests {
     #[test]
     fn progress_header_makes_a_progress_report() {
         assert_eq!(
-            classify(Some(&headers("progress")), br#"{"step":1}"#),
+            classify(
+                Some(&headers("progress")),
+                Bytes::from_static(br#"{"step":1}"#)
+            ),
             ReplyBody::Progress(r#"{"step":1}"#.into())
         );
     }
@@ -57,7 +67,7 @@ mod tests {
     fn error_header_carries_the_workers_error_object() {
         let body = br#"{"code": 4000, "message": "nope", "data": {"why": [1]}}"#;
         assert_eq!(
-            classify(Some(&headers("error")), body),
+            classify(Some(&headers("error")), Bytes::from_static(body)),
             ReplyBody::Error(WorkerError {
                 code: 4000,
                 message: "nope".into(),
@@ -69,7 +79,7 @@ mod tests {
     #[test]
     fn unreadable_reply_is_invalid_with_the_contracts_reason() {
         assert_eq!(
-            classify(Some(&headers("maybe")), b"1"),
+            classify(Some(&headers("maybe")), Bytes::from_static(b"1")),
             ReplyBody::Invalid {
                 reason: r#"header wsmq-status has unknown value "maybe""#.into()
             }

@@ -314,7 +314,10 @@ impl Session {
             self.taken(&source, tag);
             return Ok(());
         };
-        let body = reply::classify(props.headers().as_ref(), &delivery.data);
+        let lapin::message::Delivery {
+            properties, data, ..
+        } = delivery;
+        let body = reply::classify(properties.headers().as_ref(), data.into());
         crate::metrics::reply_forwarded(&body);
         self.next_seq += 1;
         let seq = ReplySeq(self.next_seq);

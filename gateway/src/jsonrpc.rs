@@ -6,7 +6,6 @@
 
 mod parse;
 
-use serde::Serialize;
 use serde_json::value::RawValue;
 
 pub(crate) use parse::{Call, Entry, FrameRejected, Incoming, ParseLimits, cancel_target, parse};
@@ -22,25 +21,18 @@ pub(crate) const SESSION_METHOD: &str = "$/session";
 /// The notification the gateway sends for each progress report.
 pub(crate) const PROGRESS_METHOD: &str = "$/progress";
 
-/// The `$/progress` notification for one progress report of call `id`.
-pub(crate) fn progress_notification(id: &RawValue, value: &RawValue) -> String {
-    #[derive(Serialize)]
-    struct Params<'a> {
-        id: &'a RawValue,
-        value: &'a RawValue,
-    }
-    #[derive(Serialize)]
-    struct Notification<'a> {
-        jsonrpc: &'static str,
-        method: &'static str,
-        params: Params<'a>,
-    }
-    serde_json::to_string(&Notification {
-        jsonrpc: "2.0",
-        method: PROGRESS_METHOD,
-        params: Params { id, value },
-    })
-    .unwrap_or_default()
+/// The `$/progress` notification for one progress report of call `id`; `value` is a worker's
+/// JSON text, spliced in verbatim (see [`result_response`]).
+pub(crate) fn progress_notification(id: &RawValue, value: &str) -> String {
+    let mut out = String::with_capacity(64 + id.get().len() + value.len());
+    out.push_str(r#"{"jsonrpc":"2.0","method":""#);
+    out.push_str(PROGRESS_METHOD);
+    out.push_str(r#"","params":{"id":"#);
+    out.push_str(id.get());
+    out.push_str(r#","value":"#);
+    out.push_str(value);
+    out.push_str("}}");
+    out
 }
 
 /// The `$/session` notification: the token to resume with, and for how long.
@@ -58,48 +50,19 @@ pub(crate) fn is_reserved_method(method: &str) -> bool {
     method.starts_with("rpc.") || method.starts_with("$/")
 }
 
-#[derive(Serialize)]
-struct Response<'a> {
-    jsonrpc: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    result: Option<&'a RawValue>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<ErrorObject<'a>>,
-    id: &'a RawValue,
-}
-
-#[derive(Serialize)]
-struct ErrorObject<'a> {
-    code: i64,
-    message: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    data: Option<&'a RawValue>,
-}
-
-fn null() -> &'static RawValue {
-    // A valid literal: this cannot fail.
-    #[allow(clippy::unwrap_used)]
-    serde_json::from_str("null").unwrap()
-}
-
-fn to_text(response: &Response<'_>) -> String {
-    // Serialising borrowed, already-valid JSON cannot fail; keep a valid fallback regardless.
-    serde_json::to_string(response).unwrap_or_else(|_| {
-        format!(
-            r#"{{"jsonrpc":"2.0","error":{{"code":{},"message":"Internal error"}},"id":null}}"#,
-            wsmq_codes::INTERNAL_ERROR
-        )
-    })
-}
-
-/// A success response carrying `result` (valid JSON text).
-pub(crate) fn result_response(id: &RawValue, result: &RawValue) -> String {
-    to_text(&Response {
-        jsonrpc: "2.0",
-        result: Some(result),
-        error: None,
-        id,
-    })
+/// A success response carrying `result`, a worker's JSON text spliced in verbatim.
+///
+/// The bridge checked that it is JSON when the reply came; parsing it again here would cost as
+/// much as everything else the gateway does for a large result, and writing the response by
+/// hand keeps the worker's bytes exactly as sent (number formats, key order, whitespace inside).
+pub(crate) fn result_response(id: &RawValue, result: &str) -> String {
+    let mut out = String::with_capacity(32 + result.len() + id.get().len());
+    out.push_str(r#"{"jsonrpc":"2.0","result":"#);
+    out.push_str(result);
+    out.push_str(r#","id":"#);
+    out.push_str(id.get());
+    out.push('}');
+    out
 }
 
 /// An error response; `data` is a plain string, sent as a JSON string.
@@ -109,30 +72,40 @@ pub(crate) fn error_response(
     message: &str,
     data: Option<&str>,
 ) -> String {
-    let data = data.and_then(|d| serde_json::value::to_raw_value(d).ok());
+    let data = data.map(json_string);
     error_response_raw(id, code, message, data.as_deref())
 }
 
-/// An error response whose `data` is already JSON.
+/// An error response whose `data` is already JSON text (a worker's, spliced in verbatim).
 pub(crate) fn error_response_raw(
     id: Option<&RawValue>,
     code: i64,
     message: &str,
-    data: Option<&RawValue>,
+    data: Option<&str>,
 ) -> String {
-    to_text(&Response {
-        jsonrpc: "2.0",
-        result: None,
-        error: Some(ErrorObject {
-            code,
-            message,
-            data,
-        }),
-        id: match id {
-            Some(id) => id,
-            None => null(),
-        },
-    })
+    use std::fmt::Write as _;
+    let message = json_string(message);
+    let id = id.map_or("null", RawValue::get);
+    let mut out = String::with_capacity(64 + message.len() + data.map_or(0, str::len) + id.len());
+    // Writing to a String cannot fail.
+    let _ = write!(
+        out,
+        r#"{{"jsonrpc":"2.0","error":{{"code":{code},"message":{message}"#
+    );
+    if let Some(data) = data {
+        out.push_str(r#","data":"#);
+        out.push_str(data);
+    }
+    out.push_str(r#"},"id":"#);
+    out.push_str(id);
+    out.push('}');
+    out
+}
+
+/// `text` as a JSON string literal.
+fn json_string(text: &str) -> String {
+    // Serialising a str cannot fail; keep a valid fallback regardless.
+    serde_json::to_string(text).unwrap_or_else(|_| r#""""#.to_owned())
 }
 
 /// Joins the responses of a batch into one array.
@@ -161,9 +134,8 @@ mod tests {
     #[test]
     fn progress_notification_carries_the_call_id_and_value() {
         let id = serde_json::value::to_raw_value(&"c7").expect("raw");
-        let value = serde_json::value::to_raw_value(&json!({"step": 1})).expect("raw");
         assert_eq!(
-            value_of(&progress_notification(&id, &value)),
+            value_of(&progress_notification(&id, r#"{"step": 1}"#)),
             json!({"jsonrpc":"2.0","method":"$/progress","params":{"id":"c7","value":{"step":1}}})
         );
     }
@@ -182,19 +154,43 @@ mod tests {
     #[test]
     fn responses_are_well_formed() {
         let id = serde_json::value::to_raw_value(&7).expect("raw");
-        let result = serde_json::value::to_raw_value(&json!({"x": [1]})).expect("raw");
         assert_eq!(
-            value(&result_response(&id, &result)),
+            value(&result_response(&id, r#"{"x": [1]}"#)),
             json!({"jsonrpc":"2.0","id":7,"result":{"x":[1]}})
         );
-        let data = serde_json::value::to_raw_value(&json!({"d": 1})).expect("raw");
         assert_eq!(
-            value(&error_response_raw(Some(&id), 4000, "boom", Some(&data))),
+            value(&error_response_raw(
+                Some(&id),
+                4000,
+                "boom",
+                Some(r#"{"d": 1}"#)
+            )),
             json!({"jsonrpc":"2.0","id":7,"error":{"code":4000,"message":"boom","data":{"d":1}}})
         );
         assert_eq!(
             value(&error_response(None, -32000, "m", None)),
             json!({"jsonrpc":"2.0","id":null,"error":{"code":-32000,"message":"m"}})
+        );
+    }
+
+    #[test]
+    fn results_and_error_data_are_spliced_byte_for_byte() {
+        let id = serde_json::value::to_raw_value(&"a\"b").expect("raw");
+        assert_eq!(
+            result_response(&id, r#"{"b": 1.50, "a": [1e3, "\u00e9"]}"#),
+            r#"{"jsonrpc":"2.0","result":{"b": 1.50, "a": [1e3, "\u00e9"]},"id":"a\"b"}"#
+        );
+        assert_eq!(
+            error_response_raw(Some(&id), -1, "say \"no\"", Some("[2.0]")),
+            r#"{"jsonrpc":"2.0","error":{"code":-1,"message":"say \"no\"","data":[2.0]},"id":"a\"b"}"#
+        );
+        assert_eq!(
+            error_response(None, -32000, "m", Some("why")),
+            r#"{"jsonrpc":"2.0","error":{"code":-32000,"message":"m","data":"why"},"id":null}"#
+        );
+        assert_eq!(
+            progress_notification(&id, "{ }"),
+            r#"{"jsonrpc":"2.0","method":"$/progress","params":{"id":"a\"b","value":{ }}}"#
         );
     }
 

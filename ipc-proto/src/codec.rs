@@ -278,9 +278,9 @@ mod tests {
                         seq: ReplySeq(seq),
                         job,
                         body: if progress {
-                            ReplyBody::Progress(r)
+                            ReplyBody::Progress(r.into())
                         } else {
-                            ReplyBody::Result(r)
+                            ReplyBody::Result(r.into())
                         },
                     })
                 }
@@ -299,7 +299,7 @@ mod tests {
                         body: ReplyBody::Error(WorkerError {
                             code,
                             message,
-                            data,
+                            data: data.map(Json::from),
                         }),
                     })
                 }),

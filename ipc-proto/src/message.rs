@@ -1,11 +1,109 @@
 //! The messages of the gateway ⇄ bridge protocol, one enum per direction.
 //!
-//! JSON payloads (params, results, error data) travel as JSON text: the bridge does not need to
-//! understand params, and the gateway splices results into its responses without re-encoding.
+//! JSON payloads (params, results, error data) travel as [`Json`]: the bytes of the JSON text,
+//! passed through untouched. The bridge does not need to understand params, and the gateway
+//! splices results into its responses without parsing or re-encoding them: the side that
+//! received the text from outside (the gateway from its client, the bridge from a worker) has
+//! checked it, once.
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
+use bytes::Bytes;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The bytes of one JSON value as it travels: `params` from a client, a result, progress or
+/// error `data` from a worker.
+///
+/// The sender has checked that it is JSON (the gateway parsed the client's frame, the bridge the
+/// worker's reply); nobody on the way parses or re-encodes it. It is [`Bytes`], so keeping a copy
+/// of a job to send again costs a reference count, not a copy of its params, and the bridge can
+/// hand a worker's reply body through without copying it.
+///
+/// On the wire it is a postcard byte string, which postcard encodes exactly as the `String` this
+/// field was before (a varint length, then the bytes), so peers of protocol version 3 built
+/// either way read each other (pinned by a test).
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct Json(pub Bytes);
+
+impl Json {
+    /// The raw bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The text, if it is UTF-8 (JSON from a well-behaved peer always is).
+    pub fn as_str(&self) -> Result<&str, std::str::Utf8Error> {
+        std::str::from_utf8(&self.0)
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Json {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&String::from_utf8_lossy(&self.0), f)
+    }
+}
+
+impl From<&str> for Json {
+    fn from(text: &str) -> Self {
+        Json(Bytes::copy_from_slice(text.as_bytes()))
+    }
+}
+
+impl From<String> for Json {
+    fn from(text: String) -> Self {
+        Json(Bytes::from(text))
+    }
+}
+
+impl From<Bytes> for Json {
+    fn from(bytes: Bytes) -> Self {
+        Json(bytes)
+    }
+}
+
+impl Serialize for Json {
+    /// A byte string; in human-readable formats (JSON, for tools and logs) the text as a string
+    /// when it is UTF-8.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.as_str() {
+            Ok(text) if serializer.is_human_readable() => serializer.serialize_str(text),
+            _ => serializer.serialize_bytes(&self.0),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Json {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = Json;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("JSON text as a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Json, E> {
+                Ok(Json(Bytes::copy_from_slice(v)))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Json, E> {
+                Ok(Json(Bytes::from(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Json, E> {
+                Ok(Json::from(v))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Json, E> {
+                Ok(Json::from(v))
+            }
+        }
+        deserializer.deserialize_byte_buf(Visitor)
+    }
+}
 
 /// Identifies one job (one JSON-RPC call) across the gateway, the bridge, RabbitMQ and workers.
 ///
@@ -137,8 +235,8 @@ pub struct Job {
     pub id: JobId,
     /// The JSON-RPC method: the routing key, after the bridge's optional prefix.
     pub method: String,
-    /// The call's `params` as JSON text (`null` when the call had none).
-    pub params: String,
+    /// The call's `params` (`null` when the call had none).
+    pub params: Json,
     /// The gateway's id for the websocket client, for log correlation only.
     pub client: u64,
     /// When the caller stops waiting, in unix milliseconds. Becomes the message's
@@ -223,10 +321,10 @@ pub struct Reply {
 /// What the worker said, already classified by the bridge.
 #[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Debug)]
 pub enum ReplyBody {
-    /// A result: valid JSON text.
-    Result(String),
-    /// A progress report (header `wsmq-status: progress`): valid JSON text. More replies follow.
-    Progress(String),
+    /// A result: valid JSON.
+    Result(Json),
+    /// A progress report (header `wsmq-status: progress`): valid JSON. More replies follow.
+    Progress(Json),
     /// The worker replied with header `wsmq-status: error` and a well-formed error object.
     Error(WorkerError),
     /// The reply could not be understood; the reason says why, for the client's -32603 error.
@@ -238,8 +336,8 @@ pub enum ReplyBody {
 pub struct WorkerError {
     pub code: i64,
     pub message: String,
-    /// The optional `data` member, as JSON text.
-    pub data: Option<String>,
+    /// The optional `data` member.
+    pub data: Option<Json>,
 }
 
 #[cfg(test)]
@@ -252,6 +350,22 @@ mod tests {
         let text = id.to_string();
         assert_eq!(text, "01234567-89ab-cdef-0011-223344556677");
         assert_eq!(text.parse::<JobId>(), Ok(id));
+    }
+
+    #[test]
+    fn json_encodes_exactly_as_the_string_it_replaced() {
+        // Protocol version 3 carried these fields as `String`: the bytes must not change.
+        #[derive(Serialize)]
+        struct Before<'a>(&'a str, Option<&'a str>);
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        struct After(Json, Option<Json>);
+        let text = r#"{"a":[1,"\u00e9 é"]}"#;
+        let before = postcard::to_allocvec(&Before(text, Some("null"))).expect("encodes");
+        let after =
+            postcard::to_allocvec(&After(text.into(), Some("null".into()))).expect("encodes");
+        assert_eq!(before, after);
+        let back: After = postcard::from_bytes(&before).expect("decodes");
+        assert_eq!(back, After(text.into(), Some("null".into())));
     }
 
     #[test]

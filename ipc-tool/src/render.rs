@@ -14,8 +14,8 @@
 use serde_json::{Value, json};
 use wsmq_ipc_proto::codec::decode_body;
 use wsmq_ipc_proto::{
-    BrokerState, CancelReason, FrameError, Hello, Job, JobId, Refusal, Rejection, Reply, ReplyBody,
-    ToBridge, ToGateway, Welcome, WorkerError,
+    BrokerState, CancelReason, FrameError, Hello, Job, JobId, Json, Refusal, Rejection, Reply,
+    ReplyBody, ToBridge, ToGateway, Welcome, WorkerError,
 };
 
 /// Bytes of a frame shown in a `"hex"` field at most; the rest is cut (and said so), so one
@@ -74,7 +74,7 @@ pub(crate) fn to_bridge(msg: &ToBridge) -> Value {
         }) => json!({"Submit": {
             "id": job_id(*id),
             "method": method,
-            "params": params,
+            "params": json_text(params),
             "client": client,
             "deadline_unix_ms": deadline_unix_ms,
             "priority": priority,
@@ -115,6 +115,12 @@ pub(crate) fn to_gateway(msg: &ToGateway) -> Value {
     }
 }
 
+/// A JSON payload as the string it travels as (bytes that are not UTF-8 shown replaced, never
+/// dropped: a broken payload is what one looks for).
+fn json_text(json: &Json) -> Value {
+    Value::String(String::from_utf8_lossy(json.as_bytes()).into_owned())
+}
+
 fn job_id(id: JobId) -> Value {
     Value::String(id.to_string())
 }
@@ -146,13 +152,15 @@ fn rejection(reason: &Rejection) -> &'static str {
 
 fn reply_body(body: &ReplyBody) -> Value {
     match body {
-        ReplyBody::Result(text) => json!({"Result": text}),
-        ReplyBody::Progress(text) => json!({"Progress": text}),
+        ReplyBody::Result(text) => json!({"Result": json_text(text)}),
+        ReplyBody::Progress(text) => json!({"Progress": json_text(text)}),
         ReplyBody::Error(WorkerError {
             code,
             message,
             data,
-        }) => json!({"Error": {"code": code, "message": message, "data": data}}),
+        }) => {
+            json!({"Error": {"code": code, "message": message, "data": data.as_ref().map(json_text)}})
+        }
         ReplyBody::Invalid { reason } => json!({"Invalid": {"reason": reason}}),
     }
 }

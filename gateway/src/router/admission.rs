@@ -2,9 +2,9 @@
 
 use std::time::{Duration, Instant, SystemTime};
 
-use serde_json::value::RawValue;
+use bytes::Bytes;
 use tracing::debug;
-use wsmq_ipc_proto::{BrokerState, Job, JobId, ToBridge};
+use wsmq_ipc_proto::{BrokerState, Job, JobId, Json, ToBridge};
 
 use super::{CallState, Pending, Router, unix_ms};
 use crate::call_error::CallError;
@@ -15,7 +15,7 @@ use crate::outbound::{ClientId, OutboundKind};
 use crate::sessions::SessionId;
 
 impl Router {
-    pub(super) fn on_call(&mut self, client: ClientId, call: Call, batch: Option<u64>) {
+    pub(super) fn on_call(&mut self, client: ClientId, mut call: Call, batch: Option<u64>) {
         let Some(session) = self.sessions.session_of(client) else {
             debug!(client, "call from a connection that has gone; dropped");
             return;
@@ -50,15 +50,15 @@ impl Router {
             .timeout_ms
             .map_or(self.limits.default_timeout, Duration::from_millis)
             .min(self.limits.max_timeout);
-        let job_id = JobId(uuid::Uuid::new_v4().as_u128());
+        let job_id = new_job_id();
         let job = Job {
             id: job_id,
             method: call.method.clone(),
-            params: call
-                .params
-                .as_deref()
-                .map_or("null", RawValue::get)
-                .to_owned(),
+            params: call.params.take().map_or_else(
+                || Json(Bytes::from_static(b"null")),
+                // The client's text as parsed, moved (not copied) into the job.
+                |params| Json(Bytes::from(Box::<str>::from(params).into_boxed_bytes())),
+            ),
             client,
             deadline_unix_ms: unix_ms(SystemTime::now() + timeout),
             priority: call.options.priority,
@@ -135,6 +135,17 @@ impl Router {
     }
 }
 
+/// A new job id: a random (v4) UUID drawn from the thread's CSPRNG. `Uuid::new_v4` asks the
+/// kernel (`getrandom`) for every id, a syscall per call: about one in six of the gateway's
+/// syscalls at 256 calls in flight.
+fn new_job_id() -> JobId {
+    JobId(
+        uuid::Builder::from_random_bytes(rand::random())
+            .into_uuid()
+            .as_u128(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::SystemTime;
@@ -145,6 +156,18 @@ mod tests {
 
     use super::super::harness::{call, harness, response};
     use super::super::unix_ms;
+
+    #[test]
+    fn job_ids_are_distinct_v4_uuids() {
+        let a = super::new_job_id();
+        let b = super::new_job_id();
+        assert_ne!(a, b);
+        for id in [a, b] {
+            let uuid = uuid::Uuid::from_u128(id.0);
+            assert_eq!(uuid.get_version_num(), 4, "{uuid}");
+            assert_eq!(uuid.get_variant(), uuid::Variant::RFC4122);
+        }
+    }
 
     #[tokio::test]
     async fn in_flight_cap_refuses_the_extra_call() {

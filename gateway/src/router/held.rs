@@ -166,7 +166,7 @@ mod tests {
         let ToBridge::Submit(job) = out.msg else {
             panic!("expected a job, got {:?}", out.msg);
         };
-        assert_eq!(job.params, r#"{"x":1}"#);
+        assert_eq!(job.params, r#"{"x":1}"#.into());
         h.reply(4, job.id, ReplyBody::Result("\"ok\"".into())).await;
         assert_eq!(response(&mut a).await["result"], "ok");
     }

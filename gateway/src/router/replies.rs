@@ -1,9 +1,8 @@
 //! What the bridge sends back for a call — its result, an error, progress, or a refusal to
 //! publish it — carried to the one client that asked.
 
-use serde_json::value::RawValue;
 use tracing::{debug, warn};
-use wsmq_ipc_proto::{JobId, Rejection, Reply, ReplyBody, ReplySeq, ToBridge};
+use wsmq_ipc_proto::{JobId, Json, Rejection, Reply, ReplyBody, ReplySeq, ToBridge};
 
 use super::{Ending, Router};
 use crate::call_error::CallError;
@@ -41,9 +40,11 @@ impl Router {
         // of the response it gets.
         let reply = match body {
             ReplyBody::Progress(value) => return self.on_progress(job, value),
-            ReplyBody::Result(json) => RawValue::from_string(json)
-                .map(Ok)
-                .map_err(|e| e.to_string()),
+            // The bridge checked the worker's JSON: it is spliced into the response as it came.
+            ReplyBody::Result(json) => match json.as_str() {
+                Ok(_) => Ok(Ok(json)),
+                Err(e) => Err(format!("result is not UTF-8: {e}")),
+            },
             ReplyBody::Error(err) => Ok(Err(err)),
             ReplyBody::Invalid { reason } => Err(reason),
         };
@@ -56,13 +57,14 @@ impl Router {
                 pending
                     .id
                     .as_deref()
-                    .map(|id| jsonrpc::result_response(id, &result)),
+                    // Checked to be UTF-8 above: the fallback is never taken.
+                    .map(|id| jsonrpc::result_response(id, result.as_str().unwrap_or("null"))),
             ),
             Ok(Err(err)) => (
                 Some(Outcome::WorkerError),
                 pending.id.as_deref().map(|id| {
-                    let data = err.data.and_then(|d| RawValue::from_string(d).ok());
-                    jsonrpc::error_response_raw(Some(id), err.code, &err.message, data.as_deref())
+                    let data = err.data.as_ref().and_then(|d| d.as_str().ok());
+                    jsonrpc::error_response_raw(Some(id), err.code, &err.message, data)
                 }),
             ),
             Err(reason) => {
@@ -88,7 +90,7 @@ impl Router {
         }
     }
 
-    fn on_progress(&mut self, job: JobId, value: String) {
+    fn on_progress(&mut self, job: JobId, value: Json) {
         let Some(pending) = self.pending.get(&job) else {
             // The call has ended: progress never follows the final response.
             return self.count_orphan(job);
@@ -96,10 +98,10 @@ impl Router {
         let Some(id) = pending.id.as_deref() else {
             return;
         };
-        let text = match RawValue::from_string(value) {
-            Ok(value) => jsonrpc::progress_notification(id, &value),
+        let text = match value.as_str() {
+            Ok(value) => jsonrpc::progress_notification(id, value),
             Err(e) => {
-                warn!(%job, error = %e, "progress report is not JSON; dropped");
+                warn!(%job, error = %e, "progress report is not UTF-8; dropped");
                 return;
             }
         };
@@ -211,7 +213,7 @@ mod tests {
             .submit(2, call(Some(json!("same")), "echo", json!({"who": "b"})))
             .await;
         assert_ne!(job_a.id, job_b.id);
-        assert_eq!(job_a.params, r#"{"who":"a"}"#);
+        assert_eq!(job_a.params, r#"{"who":"a"}"#.into());
 
         // Finish out of order: b first.
         h.reply(1, job_b.id, ReplyBody::Result(r#"{"who":"b"}"#.into()))
@@ -377,7 +379,7 @@ mod tests {
             h.reply(
                 1,
                 job.id,
-                ReplyBody::Progress(format!("{{\"step\":{step}}}")),
+                ReplyBody::Progress(format!("{{\"step\":{step}}}").into()),
             )
             .await;
         }
