@@ -1,9 +1,9 @@
 //! Acknowledging replies in batches.
 //!
 //! A reply is acknowledged only once the gateway has taken it. Instead of one `basic.ack` per
-//! reply (each a hand-off to lapin's I/O thread and a frame to RabbitMQ), the session keeps an
+//! reply (each a hand-off to lapin's I/O thread and a frame to RabbitMQ), the gateway link keeps an
 //! [`AckWindow`] per reply channel: the delivery tags handed to the gateway, in order, and which
-//! of them it has taken. Whenever the session has nothing else to do it sends one `basic.ack`
+//! of them it has taken. Whenever the link has nothing else to do it sends one `basic.ack`
 //! with `multiple = true` up to the highest tag below which every reply has been taken. A reply
 //! not yet taken is never covered, so a bridge or gateway restart still returns it to the queue.
 
@@ -101,7 +101,7 @@ impl AckWindow {
         self.due.take().map(AckOp::UpTo)
     }
 
-    /// Everything left, as the session ends: the batched ack, then each reply not taken back
+    /// Everything left, as the link ends: the batched ack, then each reply not taken back
     /// to the queue and each taken one acknowledged.
     pub(crate) fn finish(&mut self) -> Vec<AckOp> {
         let mut ops: Vec<AckOp> = self.flush().into_iter().collect();

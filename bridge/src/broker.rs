@@ -26,7 +26,7 @@ use wsmq_service::{Backoff, ErrorChain};
 use crate::dead::{Relay, RelayError};
 use crate::publisher::Publishers;
 
-/// Reply deliveries waiting for the gateway session. When full (no gateway, or a slow one) the
+/// Reply deliveries waiting for the gateway link. When full (no gateway, or a slow one) the
 /// supervisor stops taking deliveries from lapin; RabbitMQ keeps the rest, bounded by prefetch.
 const REPLY_QUEUE_CAPACITY: usize = 256;
 

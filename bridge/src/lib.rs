@@ -10,12 +10,12 @@ mod acks;
 mod broker;
 mod config;
 mod dead;
+mod gateway_link;
 mod http;
 mod metrics;
 mod publisher;
 mod reply;
 mod server;
-mod session;
 
 use std::time::Duration;
 
@@ -54,7 +54,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     }
     report_to_systemd(&config.ipc, handle.state.clone(), shutdown.clone());
 
-    let ctx = session::SessionContext {
+    let ctx = gateway_link::LinkContext {
         broker: &mut handle,
         instance: &instance,
         max_unconfirmed: config.max_unconfirmed,
@@ -63,7 +63,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     };
     server::serve(listener, policy, ctx).await;
 
-    // The session has finished its publishes and requeued what the gateway did not take; only
+    // The gateway link has finished its publishes and requeued what the gateway did not take; only
     // now close the broker connection.
     broker_shutdown.cancel();
     let stop_limit = Duration::from_secs(config.drain_timeout) + Duration::from_secs(5);

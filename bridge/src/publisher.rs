@@ -38,7 +38,7 @@ use wsmq_ipc_proto::{CancelReason, Job, JobId, Json, Rejection};
 /// Longest wait for RabbitMQ to confirm one publish.
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Requests waiting for one lane to start them. The session bounds the publishes in flight
+/// Requests waiting for one lane to start them. The gateway link bounds the publishes in flight
 /// (`--max-unconfirmed`), so this only smooths hand-offs; when full, the publishing task waits.
 const LANE_QUEUE_CAPACITY: usize = 256;
 
@@ -282,7 +282,7 @@ impl Lane {
         loop {
             let accepting = open && channel.status().connected();
             tokio::select! {
-                // Settling first frees the session's permits before more is taken in.
+                // Settling first frees the link's permits before more is taken in.
                 biased;
                 Some(settled) = publishes.next() => self.settle(settled),
                 request = self.requests.recv(), if accepting => match request {
@@ -462,7 +462,7 @@ impl Lane {
             }
             None => outcome,
         };
-        // The publishing task may have gone (its session ended); the outcome then has no one
+        // The publishing task may have gone (its link ended); the outcome then has no one
         // to tell.
         let _ = done.send(outcome);
     }

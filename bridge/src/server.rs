@@ -10,7 +10,7 @@
 //! from letting another local user submit jobs or read results.
 //!
 //! The bridge serves one gateway at a time: a bridge's replies all come from one durable reply
-//! queue, and there is one party to hand them to. A second connection while a session is live
+//! queue, and there is one party to hand them to. A second connection while a link is live
 //! is refused with a reason (the gateway logs it and retries), never silently left hanging.
 
 use std::io;
@@ -23,7 +23,7 @@ use interprocess::local_socket::{GenericFilePath, ListenerOptions};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use tracing::{error, info, warn};
 
-use crate::session::{self, SessionContext};
+use crate::gateway_link::{self, LinkContext};
 
 /// Pause after a failed accept (EMFILE and the like) before trying again.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -169,14 +169,14 @@ fn admit(conn: LocalSocketStream, policy: &PeerPolicy) -> Option<LocalSocketStre
             warn!(reason = %why, "refused an ipc peer");
             crate::metrics::peer_refused("credentials");
             let (_, write) = tokio::io::split(conn);
-            tokio::spawn(session::refuse(write, why));
+            tokio::spawn(gateway_link::refuse(write, why));
             None
         }
     }
 }
 
 /// Accepts gateways until shutdown, serving one at a time.
-pub(crate) async fn serve(listener: Listener, policy: PeerPolicy, mut ctx: SessionContext<'_>) {
+pub(crate) async fn serve(listener: Listener, policy: PeerPolicy, mut ctx: LinkContext<'_>) {
     let shutdown = ctx.shutdown.clone();
     loop {
         let conn = tokio::select! {
@@ -195,11 +195,11 @@ pub(crate) async fn serve(listener: Listener, policy: PeerPolicy, mut ctx: Sessi
             continue;
         };
         let (read, write) = tokio::io::split(conn);
-        let session = session::run(read, write, reborrow(&mut ctx));
-        tokio::pin!(session);
+        let link = gateway_link::run(read, write, reborrow(&mut ctx));
+        tokio::pin!(link);
         loop {
             tokio::select! {
-                result = &mut session => {
+                result = &mut link => {
                     if let Err(e) = result {
                         warn!(error = %wsmq_service::error_chain(&e), "gateway session failed; waiting for the next");
                     }
@@ -213,7 +213,7 @@ pub(crate) async fn serve(listener: Listener, policy: PeerPolicy, mut ctx: Sessi
                         warn!("refused a second gateway: one is already connected");
                         crate::metrics::gateway_refused();
                         let (_, write) = tokio::io::split(extra);
-                        tokio::spawn(session::refuse(
+                        tokio::spawn(gateway_link::refuse(
                             write,
                             "another gateway is already connected to this bridge".into(),
                         ));
@@ -228,8 +228,8 @@ pub(crate) async fn serve(listener: Listener, policy: PeerPolicy, mut ctx: Sessi
     }
 }
 
-fn reborrow<'a>(ctx: &'a mut SessionContext<'_>) -> SessionContext<'a> {
-    SessionContext {
+fn reborrow<'a>(ctx: &'a mut LinkContext<'_>) -> LinkContext<'a> {
+    LinkContext {
         broker: ctx.broker,
         instance: ctx.instance,
         max_unconfirmed: ctx.max_unconfirmed,

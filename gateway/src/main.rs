@@ -4,12 +4,16 @@
 use std::ops::ControlFlow;
 use std::process::ExitCode;
 
-use clap::Parser;
 use wsmq_gateway::{Cli, Config, run};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // A bad command line exits 64 like a bad configuration (systemd does not restart it);
+    // --help and --version print on stdout and exit 0.
+    let cli = match wsmq_service::parse_args::<Cli>() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     let config =
         match wsmq_service::startup("wsmq-gateway", &cli.file, cli.config(), Config::render) {
             ControlFlow::Continue(config) => config,

@@ -52,8 +52,9 @@ pub(crate) enum Delivery {
     Kept,
     /// The session is gone (expired, or resumption is off and its connection left).
     NoSession,
-    /// The session's buffer is full.
-    BufferFull,
+    /// The session's buffer is full; `first`: the first message this session dropped (the
+    /// router logs that one only, and counts them all).
+    BufferFull { first: bool },
     /// The connection is not reading; it has been let go and the message kept for a resume.
     SlowClient(ClientId),
 }
@@ -69,6 +70,8 @@ struct Session {
     /// Calls in flight that have an id, by the id's JSON text (for `$/cancel`).
     calls: HashMap<Box<str>, JobId>,
     in_flight: usize,
+    /// Messages dropped because the buffer was full.
+    dropped: u64,
 }
 
 /// All sessions, and the connections attached to them.
@@ -139,6 +142,7 @@ impl Sessions {
                     expiry: None,
                     calls: HashMap::new(),
                     in_flight: 0,
+                    dropped: 0,
                 },
             );
             self.clients.insert(client, id);
@@ -282,7 +286,10 @@ impl Sessions {
             return if keep(&mut session.buffer, out) {
                 Delivery::Kept
             } else {
-                Delivery::BufferFull
+                session.dropped += 1;
+                Delivery::BufferFull {
+                    first: session.dropped == 1,
+                }
             };
         };
         let client = *client;
@@ -301,8 +308,13 @@ impl Sessions {
                 }
                 if kept {
                     Delivery::SlowClient(client)
+                } else if let Some(session) = self.sessions.get_mut(&id) {
+                    session.dropped += 1;
+                    Delivery::BufferFull {
+                        first: session.dropped == 1,
+                    }
                 } else {
-                    Delivery::BufferFull
+                    Delivery::BufferFull { first: false }
                 }
             }
         }
@@ -418,7 +430,7 @@ mod tests {
         }
         assert_eq!(
             s.deliver(grant.session, response("over")),
-            Delivery::BufferFull
+            Delivery::BufferFull { first: true }
         );
     }
 

@@ -166,12 +166,18 @@ impl Router {
                 metrics::reply_dropped(Dropped::ClientGone);
                 debug!(session, "response for a session that has ended dropped");
             }
-            Delivery::BufferFull => {
+            Delivery::BufferFull { first } => {
                 metrics::reply_dropped(Dropped::SessionBufferFull);
-                warn!(
-                    session,
-                    "session kept too much while disconnected; response dropped"
-                );
+                // Once per session: a client that left thousands of calls behind would
+                // otherwise log thousands of lines. The metric counts every one.
+                if first {
+                    warn!(
+                        session,
+                        "session kept too much while disconnected; dropping its further responses (counted in wsmq_results_dropped_total)"
+                    );
+                } else {
+                    debug!(session, "session buffer full; response dropped");
+                }
             }
             Delivery::SlowClient(client) => {
                 self.counters.slow_clients_closed += 1;

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -475,5 +475,99 @@ async fn a_half_sent_request_is_closed_when_the_handshake_timeout_is_logged() {
         }
         Err(_) => panic!("the socket is still open after the handshake timeout was logged"),
     }
+    system.cleanup().await;
+}
+
+/// Starts `n` connections in a row that each send `calls` echo calls of `params_bytes` and
+/// close before reading anything.
+async fn abandon_calls(
+    addr: std::net::SocketAddr,
+    n: usize,
+    calls: usize,
+    params_bytes: usize,
+) -> Result<()> {
+    let pad = "x".repeat(params_bytes);
+    for c in 0..n {
+        let mut client = WsClient::connect(addr).await?.quiet();
+        for i in 0..calls {
+            client
+                .send_json(&json!({"jsonrpc": "2.0", "method": "echo",
+                                   "params": {"pad": pad}, "id": format!("{c}-{i}")}))
+                .await?;
+        }
+        client.close().await?;
+    }
+    Ok(())
+}
+
+/// Reads a counter or gauge from the gateway's `/metrics`, summing its label sets.
+async fn metric(addr: std::net::SocketAddr, name: &str) -> Result<f64> {
+    let page = http::get(addr, "/metrics").await?;
+    let mut sum = 0.0;
+    let mut seen = false;
+    let body = String::from_utf8_lossy(&page.body);
+    for line in body.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        if key == name || key.starts_with(&format!("{name}{{")) {
+            sum += value.parse::<f64>().unwrap_or(0.0);
+            seen = true;
+        }
+    }
+    if !seen {
+        bail!("no {name} in /metrics");
+    }
+    Ok(sum)
+}
+
+/// Issue 17 §1: a session that cannot keep what its calls produce says so once, not once per
+/// dropped response (a client leaving 400 calls behind logged over a hundred WARN lines).
+#[tokio::test]
+async fn a_session_that_drops_results_warns_once() {
+    let mut system = System::builder()
+        .gateway_arg("--max-inflight-per-client", 512)
+        .gateway_arg("--call-rate", 0)
+        .session_resume_secs(60)
+        .start()
+        .await
+        .expect("system starts");
+    let addr = system.gateway_addr().expect("addr");
+    abandon_calls(addr, 1, 400, 16).await.expect("calls sent");
+    let settled = async {
+        loop {
+            if metric(addr, "wsmq_calls_in_flight").await? == 0.0
+                && metric(addr, "wsmq_results_dropped_total")
+                    .await
+                    .unwrap_or(0.0)
+                    > 0.0
+            {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), settled)
+        .await
+        .expect("all calls end, some dropped")
+        .expect("metrics");
+    let lines = system
+        .gateway()
+        .expect("gateway")
+        .lines()
+        .await
+        .expect("log");
+    let warnings = lines
+        .iter()
+        .filter(|l| {
+            l.level() == Some("WARN")
+                && l.message()
+                    .is_some_and(|m| m.starts_with("session kept too much"))
+        })
+        .count();
+    assert_eq!(warnings, 1, "one WARN line for the session");
     system.cleanup().await;
 }

@@ -5,6 +5,7 @@
 
 mod bench;
 mod clients;
+mod command_line;
 mod faults;
 mod hostile;
 mod hostile_clients;

@@ -1,11 +1,12 @@
-//! One gateway's session over the Unix socket.
+//! The link with one gateway over the Unix socket (its log lines and metrics say "gateway
+//! session").
 //!
-//! The session task owns the socket's read half, the table of replies handed to the gateway but
+//! The link's task owns the socket's read half, the table of replies handed to the gateway but
 //! not yet taken, and the permits that bound it; a writer task owns the write half. Publishes run
 //! as their own tasks (bounded by a semaphore) so one slow confirm never holds up the others.
 //!
 //! A reply is acknowledged to RabbitMQ only when the gateway says it took it, in batches (see
-//! [`crate::acks`]); whatever is still untaken when the session ends is returned to the queue, so
+//! [`crate::acks`]); whatever is still untaken when the link ends is returned to the queue, so
 //! a gateway or bridge restart loses no result (at worst the gateway sees one twice, and answers
 //! each call once).
 
@@ -38,9 +39,9 @@ const OUTBOUND_CAPACITY: usize = 1024;
 /// How long a connecting gateway has to say hello.
 pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Why a session ended other than by the gateway hanging up or shutdown.
+/// Why a link ended other than by the gateway hanging up or shutdown.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum SessionError {
+pub(crate) enum LinkError {
     #[error("gateway sent no hello within {0:?}")]
     HandshakeTimeout(Duration),
     #[error("gateway speaks protocol version {0}; this bridge speaks {PROTOCOL_VERSION}")]
@@ -55,8 +56,8 @@ pub(crate) enum SessionError {
     WriterGone,
 }
 
-/// What a session shares with the bridge for its whole life.
-pub(crate) struct SessionContext<'a> {
+/// What a link shares with the bridge for its whole life.
+pub(crate) struct LinkContext<'a> {
     pub(crate) broker: &'a mut BrokerHandle,
     pub(crate) instance: &'a str,
     pub(crate) max_unconfirmed: usize,
@@ -78,12 +79,8 @@ pub(crate) async fn refuse<W: AsyncWrite + Unpin>(write: W, reason: String) {
     }
 }
 
-/// Runs one gateway session to its end.
-pub(crate) async fn run<R, W>(
-    read: R,
-    write: W,
-    mut ctx: SessionContext<'_>,
-) -> Result<(), SessionError>
+/// Runs one gateway link to its end.
+pub(crate) async fn run<R, W>(read: R, write: W, mut ctx: LinkContext<'_>) -> Result<(), LinkError>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -91,14 +88,14 @@ where
     let mut reader: Reader<R> = FramedRead::new(read, IpcCodec::new());
 
     let hello = match tokio::time::timeout(HANDSHAKE_TIMEOUT, reader.next()).await {
-        Err(_) => return Err(SessionError::HandshakeTimeout(HANDSHAKE_TIMEOUT)),
+        Err(_) => return Err(LinkError::HandshakeTimeout(HANDSHAKE_TIMEOUT)),
         Ok(None) => return Ok(()),
         Ok(Some(Err(e))) => return Err(e.into()),
         Ok(Some(Ok(ToBridge::Hello(hello)))) => hello,
-        Ok(Some(Ok(_))) => return Err(SessionError::NoHello),
+        Ok(Some(Ok(_))) => return Err(LinkError::NoHello),
     };
     if hello.version != PROTOCOL_VERSION {
-        let err = SessionError::VersionMismatch(hello.version);
+        let err = LinkError::VersionMismatch(hello.version);
         drop(reader);
         refuse(write, err.to_string()).await;
         return Err(err);
@@ -113,7 +110,7 @@ where
         instance: ctx.instance.to_owned(),
         broker: *ctx.broker.state.borrow_and_update(),
     });
-    let mut session = Session {
+    let mut link = GatewayLink {
         out: out_tx,
         untaken: HashMap::new(),
         acks: None,
@@ -123,12 +120,12 @@ where
         publishes: TaskTracker::new(),
         next_seq: 0,
     };
-    let result = match session.out.send(welcome).await {
-        Ok(()) => session.serve(&mut reader, &mut ctx).await,
-        Err(_) => Err(SessionError::WriterGone),
+    let result = match link.out.send(welcome).await {
+        Ok(()) => link.serve(&mut reader, &mut ctx).await,
+        Err(_) => Err(LinkError::WriterGone),
     };
-    session.finish(ctx.drain_timeout).await;
-    drop(session);
+    link.finish(ctx.drain_timeout).await;
+    drop(link);
     if let Err(e) = writer.await {
         warn!(error = %e, "ipc writer task failed");
     }
@@ -137,14 +134,14 @@ where
     result
 }
 
-/// Where the session's jobs go.
+/// Where the link's jobs go.
 struct PublishTarget<'a> {
     publisher: &'a tokio::sync::watch::Receiver<Option<Publishers>>,
     queue_prefix: &'a String,
     reply_queue: &'a String,
 }
 
-struct Session {
+struct GatewayLink {
     out: mpsc::Sender<ToGateway>,
     /// Replies sent to the gateway and not yet taken: where each came from, its delivery tag
     /// there, and the permit it holds.
@@ -160,12 +157,12 @@ struct Session {
     next_seq: u64,
 }
 
-impl Session {
+impl GatewayLink {
     async fn serve<R: AsyncRead + Unpin>(
         &mut self,
         reader: &mut Reader<R>,
-        ctx: &mut SessionContext<'_>,
-    ) -> Result<(), SessionError> {
+        ctx: &mut LinkContext<'_>,
+    ) -> Result<(), LinkError> {
         let mut state = ctx.broker.state.clone();
         let BrokerHandle {
             publisher,
@@ -206,13 +203,9 @@ impl Session {
         }
     }
 
-    async fn handle(
-        &mut self,
-        msg: ToBridge,
-        target: &PublishTarget<'_>,
-    ) -> Result<(), SessionError> {
+    async fn handle(&mut self, msg: ToBridge, target: &PublishTarget<'_>) -> Result<(), LinkError> {
         match msg {
-            ToBridge::Hello(_) => Err(SessionError::RepeatedHello),
+            ToBridge::Hello(_) => Err(LinkError::RepeatedHello),
             ToBridge::Submit(job) => {
                 self.submit(job, target).await;
                 Ok(())
@@ -288,7 +281,7 @@ impl Session {
         &mut self,
         reply: ReplyDelivery,
         permit: OwnedSemaphorePermit,
-    ) -> Result<(), SessionError> {
+    ) -> Result<(), LinkError> {
         let ReplyDelivery { delivery, source } = reply;
         let tag = delivery.delivery_tag;
         match &mut self.acks {
@@ -326,11 +319,8 @@ impl Session {
         self.send(ToGateway::Reply(Reply { seq, job, body })).await
     }
 
-    async fn send(&self, msg: ToGateway) -> Result<(), SessionError> {
-        self.out
-            .send(msg)
-            .await
-            .map_err(|_| SessionError::WriterGone)
+    async fn send(&self, msg: ToGateway) -> Result<(), LinkError> {
+        self.out.send(msg).await.map_err(|_| LinkError::WriterGone)
     }
 
     /// Lets publishes in flight finish (they tell the gateway if it is still there), then
