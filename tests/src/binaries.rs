@@ -23,7 +23,7 @@ const PACKAGES: [&str; 6] = [
     "wsmq-bridge",
     "wsmq-worker",
     "wsmq-cli",
-    "wsmq-ipc",
+    "wsmq-ipc-tool",
     "wsmq-bench",
 ];
 
