@@ -20,6 +20,7 @@ use lapin::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::serve::SessionAcks;
 use super::{Route, Worker};
 use crate::job::JobShared;
 
@@ -59,6 +60,9 @@ pub(super) struct BrokerConnection {
     /// Cancelled when this session's jobs must stop at once: the session was lost (their acks
     /// cannot reach the broker any more) or the shutdown grace expired.
     pub(super) abort_jobs: CancellationToken,
+    /// The acknowledgements of this session's jobs (delivery tags are per channel, so per
+    /// session).
+    pub(super) acks: SessionAcks,
 }
 
 /// Why opening a session failed.
@@ -257,6 +261,13 @@ impl Worker {
             cancels,
             shared,
             abort_jobs: CancellationToken::new(),
+            acks: SessionAcks::new(
+                self.routes
+                    .iter()
+                    .map(|route| route.prefetch)
+                    .min()
+                    .unwrap_or(1),
+            ),
         })
     }
 
