@@ -21,9 +21,9 @@ use crate::BUILD_TIMEOUT;
 const PACKAGES: [&str; 6] = [
     "wsmq-gateway",
     "wsmq-bridge",
-    "wsmq-worker",
+    "wsmq-demo-worker",
     "wsmq-cli",
-    "wsmq-ipc",
+    "wsmq-ipc-tool",
     "wsmq-bench",
 ];
 
