@@ -418,7 +418,6 @@ impl Sessions {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -577,7 +576,10 @@ mod tests {
         let new = detached(&mut s, 4);
         assert_eq!(s.deliver(old.session, response("aaaaa")), Delivery::Kept);
         assert_eq!(s.deliver(old.session, response("aaaaa")), Delivery::Kept);
-        assert_eq!(s.deliver(mid.session, response("bbbbbbbbb")), Delivery::Kept);
+        assert_eq!(
+            s.deliver(mid.session, response("bbbbbbbbb")),
+            Delivery::Kept
+        );
         assert_eq!(s.deliver(live.session, response("live")), Delivery::Sent);
         assert_eq!(s.kept_bytes(), 19);
         // 19 + 3 > 20: the oldest detached session goes, with its two results.

@@ -594,7 +594,7 @@ async fn a_session_that_drops_results_warns_once() {
 #[tokio::test]
 async fn closed_sessions_keep_at_most_the_configured_bytes() {
     const KEPT_TOTAL: usize = 8 * 1024 * 1024;
-    const MARGIN_KB: u64 = 40 * 1024;
+    const MARGIN_KB: u64 = 28 * 1024;
     let mut system = System::builder()
         .gateway_arg("--max-kept-bytes", KEPT_TOTAL)
         .gateway_arg("--max-inflight-per-client", 512)
@@ -606,7 +606,7 @@ async fn closed_sessions_keep_at_most_the_configured_bytes() {
     let addr = system.gateway_addr().expect("addr");
     let pid = system.gateway_pid().expect("pid");
     let before = rss_kb(pid).expect("rss");
-    abandon_calls(addr, 4, 64, 256 * 1024)
+    abandon_calls(addr, 8, 32, 256 * 1024)
         .await
         .expect("calls sent");
     // Every call answered and handed to its (closed) session, kept or dropped.
