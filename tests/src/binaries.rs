@@ -21,7 +21,7 @@ use crate::BUILD_TIMEOUT;
 const PACKAGES: [&str; 6] = [
     "wsmq-gateway",
     "wsmq-bridge",
-    "wsmq-worker",
+    "wsmq-demo-worker",
     "wsmq-cli",
     "wsmq-ipc-tool",
     "wsmq-bench",
