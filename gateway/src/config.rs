@@ -107,6 +107,18 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub session_resume_secs: Option<u64>,
 
+    /// Bytes of results one session keeps while no connection serves it; past it, its further
+    /// results are dropped (counted). [default: 8388608]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_session_bytes: Option<usize>,
+
+    /// Bytes of results all sessions keep at once while no connection serves them; past it,
+    /// the oldest such session is forgotten with its results (counted). [default: 268435456]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_kept_bytes: Option<usize>,
+
     /// Websocket connections at once; past it, upgrades get HTTP 503. [default: 10000]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -258,6 +270,8 @@ pub struct Config {
     pub max_held_calls: usize,
     /// Seconds; 0: off.
     pub session_resume_secs: u64,
+    pub max_session_bytes: usize,
+    pub max_kept_bytes: usize,
     pub max_connections: usize,
     /// Seconds.
     pub drain_timeout: u64,
@@ -305,6 +319,8 @@ impl Default for Config {
             max_call_timeout: Duration::from_secs(600),
             max_held_calls: 1024,
             session_resume_secs: 30,
+            max_session_bytes: 8 * 1024 * 1024,
+            max_kept_bytes: 256 * 1024 * 1024,
             max_connections: 10_000,
             drain_timeout: 10,
             log_format: LogFormat::Plain,
@@ -392,6 +408,8 @@ impl Config {
             ("max_inflight_per_client", self.max_inflight_per_client),
             ("max_inflight", self.max_inflight),
             ("max_connections", self.max_connections),
+            ("max_session_bytes", self.max_session_bytes),
+            ("max_kept_bytes", self.max_kept_bytes),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));

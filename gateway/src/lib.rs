@@ -223,6 +223,10 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
         max_timeout: config.max_call_timeout,
         max_held: config.max_held_calls,
         resume_within: Duration::from_secs(config.session_resume_secs),
+        keep: sessions::KeepLimits {
+            session_bytes: config.max_session_bytes,
+            total_bytes: config.max_kept_bytes,
+        },
     };
     let to_link = router::ToLink {
         jobs: jobs_tx,

@@ -52,6 +52,9 @@ pub(crate) enum Dropped {
     SessionExpired,
     /// A disconnected session had kept as much as it may.
     SessionBufferFull,
+    /// Kept by a disconnected session that was forgotten because all sessions kept as much as
+    /// they may (`--max-kept-bytes`).
+    SessionEvicted,
 }
 
 impl Dropped {
@@ -64,6 +67,7 @@ impl Dropped {
             Dropped::UnknownJob => "unknown_job",
             Dropped::SessionExpired => "session_expired",
             Dropped::SessionBufferFull => "session_buffer_full",
+            Dropped::SessionEvicted => "session_evicted",
         }
     }
 }

@@ -24,6 +24,24 @@ use crate::outbound::{ClientId, Outbound, OutboundKind};
 /// always has room for all of them.
 pub(crate) const MAX_SESSION_BUFFER: usize = 256;
 
+/// Bytes of results kept while no connection serves a session: per session and in all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct KeepLimits {
+    /// One session's kept results, at most; past it, its further results are dropped.
+    pub(crate) session_bytes: usize,
+    /// All sessions' kept results, at most; past it, the oldest detached session is forgotten.
+    pub(crate) total_bytes: usize,
+}
+
+impl Default for KeepLimits {
+    fn default() -> Self {
+        Self {
+            session_bytes: 8 * 1024 * 1024,
+            total_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
 /// Identifies a session inside the gateway (never shown to clients; the token is).
 pub(crate) type SessionId = u64;
 
@@ -66,6 +84,8 @@ struct Session {
     /// The connection serving the session, if any.
     attached: Option<(ClientId, mpsc::Sender<Outbound>)>,
     buffer: VecDeque<Outbound>,
+    /// Bytes of text in `buffer`.
+    buffered_bytes: usize,
     expiry: Option<delay_queue::Key>,
     /// Calls in flight that have an id, by the id's JSON text (for `$/cancel`).
     calls: HashMap<Box<str>, JobId>,
@@ -83,6 +103,19 @@ pub(crate) struct Sessions {
     next: SessionId,
     /// How long a session without a connection is kept; zero turns resumption off.
     resume_within: Duration,
+    keep: KeepLimits,
+    /// Bytes kept by all sessions.
+    kept_bytes: usize,
+    /// Sessions forgotten to stay under `keep.total_bytes`, and the results they dropped, not
+    /// yet taken by [`Self::take_evicted`].
+    evicted: Evicted,
+}
+
+/// Sessions forgotten because all sessions kept too much, and what they kept.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Evicted {
+    pub(crate) sessions: usize,
+    pub(crate) results: usize,
 }
 
 /// A new unguessable token: 128 random bits from the thread's CSPRNG, as hex.
@@ -91,7 +124,7 @@ fn new_token() -> String {
 }
 
 impl Sessions {
-    pub(crate) fn new(resume_within: Duration) -> Self {
+    pub(crate) fn new(resume_within: Duration, keep: KeepLimits) -> Self {
         Self {
             sessions: HashMap::new(),
             tokens: HashMap::new(),
@@ -99,7 +132,62 @@ impl Sessions {
             expiries: DelayQueue::new(),
             next: 1,
             resume_within,
+            keep,
+            kept_bytes: 0,
+            evicted: Evicted::default(),
         }
+    }
+
+    /// Sessions forgotten (and results dropped with them) to keep all sessions under the
+    /// total bound since the last call.
+    pub(crate) fn take_evicted(&mut self) -> Evicted {
+        std::mem::take(&mut self.evicted)
+    }
+
+    /// Bytes kept by all sessions.
+    #[cfg(test)]
+    fn kept_bytes(&self) -> usize {
+        self.kept_bytes
+    }
+
+    /// Keeps a message for a later connection of session `id`, within the bounds: past the
+    /// session's own, the message is dropped (false); past the total, the oldest other detached
+    /// session that keeps anything is forgotten first. Responses that belonged to a batch of
+    /// the old connection go out on their own: the new connection never saw that batch.
+    fn keep(&mut self, id: SessionId, mut out: Outbound) -> bool {
+        let bytes = out.text.len();
+        let Some(session) = self.sessions.get(&id) else {
+            return false;
+        };
+        if session.buffer.len() >= MAX_SESSION_BUFFER
+            || session.buffered_bytes + bytes > self.keep.session_bytes
+        {
+            return false;
+        }
+        while self.kept_bytes + bytes > self.keep.total_bytes {
+            let oldest = self
+                .sessions
+                .iter()
+                .filter(|(other, s)| **other != id && s.attached.is_none() && s.buffered_bytes > 0)
+                .map(|(other, _)| *other)
+                .min();
+            let Some(oldest) = oldest else {
+                return false;
+            };
+            let results = self.forget(oldest);
+            self.evicted.sessions += 1;
+            self.evicted.results += results;
+        }
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return false;
+        };
+        if out.kind == OutboundKind::Response {
+            out.batch = None;
+        }
+        session.buffered_bytes += bytes;
+        self.kept_bytes += bytes;
+        session.buffer.push_back(out);
+        true
     }
 
     /// Whether sessions outlive their connection.
@@ -139,6 +227,7 @@ impl Sessions {
                     identity,
                     attached: Some((client, tx)),
                     buffer: VecDeque::new(),
+                    buffered_bytes: 0,
                     expiry: None,
                     calls: HashMap::new(),
                     in_flight: 0,
@@ -161,6 +250,7 @@ impl Sessions {
         }
         session.attached = Some((client, tx));
         let kept = session.buffer.drain(..).collect();
+        self.kept_bytes -= std::mem::take(&mut session.buffered_bytes);
         self.clients.insert(client, id);
         Ok((
             Grant {
@@ -187,17 +277,17 @@ impl Sessions {
             // A newer connection already serves it (resumed after a slow-client close).
             return unsent.len();
         }
-        let mut dropped = 0;
-        for out in unsent {
-            if !keep(&mut session.buffer, out) {
-                dropped += 1;
-            }
-        }
         if self.resume_within.is_zero() {
-            return dropped + self.forget(id);
+            return unsent.len() + self.forget(id);
         }
         if session.expiry.is_none() {
             session.expiry = Some(self.expiries.insert(id, self.resume_within));
+        }
+        let mut dropped = 0;
+        for out in unsent {
+            if !self.keep(id, out) {
+                dropped += 1;
+            }
         }
         dropped
     }
@@ -214,6 +304,7 @@ impl Sessions {
         if let Some(key) = session.expiry {
             self.expiries.try_remove(&key);
         }
+        self.kept_bytes -= session.buffered_bytes;
         session.buffer.len()
     }
 
@@ -277,19 +368,29 @@ impl Sessions {
         self.sessions.get(&id)?.calls.get(rpc_id.get()).copied()
     }
 
+    /// Counts a message session `id` could not keep.
+    fn count_drop(&mut self, id: SessionId) -> Delivery {
+        match self.sessions.get_mut(&id) {
+            Some(session) => {
+                session.dropped += 1;
+                Delivery::BufferFull {
+                    first: session.dropped == 1,
+                }
+            }
+            None => Delivery::BufferFull { first: false },
+        }
+    }
+
     /// Sends to the session's connection, or keeps it for a resume.
     pub(crate) fn deliver(&mut self, id: SessionId, out: Outbound) -> Delivery {
         let Some(session) = self.sessions.get_mut(&id) else {
             return Delivery::NoSession;
         };
         let Some((client, tx)) = &session.attached else {
-            return if keep(&mut session.buffer, out) {
+            return if self.keep(id, out) {
                 Delivery::Kept
             } else {
-                session.dropped += 1;
-                Delivery::BufferFull {
-                    first: session.dropped == 1,
-                }
+                self.count_drop(id)
             };
         };
         let client = *client;
@@ -299,39 +400,22 @@ impl Sessions {
                 // Dropping its sender closes the connection: buffering more there would let one
                 // slow reader eat the gateway's memory. The session lives on for a resume.
                 session.attached = None;
-                let kept = keep(&mut session.buffer, out);
                 if self.resume_within.is_zero() {
                     self.clients.remove(&client);
                     self.forget(id);
-                } else if session.expiry.is_none() {
+                    return Delivery::SlowClient(client);
+                }
+                if session.expiry.is_none() {
                     session.expiry = Some(self.expiries.insert(id, self.resume_within));
                 }
-                if kept {
+                if self.keep(id, out) {
                     Delivery::SlowClient(client)
-                } else if let Some(session) = self.sessions.get_mut(&id) {
-                    session.dropped += 1;
-                    Delivery::BufferFull {
-                        first: session.dropped == 1,
-                    }
                 } else {
-                    Delivery::BufferFull { first: false }
+                    self.count_drop(id)
                 }
             }
         }
     }
-}
-
-/// Keeps a message for a later connection. Responses that belonged to a batch of the old
-/// connection go out on their own: the new connection never saw that batch.
-fn keep(buffer: &mut VecDeque<Outbound>, mut out: Outbound) -> bool {
-    if buffer.len() >= MAX_SESSION_BUFFER {
-        return false;
-    }
-    if out.kind == OutboundKind::Response {
-        out.batch = None;
-    }
-    buffer.push_back(out);
-    true
 }
 
 #[cfg(test)]
@@ -357,7 +441,7 @@ mod tests {
 
     #[tokio::test]
     async fn detached_session_keeps_messages_for_the_connection_that_resumes_it() {
-        let mut s = Sessions::new(Duration::from_secs(30));
+        let mut s = Sessions::new(Duration::from_secs(30), KeepLimits::default());
         let (tx, _rx) = mpsc::channel(8);
         let (grant, kept) = s.attach(1, tx, None, None).expect("new session");
         assert!(kept.is_empty());
@@ -378,7 +462,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_live_session_cannot_be_taken_and_unknown_tokens_are_refused() {
-        let mut s = Sessions::new(Duration::from_secs(30));
+        let mut s = Sessions::new(Duration::from_secs(30), KeepLimits::default());
         let (tx, _rx) = mpsc::channel(8);
         let (grant, _) = s.attach(1, tx.clone(), None, None).expect("new session");
         assert_eq!(
@@ -393,7 +477,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn an_unresumed_session_expires_and_drops_what_it_kept() {
-        let mut s = Sessions::new(Duration::from_secs(5));
+        let mut s = Sessions::new(Duration::from_secs(5), KeepLimits::default());
         let (tx, _rx) = mpsc::channel(8);
         let (grant, _) = s.attach(1, tx, None, None).expect("new session");
         s.detach(1, vec![response("a"), response("b")]);
@@ -409,7 +493,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_resumption_a_session_ends_with_its_connection() {
-        let mut s = Sessions::new(Duration::ZERO);
+        let mut s = Sessions::new(Duration::ZERO, KeepLimits::default());
         let (tx, _rx) = mpsc::channel(8);
         let (grant, _) = s.attach(1, tx, None, None).expect("new session");
         assert_eq!(s.detach(1, vec![response("a")]), 1);
@@ -418,7 +502,7 @@ mod tests {
 
     #[tokio::test]
     async fn kept_messages_are_bounded() {
-        let mut s = Sessions::new(Duration::from_secs(30));
+        let mut s = Sessions::new(Duration::from_secs(30), KeepLimits::default());
         let (tx, _rx) = mpsc::channel(8);
         let (grant, _) = s.attach(1, tx, None, None).expect("new session");
         s.detach(1, Vec::new());
@@ -436,7 +520,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_connection_is_let_go_but_its_session_lives_on() {
-        let mut s = Sessions::new(Duration::from_secs(30));
+        let mut s = Sessions::new(Duration::from_secs(30), KeepLimits::default());
         let (tx, _rx) = mpsc::channel(1);
         let (grant, _) = s.attach(1, tx, None, None).expect("new session");
         assert_eq!(s.deliver(grant.session, response("a")), Delivery::Sent);
@@ -449,5 +533,98 @@ mod tests {
         let (tx2, _rx2) = mpsc::channel(8);
         let (_, kept) = s.attach(2, tx2, Some(&grant.token), None).expect("resumes");
         assert_eq!(kept.len(), 1);
+    }
+
+    fn small(session_bytes: usize, total_bytes: usize) -> Sessions {
+        Sessions::new(
+            Duration::from_secs(30),
+            KeepLimits {
+                session_bytes,
+                total_bytes,
+            },
+        )
+    }
+
+    fn detached(s: &mut Sessions, client: ClientId) -> Grant {
+        let (tx, _rx) = mpsc::channel(8);
+        let (grant, _) = s.attach(client, tx, None, None).expect("new session");
+        s.detach(client, Vec::new());
+        grant
+    }
+
+    #[tokio::test]
+    async fn a_session_keeps_at_most_its_bytes() {
+        let mut s = small(10, 100);
+        let grant = detached(&mut s, 1);
+        assert_eq!(s.deliver(grant.session, response("aaaaaa")), Delivery::Kept);
+        assert_eq!(
+            s.deliver(grant.session, response("bbbbb")),
+            Delivery::BufferFull { first: true }
+        );
+        assert_eq!(s.deliver(grant.session, response("cccc")), Delivery::Kept);
+        assert_eq!(s.kept_bytes(), 10);
+        assert_eq!(s.take_evicted(), Evicted::default());
+    }
+
+    #[tokio::test]
+    async fn past_the_total_the_oldest_detached_session_is_forgotten() {
+        let mut s = small(10, 20);
+        let old = detached(&mut s, 1);
+        let mid = detached(&mut s, 2);
+        let (tx, _rx) = mpsc::channel(8);
+        let (live, _) = s.attach(3, tx, None, None).expect("new session");
+        let new = detached(&mut s, 4);
+        assert_eq!(s.deliver(old.session, response("aaaaa")), Delivery::Kept);
+        assert_eq!(s.deliver(old.session, response("aaaaa")), Delivery::Kept);
+        assert_eq!(
+            s.deliver(mid.session, response("bbbbbbbbb")),
+            Delivery::Kept
+        );
+        assert_eq!(s.deliver(live.session, response("live")), Delivery::Sent);
+        assert_eq!(s.kept_bytes(), 19);
+        // 19 + 3 > 20: the oldest detached session goes, with its two results.
+        assert_eq!(s.deliver(new.session, response("ccc")), Delivery::Kept);
+        assert_eq!(
+            s.take_evicted(),
+            Evicted {
+                sessions: 1,
+                results: 2
+            }
+        );
+        assert_eq!(s.take_evicted(), Evicted::default());
+        assert_eq!(s.kept_bytes(), 12);
+        assert_eq!(s.deliver(old.session, response("x")), Delivery::NoSession);
+        let (tx, _rx) = mpsc::channel(8);
+        assert_eq!(
+            s.attach(5, tx, Some(&old.token), None).err(),
+            Some(ResumeRefused::Unknown)
+        );
+        // Resuming gives back what was kept and frees its bytes.
+        let (tx, _rx) = mpsc::channel(8);
+        let (_, kept) = s.attach(6, tx, Some(&mid.token), None).expect("resumes");
+        assert_eq!(kept.len(), 1);
+        assert_eq!(s.kept_bytes(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_session_alone_over_the_total_drops_its_own_results_and_evicts_nothing() {
+        let mut s = small(100, 8);
+        let grant = detached(&mut s, 1);
+        assert_eq!(s.deliver(grant.session, response("aaaaaa")), Delivery::Kept);
+        assert_eq!(
+            s.deliver(grant.session, response("bbb")),
+            Delivery::BufferFull { first: true }
+        );
+        assert_eq!(s.take_evicted(), Evicted::default());
+        assert_eq!(s.kept_bytes(), 6);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_frees_the_kept_bytes() {
+        let mut s = small(100, 100);
+        let grant = detached(&mut s, 1);
+        assert_eq!(s.deliver(grant.session, response("abc")), Delivery::Kept);
+        assert_eq!(s.next_expired().await, 1);
+        assert_eq!(s.kept_bytes(), 0);
     }
 }

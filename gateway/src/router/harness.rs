@@ -43,6 +43,7 @@ pub(super) fn harness_full(per_client: usize, max_held: usize, resume_within: Du
         max_timeout: Duration::from_secs(60),
         max_held,
         resume_within,
+        keep: crate::sessions::KeepLimits::default(),
     };
     let to_link = ToLink {
         jobs: jobs_tx,

@@ -74,6 +74,8 @@ pub(crate) struct Limits {
     pub(crate) max_held: usize,
     /// How long a session outlives its connection; zero: not at all.
     pub(crate) resume_within: Duration,
+    /// What detached sessions may keep.
+    pub(crate) keep: crate::sessions::KeepLimits,
 }
 
 /// Where the router sends what the bridge must hear.
@@ -101,6 +103,8 @@ struct Counters {
     dropped_unknown_job: u64,
     /// Clients disconnected because their outbound queue was full.
     slow_clients_closed: u64,
+    /// Detached sessions forgotten because all sessions kept as much as they may.
+    sessions_evicted: u64,
 }
 
 /// One call in the table.
@@ -140,7 +144,7 @@ pub(crate) fn spawn(
         to_link,
         health,
         pending: HashMap::new(),
-        sessions: Sessions::new(limits.resume_within),
+        sessions: Sessions::new(limits.resume_within, limits.keep),
         deadlines: DelayQueue::new(),
         endings: Endings::default(),
         methods: MethodLabels::default(),
@@ -221,6 +225,7 @@ impl Router {
             dropped_duplicate = c.dropped_duplicate,
             dropped_unknown_job = c.dropped_unknown_job,
             slow_clients_closed = c.slow_clients_closed,
+            sessions_evicted = c.sessions_evicted,
             "router stopped"
         );
     }
@@ -276,6 +281,7 @@ impl Router {
                 for _ in 0..dropped {
                     metrics::reply_dropped(Dropped::ClientGone);
                 }
+                self.count_evicted();
             }
             Command::Call {
                 client,
@@ -284,6 +290,32 @@ impl Router {
             } => self.on_call(client, call, batch),
             Command::Cancel { client, id } => self.on_cancel(client, &id),
         }
+    }
+
+    /// Counts the sessions [`Sessions`] forgot to stay under `--max-kept-bytes`, and the
+    /// results they dropped; warns the first time only (the metric counts every one).
+    pub(super) fn count_evicted(&mut self) {
+        let evicted = self.sessions.take_evicted();
+        if evicted.sessions == 0 {
+            return;
+        }
+        for _ in 0..evicted.results {
+            metrics::reply_dropped(Dropped::SessionEvicted);
+        }
+        if self.counters.sessions_evicted == 0 {
+            warn!(
+                sessions = evicted.sessions,
+                results = evicted.results,
+                "disconnected sessions keep as much as --max-kept-bytes allows; forgetting the oldest with their results (counted in wsmq_results_dropped_total, reason session_evicted; logged once)"
+            );
+        } else {
+            debug!(
+                sessions = evicted.sessions,
+                results = evicted.results,
+                "oldest disconnected sessions forgotten"
+            );
+        }
+        self.counters.sessions_evicted += evicted.sessions as u64;
     }
 
     fn on_link(&mut self, event: LinkEvent) {

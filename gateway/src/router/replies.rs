@@ -156,10 +156,11 @@ impl Router {
         kind: OutboundKind,
         text: String,
     ) {
-        match self
+        let delivery = self
             .sessions
-            .deliver(session, Outbound { batch, kind, text })
-        {
+            .deliver(session, Outbound { batch, kind, text });
+        self.count_evicted();
+        match delivery {
             Delivery::Sent | Delivery::Kept => {}
             Delivery::NoSession => {
                 self.counters.dropped_client_gone += 1;

@@ -28,6 +28,20 @@ fn open_sockets(pid: u32) -> Result<usize> {
     Ok(n)
 }
 
+/// `VmRSS` of a process, in KiB.
+fn rss_kb(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS in /proc/<pid>/status")?;
+    line.split_whitespace()
+        .nth(1)
+        .context("empty VmRSS")?
+        .parse()
+        .context("VmRSS is not a number")
+}
+
 /// Waits until `check` holds, polling every 100 ms, for at most `limit`.
 async fn wait_until(limit: Duration, mut check: impl FnMut() -> Result<bool>) -> Result<bool> {
     let until = Instant::now() + limit;
@@ -569,5 +583,74 @@ async fn a_session_that_drops_results_warns_once() {
         })
         .count();
     assert_eq!(warnings, 1, "one WARN line for the session");
+    system.cleanup().await;
+}
+
+/// Issue 17 §2: what closed sessions keep is bounded in bytes, whatever the message count: four
+/// connections that leave 64 results of 256 KiB each behind (64 MiB in all, each session within
+/// the message count it may keep) grow the gateway's RSS by less than `--max-kept-bytes` (8 MiB)
+/// plus a margin; the oldest sessions are forgotten, their results counted under
+/// `session_evicted`, and that is logged once.
+#[tokio::test]
+async fn closed_sessions_keep_at_most_the_configured_bytes() {
+    const KEPT_TOTAL: usize = 4 * 1024 * 1024;
+    const MARGIN_KB: u64 = 16 * 1024;
+    let mut system = System::builder()
+        .gateway_arg("--max-kept-bytes", KEPT_TOTAL)
+        .gateway_arg("--max-inflight-per-client", 512)
+        .gateway_arg("--call-rate", 0)
+        .session_resume_secs(120)
+        .start()
+        .await
+        .expect("system starts");
+    let addr = system.gateway_addr().expect("addr");
+    let pid = system.gateway_pid().expect("pid");
+    let before = rss_kb(pid).expect("rss");
+    // One connection at a time, each settled (every call answered and handed to its closed
+    // session, kept or dropped) before the next: what the gateway holds in flight stays small,
+    // so RSS shows what the sessions keep.
+    let sessions = async {
+        for _ in 0..8 {
+            abandon_calls(addr, 1, 16, 256 * 1024).await?;
+            while metric(addr, "wsmq_calls_in_flight").await? != 0.0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(25), sessions)
+        .await
+        .expect("all calls end")
+        .expect("calls sent and metrics read");
+    let after = rss_kb(pid).expect("rss");
+    eprintln!("[test] gateway VmRSS {before} KiB before, {after} KiB with the closed sessions");
+    assert!(
+        after.saturating_sub(before) < (KEPT_TOTAL / 1024) as u64 + MARGIN_KB,
+        "RSS grew by {} KiB, over {} KiB kept + {MARGIN_KB} KiB",
+        after.saturating_sub(before),
+        KEPT_TOTAL / 1024
+    );
+    let evicted = metric(
+        addr,
+        "wsmq_results_dropped_total{reason=\"session_evicted\"}",
+    )
+    .await
+    .expect("the oldest sessions' results are counted as evicted");
+    assert!(evicted > 0.0, "{evicted} results counted as evicted");
+    let lines = system
+        .gateway()
+        .expect("gateway")
+        .lines()
+        .await
+        .expect("log");
+    let warnings = lines
+        .iter()
+        .filter(|l| {
+            l.level() == Some("WARN")
+                && l.message()
+                    .is_some_and(|m| m.starts_with("disconnected sessions keep as much"))
+        })
+        .count();
+    assert_eq!(warnings, 1, "one WARN line for all evictions");
     system.cleanup().await;
 }
