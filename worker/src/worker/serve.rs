@@ -327,10 +327,6 @@ impl Worker {
         }
         // The settled jobs' acks must reach the broker before the close, which requeues the
         // rest (as the explicit nacks of the unsettled ones do).
-        // Reports of jobs that ended as the wait above returned are still queued.
-        while let Ok((tag, settled)) = session.acks.done_rx.try_recv() {
-            session.acks.settled(&session.consume_channel, tag, settled);
-        }
         for op in session.acks.window.finish() {
             if let Err(error) = perform(&session.consume_channel, op).await {
                 debug!(?op, error = %error, "job acknowledgement failed at shutdown");
