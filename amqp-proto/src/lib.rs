@@ -47,7 +47,6 @@
 
 #![forbid(unsafe_code)]
 
-pub mod acks;
 pub mod cancel;
 pub mod dead;
 pub mod headers;

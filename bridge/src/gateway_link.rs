@@ -6,7 +6,7 @@
 //! as their own tasks (bounded by a semaphore) so one slow confirm never holds up the others.
 //!
 //! A reply is acknowledged to RabbitMQ only when the gateway says it took it, in batches (see
-//! [`wsmq_amqp_proto::acks`]); whatever is still untaken when the link ends is returned to the queue, so
+//! [`crate::acks`]); whatever is still untaken when the link ends is returned to the queue, so
 //! a gateway or bridge restart loses no result (at worst the gateway sees one twice, and answers
 //! each call once).
 
@@ -28,10 +28,10 @@ use wsmq_ipc_proto::{
     Reply, ReplySeq, ToBridge, ToGateway, Welcome,
 };
 
+use crate::acks::{AckOp, AckWindow};
 use crate::broker::{BrokerHandle, ReplyDelivery, ReplySource};
 use crate::publisher::Publishers;
 use crate::reply;
-use wsmq_amqp_proto::acks::{AckOp, AckWindow};
 
 /// Frames waiting for the writer. When full, publishes and replies wait for the gateway to read.
 const OUTBOUND_CAPACITY: usize = 1024;

@@ -11,7 +11,7 @@ use std::{
 use futures::FutureExt;
 use lapin::{
     Acker, BasicProperties, Channel, PublisherConfirm,
-    options::{BasicNackOptions, BasicPublishOptions},
+    options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions},
 };
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -62,20 +62,9 @@ enum PublishError {
     Channel(#[source] lapin::Error),
 }
 
-/// How a job ended, for the delivery loop's [`AckWindow`](wsmq_amqp_proto::acks::AckWindow).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Settled {
-    /// Its reply is confirmed (or no reply is wanted any more): the delivery loop acks it,
-    /// batched with the others.
-    Done,
-    /// Nacked back to the queue here already: no ack may name it.
-    Requeued,
-}
-
-/// Serves one admitted job. Nacks it back to the queue itself when its reply was not confirmed;
-/// otherwise says it is [`Settled::Done`] and leaves the ack to the delivery loop, which never
-/// covers a job before that.
-pub(crate) async fn process(shared: Arc<JobShared>, job: Job) -> Settled {
+/// Serves one admitted job, acking or nacking it in every case where the channel still allows
+/// it.
+pub(crate) async fn process(shared: Arc<JobShared>, job: Job) {
     let Job {
         method,
         address,
@@ -111,7 +100,8 @@ pub(crate) async fn process(shared: Arc<JobShared>, job: Job) -> Settled {
         // reply would only be dropped by the bridge.
         if cancellation.is_cancelled() || contract::deadline_passed(deadline, SystemTime::now()) {
             debug!("job ended after its cancellation; acking it without a reply");
-            return Settled::Done;
+            ack(&acker).await;
+            return;
         }
         if let Err(error) = &outcome {
             debug!(code = error.code, message = %error.message, "job answered with an error");
@@ -124,19 +114,23 @@ pub(crate) async fn process(shared: Arc<JobShared>, job: Job) -> Settled {
             Err(error) => Err(PublishError::Channel(error)),
         };
         match published {
-            Ok(()) => Settled::Done,
+            Ok(()) => ack(&acker).await,
             Err(error) => {
                 warn!(error = %ErrorChain(&error), "reply not confirmed; requeueing the job");
                 if matches!(error, PublishError::Channel(_)) {
                     shared.broken.cancel();
                 }
                 nack_requeue(&acker).await;
-                Settled::Requeued
             }
         }
     }
     .instrument(span)
     .await
+}
+
+/// Acks a job the delivery loop decided not to run, without a reply.
+pub(crate) async fn skip(acker: Acker) {
+    ack(&acker).await;
 }
 
 /// Runs the handler to its end while publishing the progress it reports, and cancels the job
@@ -243,6 +237,15 @@ async fn confirmed(confirm: PublisherConfirm) -> Result<(), PublishError> {
         return Err(PublishError::Nacked);
     }
     Ok(())
+}
+
+async fn ack(acker: &Acker) {
+    match acker.ack(BasicAckOptions::default()).await {
+        Ok(true) => {}
+        // The channel is gone; the broker requeues the job by itself.
+        Ok(false) => debug!("job not acked: its channel is closed"),
+        Err(error) => debug!(error = %error, "job not acked"),
+    }
 }
 
 async fn nack_requeue(acker: &Acker) {

@@ -20,7 +20,6 @@ use lapin::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::serve::SessionAcks;
 use super::{Route, Worker};
 use crate::job::JobShared;
 
@@ -60,9 +59,6 @@ pub(super) struct BrokerConnection {
     /// Cancelled when this session's jobs must stop at once: the session was lost (their acks
     /// cannot reach the broker any more) or the shutdown grace expired.
     pub(super) abort_jobs: CancellationToken,
-    /// The acknowledgements of this session's jobs (delivery tags are per channel, so per
-    /// session).
-    pub(super) acks: SessionAcks,
 }
 
 /// Why opening a session failed.
@@ -261,13 +257,6 @@ impl Worker {
             cancels,
             shared,
             abort_jobs: CancellationToken::new(),
-            acks: SessionAcks::new(
-                self.routes
-                    .iter()
-                    .map(|route| route.prefetch)
-                    .min()
-                    .unwrap_or(1),
-            ),
         })
     }
 

@@ -5,13 +5,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use futures::{FutureExt, StreamExt};
-use lapin::{
-    Channel,
-    message::Delivery,
-    options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions},
-    types::DeliveryTag,
-};
+use futures::StreamExt;
+use lapin::{message::Delivery, options::BasicCancelOptions};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
@@ -22,11 +17,8 @@ use super::connection::{
     next_connection_error,
 };
 use crate::{
-    contract::{
-        self, Cancellation, ReplyAddress,
-        acks::{AckOp, AckWindow},
-    },
-    job::{self, Job, Settled},
+    contract::{self, Cancellation, ReplyAddress},
+    job::{self, Job},
     lifecycle::{Admission, JobTable, RECENTLY_CANCELLED_CAPACITY, Ticket},
 };
 
@@ -59,83 +51,6 @@ impl Dispatch {
     }
 }
 
-/// The acknowledgements of one session's jobs.
-///
-/// A job is acked only once it is [`Settled::Done`] (its reply confirmed, or no reply wanted).
-/// Instead of one `basic.ack` per job, the delivery loop keeps the session's [`AckWindow`] and,
-/// whenever it has nothing else ready, sends one `basic.ack` with `multiple = true` up to the
-/// highest delivery tag below which every job is settled. A job not settled yet is never
-/// covered, so a lost session or a killed worker still returns it to the queue.
-pub(in crate::worker) struct SessionAcks {
-    window: AckWindow,
-    /// Job tasks report here; a report from a task of an earlier session finds this session's
-    /// receiver gone (tags are per channel), and is dropped.
-    done_tx: mpsc::Sender<(DeliveryTag, Settled)>,
-    done_rx: mpsc::Receiver<(DeliveryTag, Settled)>,
-}
-
-impl SessionAcks {
-    /// For a channel whose consumers have `prefetch` unacked jobs each at least.
-    pub(super) fn new(prefetch: u16) -> Self {
-        let (done_tx, done_rx) = mpsc::channel(FINISHED_QUEUE);
-        Self {
-            window: AckWindow::new(prefetch),
-            done_tx,
-            done_rx,
-        }
-    }
-
-    /// A job task reported its end: acks that cannot wait go at once, the batch waits.
-    fn settled(&mut self, channel: &Channel, tag: DeliveryTag, settled: Settled) {
-        match settled {
-            Settled::Done => {
-                for op in self.window.taken(tag) {
-                    send_now(channel, op);
-                }
-            }
-            Settled::Requeued => self.window.settled(tag),
-        }
-    }
-
-    /// A job the delivery loop acks without running it.
-    fn skipped(&mut self, channel: &Channel, tag: DeliveryTag) {
-        self.window.delivered(tag);
-        self.settled(channel, tag, Settled::Done);
-    }
-}
-
-/// Queues an acknowledgement without waiting for lapin's I/O thread to write it (the frame goes
-/// in order with the channel's others). If it is never written, the session has died and the
-/// broker requeues the job; the bridge drops a second reply.
-fn send_now(channel: &Channel, op: AckOp) {
-    if let Some(Err(error)) = perform(channel, op).now_or_never() {
-        debug!(?op, error = %error, "job acknowledgement failed; the broker will redeliver it");
-    }
-}
-
-/// Sends one acknowledgement; the future ends when lapin has written it.
-async fn perform(channel: &Channel, op: AckOp) -> lapin::Result<()> {
-    match op {
-        AckOp::One(tag) => {
-            channel
-                .basic_ack(tag, BasicAckOptions { multiple: false })
-                .await
-        }
-        AckOp::UpTo(tag) => {
-            channel
-                .basic_ack(tag, BasicAckOptions { multiple: true })
-                .await
-        }
-        AckOp::Requeue(tag) => {
-            let options = BasicNackOptions {
-                multiple: false,
-                requeue: true,
-            };
-            channel.basic_nack(tag, options).await
-        }
-    }
-}
-
 /// How [`Worker::serve`] ended.
 pub(super) enum Served {
     Shutdown,
@@ -157,8 +72,6 @@ impl Worker {
             cancels,
             shared,
             abort_jobs,
-            consume_channel,
-            acks,
             ..
         } = session;
         let Dispatch {
@@ -179,11 +92,6 @@ impl Worker {
                     table.finished(ticket);
                     continue;
                 }
-                // Never `None`: the session holds a sender.
-                Some((tag, settled)) = acks.done_rx.recv() => {
-                    acks.settled(consume_channel, tag, settled);
-                    continue;
-                }
                 // Before deliveries, so that of a cancellation and its job arriving together
                 // the cancellation is seen first.
                 cancel = cancels.next() => match cancel {
@@ -202,13 +110,6 @@ impl Worker {
                     let slot = Arc::clone(slots).acquire_owned().await;
                     (slot, deliveries.next().await)
                 } => next,
-                // Nothing else is ready: the batched ack goes now.
-                () = std::future::ready(()), if acks.window.is_due() => {
-                    if let Some(op) = acks.window.flush() {
-                        send_now(consume_channel, op);
-                    }
-                    continue;
-                }
             };
             // The semaphore is never closed, so this is only for the types' sake.
             let Ok(slot) = slot else {
@@ -242,7 +143,7 @@ impl Worker {
             let Some(address) = ReplyAddress::from_properties(&properties) else {
                 // Nothing can answer it, and a requeue would bring it straight back.
                 warn!(%method, delivery_tag, "job without reply_to or correlation_id; acking it unanswered");
-                acks.skipped(consume_channel, delivery_tag);
+                jobs.spawn(job::skip(acker));
                 continue;
             };
             let job_id = address.correlation_id.as_str();
@@ -255,7 +156,7 @@ impl Worker {
                 Admission::Run(ticket, cancellation) => (ticket, cancellation),
                 Admission::Skip(reason) => {
                     debug!(%method, job_id, reason = reason.as_str(), "job skipped; acking it without a reply");
-                    acks.skipped(consume_channel, delivery_tag);
+                    jobs.spawn(job::skip(acker));
                     continue;
                 }
             };
@@ -270,19 +171,14 @@ impl Worker {
                 body: data,
                 acker,
             };
-            acks.window.delivered(delivery_tag);
             let shared = Arc::clone(shared);
             let abort = abort_jobs.clone();
             let finished = finished_tx.clone();
-            let done = acks.done_tx.clone();
             jobs.spawn(async move {
                 tokio::select! {
                     biased;
                     () = abort.cancelled() => debug!(%method, "job dropped: its broker session ended"),
-                    settled = job::process(shared, job) => {
-                        // Fails only once the session is gone, whose channel can ack nothing.
-                        let _ = done.send((delivery_tag, settled)).await;
-                    }
+                    () = job::process(shared, job) => {}
                 }
                 drop(slot);
                 // Fails only once the worker has stopped, when nobody needs to know.
@@ -325,13 +221,6 @@ impl Worker {
                 debug!("abandoned jobs still winding down");
             }
         }
-        // The settled jobs' acks must reach the broker before the close, which requeues the
-        // rest (as the explicit nacks of the unsettled ones do).
-        for op in session.acks.window.finish() {
-            if let Err(error) = perform(&session.consume_channel, op).await {
-                debug!(?op, error = %error, "job acknowledgement failed at shutdown");
-            }
-        }
         close_connection(&session.connection, "worker shutting down").await;
         info!("worker stopped");
     }
@@ -361,9 +250,6 @@ pub(super) async fn wait_for_jobs(
             () = &mut all_ended => return true,
             () = &mut expired => return false,
             Some(ticket) = finished_rx.recv() => table.finished(ticket),
-            Some((tag, settled)) = session.acks.done_rx.recv() => {
-                session.acks.settled(&session.consume_channel, tag, settled);
-            }
             cancel = session.cancels.next(), if cancels_open => match cancel {
                 Some(Some(Ok(message))) => on_cancellation(table, &message),
                 // The session is closing anyway; the jobs just stop hearing cancellations.

@@ -1,22 +1,19 @@
-//! Acknowledging deliveries in batches.
+//! Acknowledging replies in batches.
 //!
-//! A delivery is acknowledged only once its consumer is done with it: in the bridge, a reply the
-//! gateway has taken; in the worker SDK, a job whose reply RabbitMQ has confirmed. Instead of one
-//! `basic.ack` per delivery (each a hand-off to lapin's I/O thread and a frame to RabbitMQ), the
-//! consumer keeps an [`AckWindow`] per channel: the delivery tags handed on, in order, and which
-//! of them are done ("taken"). Whenever the consumer has nothing else to do it sends one
-//! `basic.ack` with `multiple = true` up to the highest tag below which every delivery is done.
-//! A delivery not yet done is never covered, so a restart still returns it to the queue.
-//!
-//! Pure bookkeeping: nothing here talks to the broker; the caller performs the [`AckOp`]s.
+//! A reply is acknowledged only once the gateway has taken it. Instead of one `basic.ack` per
+//! reply (each a hand-off to lapin's I/O thread and a frame to RabbitMQ), the gateway link keeps an
+//! [`AckWindow`] per reply channel: the delivery tags handed to the gateway, in order, and which
+//! of them it has taken. Whenever the link has nothing else to do it sends one `basic.ack`
+//! with `multiple = true` up to the highest tag below which every reply has been taken. A reply
+//! not yet taken is never covered, so a bridge or gateway restart still returns it to the queue.
 
 use std::collections::VecDeque;
 
 use lapin::types::DeliveryTag;
 
-/// One acknowledgement to send on the channel.
+/// One acknowledgement to send on the reply channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AckOp {
+pub(crate) enum AckOp {
     /// `basic.ack` of one delivery.
     One(DeliveryTag),
     /// `basic.ack` with `multiple = true`: this tag and every unacknowledged one before it.
@@ -31,15 +28,15 @@ enum State {
     Untaken,
     /// Taken, not yet acknowledged.
     Taken,
-    /// Taken and already acknowledged (or nacked) on its own.
+    /// Taken and already acknowledged on its own.
     Acked,
 }
 
-/// The unacknowledged deliveries of one channel, in delivery order.
+/// The unacknowledged replies of one reply channel, in delivery order.
 ///
 /// Bounded by the channel's prefetch: every entry is a delivery RabbitMQ counts as unacked.
 #[derive(Debug)]
-pub struct AckWindow {
+pub(crate) struct AckWindow {
     entries: VecDeque<(DeliveryTag, State)>,
     /// The highest tag a `multiple` ack may cover now, not yet sent.
     due: Option<DeliveryTag>,
@@ -50,7 +47,7 @@ pub struct AckWindow {
 
 impl AckWindow {
     /// A window for a channel with `prefetch` unacknowledged deliveries at most.
-    pub fn new(prefetch: u16) -> Self {
+    pub(crate) fn new(prefetch: u16) -> Self {
         Self {
             entries: VecDeque::new(),
             due: None,
@@ -59,21 +56,28 @@ impl AckWindow {
     }
 
     /// A delivery was handed on; tags on one channel only grow.
-    pub fn delivered(&mut self, tag: DeliveryTag) {
+    pub(crate) fn delivered(&mut self, tag: DeliveryTag) {
         debug_assert!(self.entries.back().is_none_or(|(last, _)| *last < tag));
         self.entries.push_back((tag, State::Untaken));
     }
 
     /// The gateway took the reply with `tag`. Returns the acks to send at once (only when a
     /// reply not yet taken holds up too many others); the batched one waits for [`Self::flush`].
-    pub fn taken(&mut self, tag: DeliveryTag) -> Vec<AckOp> {
+    pub(crate) fn taken(&mut self, tag: DeliveryTag) -> Vec<AckOp> {
         let Ok(i) = self.entries.binary_search_by_key(&tag, |(t, _)| *t) else {
             return Vec::new();
         };
         if self.entries[i].1 == State::Untaken {
             self.entries[i].1 = State::Taken;
         }
-        self.advance();
+        while let Some(&(front, state)) = self.entries.front() {
+            match state {
+                State::Untaken => break,
+                State::Taken => self.due = Some(front),
+                State::Acked => {}
+            }
+            self.entries.pop_front();
+        }
         if self.entries.len() <= self.stall_limit {
             return Vec::new();
         }
@@ -87,41 +91,19 @@ impl AckWindow {
             .collect()
     }
 
-    /// The delivery with `tag` was settled on its own (say, nacked back to the queue): no ack
-    /// may name it, and it no longer holds up the ones after it.
-    pub fn settled(&mut self, tag: DeliveryTag) {
-        let Ok(i) = self.entries.binary_search_by_key(&tag, |(t, _)| *t) else {
-            return;
-        };
-        self.entries[i].1 = State::Acked;
-        self.advance();
-    }
-
-    /// Drops the settled entries at the front, moving the batched ack past the taken ones.
-    fn advance(&mut self) {
-        while let Some(&(front, state)) = self.entries.front() {
-            match state {
-                State::Untaken => break,
-                State::Taken => self.due = Some(front),
-                State::Acked => {}
-            }
-            self.entries.pop_front();
-        }
-    }
-
     /// Whether a batched ack is waiting to be sent.
-    pub fn is_due(&self) -> bool {
+    pub(crate) fn is_due(&self) -> bool {
         self.due.is_some()
     }
 
     /// The batched ack, if one is due.
-    pub fn flush(&mut self) -> Option<AckOp> {
+    pub(crate) fn flush(&mut self) -> Option<AckOp> {
         self.due.take().map(AckOp::UpTo)
     }
 
     /// Everything left, as the link ends: the batched ack, then each reply not taken back
     /// to the queue and each taken one acknowledged.
-    pub fn finish(&mut self) -> Vec<AckOp> {
+    pub(crate) fn finish(&mut self) -> Vec<AckOp> {
         let mut ops: Vec<AckOp> = self.flush().into_iter().collect();
         for (tag, state) in self.entries.drain(..) {
             match state {
@@ -133,7 +115,7 @@ impl AckWindow {
         ops
     }
 
-    /// Deliveries handed on and not yet acknowledged.
+    /// Replies handed on and not yet acknowledged.
     #[cfg(test)]
     fn len(&self) -> usize {
         self.entries.len()
@@ -190,22 +172,6 @@ mod tests {
             ]
         );
         assert_eq!(w.len(), 0);
-    }
-
-    #[test]
-    fn a_settled_delivery_is_never_named_but_no_longer_holds_the_batch() {
-        let mut w = window(1..=3);
-        w.settled(1);
-        assert!(!w.is_due());
-        w.taken(3);
-        assert!(!w.is_due(), "2 is not done");
-        w.settled(2);
-        assert_eq!(w.flush(), Some(AckOp::UpTo(3)));
-        assert_eq!(w.len(), 0);
-        let mut w = window(4..=5);
-        w.taken(5);
-        w.settled(4);
-        assert_eq!(w.finish(), vec![AckOp::UpTo(5)]);
     }
 
     #[test]
