@@ -23,6 +23,7 @@ use tracing::{debug, info, warn};
 use wsmq_ipc_proto::BrokerState;
 use wsmq_service::{Backoff, ErrorChain};
 
+use crate::backlog::Prober;
 use crate::dead::{Relay, RelayError};
 use crate::publisher::Publishers;
 
@@ -89,6 +90,8 @@ pub(crate) struct BrokerHandle {
     pub(crate) state: watch::Receiver<BrokerState>,
     /// Where to publish; `None` while disconnected.
     pub(crate) publisher: watch::Receiver<Option<Publishers>>,
+    /// Who answers how many jobs wait in a queue; `None` while disconnected.
+    pub(crate) prober: watch::Receiver<Option<Prober>>,
     /// Worker replies, unacknowledged: whoever takes one must ack or nack it, on its source.
     pub(crate) replies: mpsc::Receiver<ReplyDelivery>,
     pub(crate) queue_prefix: String,
@@ -118,10 +121,12 @@ pub(crate) fn spawn(
 ) -> (BrokerHandle, tokio::task::JoinHandle<()>) {
     let (state_tx, state) = watch::channel(BrokerState::Down);
     let (publisher_tx, publisher) = watch::channel(None);
+    let (prober_tx, prober) = watch::channel(None);
     let (replies_tx, replies) = mpsc::channel(REPLY_QUEUE_CAPACITY);
     let handle = BrokerHandle {
         state,
         publisher,
+        prober,
         replies,
         queue_prefix: settings.queue_prefix.clone(),
         reply_queue: settings.reply_queue.clone(),
@@ -131,6 +136,7 @@ pub(crate) fn spawn(
         settings,
         state_tx,
         publisher_tx,
+        prober_tx,
         replies_tx,
         shutdown,
     };
@@ -141,6 +147,7 @@ struct Supervisor {
     settings: BrokerSettings,
     state_tx: watch::Sender<BrokerState>,
     publisher_tx: watch::Sender<Option<Publishers>>,
+    prober_tx: watch::Sender<Option<Prober>>,
     replies_tx: mpsc::Sender<ReplyDelivery>,
     shutdown: CancellationToken,
 }
@@ -242,8 +249,10 @@ impl Supervisor {
         let relay_stop = self.shutdown.child_token();
         let mut relay = Some(tokio::spawn(relay.run(relay_stop.clone())));
 
+        let (prober, mut probe_channels) = Prober::spawn(s.queue_prefix.clone());
         reset_backoff();
         self.publisher_tx.send_replace(Some(publishers.clone()));
+        self.prober_tx.send_replace(Some(prober));
         self.set_state(BrokerState::Up);
         // Only now: whoever waits for this line (an operator, the tests) may rely on it.
         info!(reply_queue = %s.reply_queue, "broker connected");
@@ -278,6 +287,10 @@ impl Supervisor {
                     Ok(channel) => { let _ = lane.send(channel); }
                     Err(e) => break Err(BrokerError::Connection(e)),
                 },
+                Some(probe) = probe_channels.recv() => match connection.create_channel().await {
+                    Ok(channel) => { let _ = probe.send(channel); }
+                    Err(e) => break Err(BrokerError::Connection(e)),
+                },
                 delivery = consumer.next() => match delivery {
                     Some(Ok(delivery)) => {
                         // Hand it on; while the gateway is away this waits (bounded), and the
@@ -293,6 +306,7 @@ impl Supervisor {
             }
         };
         self.publisher_tx.send_replace(None);
+        self.prober_tx.send_replace(None);
         self.set_state(BrokerState::Down);
         relay_stop.cancel();
         if let Some(mut relay) = relay

@@ -24,11 +24,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use wsmq_ipc_proto::{
-    CancelReason, IpcCodec, Job, JobId, MAX_UNTAKEN_REPLIES, PROTOCOL_VERSION, Refusal, Rejection,
-    Reply, ReplySeq, ToBridge, ToGateway, Welcome,
+    Backlog, CancelReason, IpcCodec, Job, JobId, MAX_UNTAKEN_REPLIES, OLDEST_GATEWAY_VERSION,
+    PROTOCOL_VERSION, Refusal, Rejection, Reply, ReplySeq, ToBridge, ToGateway, Welcome,
 };
 
 use crate::acks::{AckOp, AckWindow};
+use crate::backlog::{Probe, Prober};
 use crate::broker::{BrokerHandle, ReplyDelivery, ReplySource};
 use crate::publisher::Publishers;
 use crate::reply;
@@ -44,7 +45,9 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) enum LinkError {
     #[error("gateway sent no hello within {0:?}")]
     HandshakeTimeout(Duration),
-    #[error("gateway speaks protocol version {0}; this bridge speaks {PROTOCOL_VERSION}")]
+    #[error(
+        "gateway speaks protocol version {0}; this bridge speaks {OLDEST_GATEWAY_VERSION} to {PROTOCOL_VERSION}"
+    )]
     VersionMismatch(u16),
     #[error("gateway's first frame was not a hello")]
     NoHello,
@@ -94,19 +97,20 @@ where
         Ok(Some(Ok(ToBridge::Hello(hello)))) => hello,
         Ok(Some(Ok(_))) => return Err(LinkError::NoHello),
     };
-    if hello.version != PROTOCOL_VERSION {
+    // An older gateway is served in its own version: it never sends what came after it.
+    if !(OLDEST_GATEWAY_VERSION..=PROTOCOL_VERSION).contains(&hello.version) {
         let err = LinkError::VersionMismatch(hello.version);
         drop(reader);
         refuse(write, err.to_string()).await;
         return Err(err);
     }
-    info!(peer = %hello.peer, "gateway connected");
+    info!(peer = %hello.peer, version = hello.version, "gateway connected");
     crate::metrics::gateway_connected(true);
 
     let (out_tx, out_rx) = mpsc::channel(OUTBOUND_CAPACITY);
     let writer = tokio::spawn(write_frames(write, out_rx));
     let welcome = ToGateway::Welcome(Welcome {
-        version: PROTOCOL_VERSION,
+        version: hello.version,
         instance: ctx.instance.to_owned(),
         broker: *ctx.broker.state.borrow_and_update(),
     });
@@ -137,6 +141,7 @@ where
 /// Where the link's jobs go.
 struct PublishTarget<'a> {
     publisher: &'a tokio::sync::watch::Receiver<Option<Publishers>>,
+    prober: &'a tokio::sync::watch::Receiver<Option<Prober>>,
     queue_prefix: &'a String,
     reply_queue: &'a String,
 }
@@ -166,6 +171,7 @@ impl GatewayLink {
         let mut state = ctx.broker.state.clone();
         let BrokerHandle {
             publisher,
+            prober,
             replies,
             queue_prefix,
             reply_queue,
@@ -173,6 +179,7 @@ impl GatewayLink {
         } = &mut *ctx.broker;
         let target = PublishTarget {
             publisher,
+            prober,
             queue_prefix,
             reply_queue,
         };
@@ -222,6 +229,30 @@ impl GatewayLink {
                     None => warn!(seq = reply.0, "gateway took a reply it was never sent"),
                 }
                 Ok(())
+            }
+            ToBridge::Backlog { method } => self.backlog(method, target).await,
+        }
+    }
+
+    /// Hands the question to the prober, which answers on its own; without one (no broker) or
+    /// with no room, answers at once that the depth is not known.
+    async fn backlog(&mut self, method: String, target: &PublishTarget<'_>) -> Result<(), LinkError> {
+        let probe = Probe {
+            method,
+            answer: self.out.clone(),
+        };
+        let refused = match target.prober.borrow().clone() {
+            Some(prober) => prober.ask(probe).err(),
+            None => Some(probe),
+        };
+        match refused {
+            None => Ok(()),
+            Some(Probe { method, .. }) => {
+                self.send(ToGateway::Backlog {
+                    method,
+                    backlog: Backlog::Unknown,
+                })
+                .await
             }
         }
     }

@@ -7,6 +7,7 @@
 //! single websocket client noticing more than a -32000 "broker unavailable".
 
 mod acks;
+mod backlog;
 mod broker;
 mod config;
 mod dead;

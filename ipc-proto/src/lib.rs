@@ -12,7 +12,9 @@
 //!    [`ToBridge::Taken`] per reply it has taken, and [`ToBridge::Cancel`] when a call it
 //!    submitted is cancelled or times out; the bridge sends [`ToGateway::Published`] or
 //!    [`ToGateway::Rejected`] per job, [`ToGateway::Reply`] per worker reply and
-//!    [`ToGateway::Broker`] whenever the broker connection goes down or comes back.
+//!    [`ToGateway::Broker`] whenever the broker connection goes down or comes back. While the
+//!    gateway holds calls of a method for fair share it sends [`ToBridge::Backlog`] now and
+//!    then, and the bridge answers each with [`ToGateway::Backlog`] (protocol 4).
 //!
 //! The first variant of each direction's enum (`Hello`, `Welcome`) and the leading `version`
 //! field of its payload must keep their encoding in every future version, so that a peer of
@@ -26,8 +28,19 @@ pub mod message;
 pub use codec::{FrameError, IpcCodec, MAX_FRAME_LEN};
 pub use message::*;
 
-/// Version of this protocol. A peer that speaks another one is refused during the handshake.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// Version of this protocol, the one a gateway says in its hello.
+///
+/// The gateway accepts only a bridge of its own version. The bridge also serves a gateway of any
+/// version from [`OLDEST_GATEWAY_VERSION`] on and welcomes it with the gateway's version, so
+/// that the upgrade runbook's order (the bridge first, then the gateway) never leaves a gateway
+/// refused: each version only adds messages, which an older gateway never sends.
+///
+/// - 3: jobs carry the caller's identity.
+/// - 4: [`ToBridge::Backlog`] and [`ToGateway::Backlog`] (fair share).
+pub const PROTOCOL_VERSION: u16 = 4;
+
+/// The oldest gateway protocol version a bridge of this version serves.
+pub const OLDEST_GATEWAY_VERSION: u16 = 3;
 
 /// The most worker replies the bridge sends before the gateway has confirmed it took them.
 ///

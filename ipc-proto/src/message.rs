@@ -180,6 +180,10 @@ pub enum ToBridge {
     /// Nobody waits for this job any more: tell the workers, so a running one can stop and a
     /// queued one is skipped.
     Cancel { job: JobId, reason: CancelReason },
+    /// How many jobs wait in the queue of `method`, and how many consumers it has: RabbitMQ's
+    /// answer to a passive `queue.declare`. The gateway asks only while it holds calls of that
+    /// method for fair share (protocol 4); the bridge answers [`ToGateway::Backlog`].
+    Backlog { method: String },
 }
 
 /// Why a job was called off.
@@ -264,6 +268,20 @@ pub enum ToGateway {
     Rejected { job: JobId, reason: Rejection },
     /// A worker replied.
     Reply(Reply),
+    /// The answer to [`ToBridge::Backlog`] for `method` (protocol 4).
+    Backlog { method: String, backlog: Backlog },
+}
+
+/// What RabbitMQ says about a method's queue.
+#[derive(Serialize, Deserialize, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Backlog {
+    /// The queue exists: `ready` jobs wait in it (not yet delivered to a worker) and `consumers`
+    /// workers consume from it.
+    Depth { ready: u32, consumers: u32 },
+    /// No such queue: no worker has declared it, so a job for it would be unroutable.
+    NoQueue,
+    /// The bridge could not ask (RabbitMQ is away, or the method cannot name a queue).
+    Unknown,
 }
 
 /// The bridge's half of the handshake.
@@ -366,6 +384,37 @@ mod tests {
         assert_eq!(before, after);
         let back: After = postcard::from_bytes(&before).expect("decodes");
         assert_eq!(back, After(text.into(), Some("null".into())));
+    }
+
+    #[test]
+    fn protocol_4_appends_the_backlog_messages_after_protocol_3s() {
+        // A gateway of protocol 3 reads and writes every other frame exactly as before: the new
+        // messages take the next variant numbers and nothing else moves.
+        let taken = postcard::to_allocvec(&ToBridge::Taken { reply: ReplySeq(1) }).expect("enc");
+        assert_eq!(taken, [2, 1]);
+        let ask = postcard::to_allocvec(&ToBridge::Backlog {
+            method: "sleep".into(),
+        })
+        .expect("encodes");
+        assert_eq!(ask, [4, 5, b's', b'l', b'e', b'e', b'p']);
+        let answer = ToGateway::Backlog {
+            method: "e".into(),
+            backlog: Backlog::Depth {
+                ready: 300,
+                consumers: 2,
+            },
+        };
+        let bytes = postcard::to_allocvec(&answer).expect("encodes");
+        assert_eq!(bytes, [6, 1, b'e', 0, 0xac, 0x02, 2]);
+        assert_eq!(postcard::from_bytes::<ToGateway>(&bytes), Ok(answer));
+        for (backlog, tag) in [(Backlog::NoQueue, 1), (Backlog::Unknown, 2)] {
+            let bytes = postcard::to_allocvec(&ToGateway::Backlog {
+                method: String::new(),
+                backlog,
+            })
+            .expect("encodes");
+            assert_eq!(bytes, [6, 0, tag]);
+        }
     }
 
     #[test]

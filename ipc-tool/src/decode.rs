@@ -321,7 +321,7 @@ mod tests {
         let last = &lines[1];
         assert_eq!(last["offset"], 8);
         assert_eq!(last["len"], 4);
-        assert_eq!(last["hex"], "000000040003");
+        assert_eq!(last["hex"], format!("00000004000{PROTOCOL_VERSION}"));
         let error = last["error"].as_str().expect("error");
         assert!(
             error.contains("ends inside the frame at offset 8"),

@@ -14,7 +14,7 @@
 use serde_json::{Value, json};
 use wsmq_ipc_proto::codec::decode_body;
 use wsmq_ipc_proto::{
-    BrokerState, CancelReason, FrameError, Hello, Job, JobId, Json, Refusal, Rejection, Reply,
+    Backlog, BrokerState, CancelReason, FrameError, Hello, Job, JobId, Json, Refusal, Rejection, Reply,
     ReplyBody, ToBridge, ToGateway, Welcome, WorkerError,
 };
 
@@ -84,6 +84,7 @@ pub(crate) fn to_bridge(msg: &ToBridge) -> Value {
         ToBridge::Cancel { job, reason } => {
             json!({"Cancel": {"job": job_id(*job), "reason": cancel_reason(*reason)}})
         }
+        ToBridge::Backlog { method } => json!({"Backlog": {"method": method}}),
     }
 }
 
@@ -111,6 +112,14 @@ pub(crate) fn to_gateway(msg: &ToGateway) -> Value {
             "seq": seq.0,
             "job": job_id(*job),
             "body": reply_body(body),
+        }}),
+        ToGateway::Backlog { method, backlog } => json!({"Backlog": {
+            "method": method,
+            "backlog": match backlog {
+                Backlog::Depth { ready, consumers } => json!({"ready": ready, "consumers": consumers}),
+                Backlog::NoQueue => json!("NoQueue"),
+                Backlog::Unknown => json!("Unknown"),
+            },
         }}),
     }
 }
