@@ -56,6 +56,9 @@ pub(crate) enum CallError {
         outage: &'static str,
         waiting: usize,
     },
+    /// The caller (identity, or address without authentication) has `max` calls held for fair
+    /// share already (`--max-held-per-caller`).
+    TooManyHeldForCaller { max: usize },
     /// The bridge has no room for the job right now.
     BridgeBackedUp,
     /// The call was held through an outage (`outage` says which) until its deadline.
@@ -93,9 +96,9 @@ impl CallError {
             | CallError::TooManyHeld { .. }
             | CallError::BridgeBackedUp
             | CallError::HeldPastDeadline { .. } => codes::BROKER_UNAVAILABLE,
-            CallError::TooManyOnConnection { .. } | CallError::GatewayAtCapacity => {
-                codes::TOO_MANY_IN_FLIGHT
-            }
+            CallError::TooManyOnConnection { .. }
+            | CallError::GatewayAtCapacity
+            | CallError::TooManyHeldForCaller { .. } => codes::TOO_MANY_IN_FLIGHT,
             CallError::Cancelled => codes::CANCELLED,
             CallError::Timeout { .. } | CallError::ExpiredBeforePublish => codes::TIMEOUT,
             CallError::InvalidReply { .. } => codes::INTERNAL_ERROR,
@@ -121,9 +124,9 @@ impl CallError {
             | CallError::TooManyHeld { .. }
             | CallError::BridgeBackedUp
             | CallError::HeldPastDeadline { .. } => "broker unavailable",
-            CallError::TooManyOnConnection { .. } | CallError::GatewayAtCapacity => {
-                "too many calls in flight"
-            }
+            CallError::TooManyOnConnection { .. }
+            | CallError::GatewayAtCapacity
+            | CallError::TooManyHeldForCaller { .. } => "too many calls in flight",
             CallError::Cancelled => "cancelled",
             CallError::Timeout { .. } | CallError::ExpiredBeforePublish => "timeout",
             CallError::InvalidReply { method, .. } => {
@@ -169,6 +172,9 @@ impl CallError {
                 return format!("at most {max} calls in flight per connection").into();
             }
             CallError::GatewayAtCapacity => "the gateway is at capacity",
+            CallError::TooManyHeldForCaller { max } => {
+                return format!("at most {max} calls per caller wait for their fair share").into();
+            }
             CallError::TooManyHeld { outage, waiting } => {
                 return format!("{outage}; {waiting} calls are already waiting for it").into();
             }
@@ -207,9 +213,9 @@ impl CallError {
             | CallError::TooManyHeld { .. }
             | CallError::BridgeBackedUp
             | CallError::HeldPastDeadline { .. } => Some(Outcome::BrokerUnavailable),
-            CallError::TooManyOnConnection { .. } | CallError::GatewayAtCapacity => {
-                Some(Outcome::TooManyInFlight)
-            }
+            CallError::TooManyOnConnection { .. }
+            | CallError::GatewayAtCapacity
+            | CallError::TooManyHeldForCaller { .. } => Some(Outcome::TooManyInFlight),
             CallError::Cancelled => Some(Outcome::Cancelled),
             CallError::Timeout { .. } | CallError::ExpiredBeforePublish => Some(Outcome::Timeout),
             CallError::NoWorker { .. } | CallError::MethodNameTooLong => {
@@ -334,6 +340,13 @@ mod tests {
                 -32003,
                 "too many calls in flight",
                 "the gateway is at capacity",
+                Some(Outcome::TooManyInFlight),
+            ),
+            (
+                E::TooManyHeldForCaller { max: 1024 },
+                -32003,
+                "too many calls in flight",
+                "at most 1024 calls per caller wait for their fair share",
                 Some(Outcome::TooManyInFlight),
             ),
             (

@@ -100,6 +100,20 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_held_calls: Option<usize>,
 
+    /// Fair share: a caller's (its identity, or its address without authentication) calls of
+    /// one method that may be published and unanswered at once; more are held in the gateway
+    /// and released round-robin across callers as the method's queue drains. 0 turns fair share
+    /// off. [default: 16]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_queued_per_caller: Option<usize>,
+
+    /// Fair share: calls one caller may have held in the gateway; past it, its new calls get
+    /// -32003 while others are unaffected. [default: 1024]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_held_per_caller: Option<usize>,
+
     /// Seconds a client may take to reconnect to `/ws?session=<token>` and get the results of
     /// its calls; 0 turns sessions off (a call's result is lost with its connection).
     /// [default: 30]
@@ -268,6 +282,9 @@ pub struct Config {
     #[serde(with = "humantime_serde")]
     pub max_call_timeout: Duration,
     pub max_held_calls: usize,
+    /// 0: fair share off.
+    pub max_queued_per_caller: usize,
+    pub max_held_per_caller: usize,
     /// Seconds; 0: off.
     pub session_resume_secs: u64,
     pub max_session_bytes: usize,
@@ -318,6 +335,8 @@ impl Default for Config {
             call_timeout: Duration::from_secs(30),
             max_call_timeout: Duration::from_secs(600),
             max_held_calls: 1024,
+            max_queued_per_caller: 16,
+            max_held_per_caller: 1024,
             session_resume_secs: 30,
             max_session_bytes: 8 * 1024 * 1024,
             max_kept_bytes: 256 * 1024 * 1024,
@@ -410,6 +429,7 @@ impl Config {
             ("max_connections", self.max_connections),
             ("max_session_bytes", self.max_session_bytes),
             ("max_kept_bytes", self.max_kept_bytes),
+            ("max_held_per_caller", self.max_held_per_caller),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));

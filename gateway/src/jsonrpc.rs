@@ -21,6 +21,19 @@ pub(crate) const SESSION_METHOD: &str = "$/session";
 /// The notification the gateway sends for each progress report.
 pub(crate) const PROGRESS_METHOD: &str = "$/progress";
 
+/// The notification the gateway sends when it holds a call for fair share, and again when it
+/// lets the call go to the workers.
+pub(crate) const QUEUED_METHOD: &str = "$/queued";
+
+/// The `$/queued` notification for call `id`: `queued` true while the call is held for fair
+/// share, false once it has gone to the workers.
+pub(crate) fn queued_notification(id: &RawValue, queued: bool) -> String {
+    format!(
+        r#"{{"jsonrpc":"2.0","method":"{QUEUED_METHOD}","params":{{"id":{},"queued":{queued}}}}}"#,
+        id.get()
+    )
+}
+
 /// The `$/progress` notification for one progress report of call `id`; `value` is a worker's
 /// JSON text, spliced in verbatim (see [`result_response`]).
 pub(crate) fn progress_notification(id: &RawValue, value: &str) -> String {

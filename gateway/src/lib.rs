@@ -227,6 +227,10 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
             session_bytes: config.max_session_bytes,
             total_bytes: config.max_kept_bytes,
         },
+        fair: router::FairLimits {
+            max_queued_per_caller: config.max_queued_per_caller,
+            max_held_per_caller: config.max_held_per_caller,
+        },
     };
     let to_link = router::ToLink {
         jobs: jobs_tx,

@@ -103,6 +103,19 @@ pub(crate) fn call_ended(method: String, outcome: Outcome, took: Duration) {
     histogram!("wsmq_call_duration_seconds", &labels).record(took.as_secs_f64());
 }
 
+/// A call was held for fair share; `held` calls of its method are held now.
+pub(crate) fn call_held(method: String, held: usize) {
+    counter!("wsmq_calls_held_total", "method" => method.clone()).increment(1);
+    gauge!("wsmq_calls_held", "method" => method).set(held as f64);
+}
+
+/// A call held for fair share went to the workers, or ended while held, after `took`; `held`
+/// calls of its method are still held.
+pub(crate) fn call_unheld(method: String, took: Duration, held: usize) {
+    histogram!("wsmq_call_held_seconds", "method" => method.clone()).record(took.as_secs_f64());
+    gauge!("wsmq_calls_held", "method" => method).set(held as f64);
+}
+
 pub(crate) fn calls_in_flight(n: usize) {
     gauge!("wsmq_calls_in_flight").set(n as f64);
 }

@@ -6,6 +6,7 @@ use bytes::Bytes;
 use tracing::debug;
 use wsmq_ipc_proto::{BrokerState, Job, JobId, Json, ToBridge};
 
+use super::fair::Caller;
 use super::{CallState, Pending, Router, unix_ms};
 use crate::call_error::CallError;
 use crate::jsonrpc::Call;
@@ -36,7 +37,17 @@ impl Router {
         if self.pending.len() >= self.limits.global {
             return self.refuse(session, &call, batch, CallError::GatewayAtCapacity);
         }
+        let Some(caller) = self.callers.get(&client).cloned() else {
+            debug!(client, "call from a connection that has gone; dropped");
+            return;
+        };
         let available = self.available();
+        // Fair share: one map lookup while the method has nothing held (the fast path).
+        let queued = available && self.fair.must_hold(&call.method, &caller, Instant::now());
+        if queued && self.fair.held_full(&caller) {
+            let max = self.limits.fair.max_held_per_caller;
+            return self.refuse(session, &call, batch, CallError::TooManyHeldForCaller { max });
+        }
         if !available && self.held.len() >= self.limits.max_held {
             let error = CallError::TooManyHeld {
                 outage: self.outage(),
@@ -64,10 +75,13 @@ impl Router {
             priority: call.options.priority,
             caller: self.sessions.identity(session).map(|id| id.to_string()),
         };
-        if available && !self.submit(&job) {
+        if available && !queued && !self.submit(&job) {
             return self.refuse(session, &call, batch, CallError::BridgeBackedUp);
         }
-        let state = if available {
+        let state = if queued {
+            debug!(client, job = %job_id, method = %call.method, ?timeout, "call held for fair share");
+            CallState::Queued
+        } else if available {
             debug!(client, job = %job_id, method = %call.method, ?timeout, "call submitted");
             CallState::Submitted
         } else {
@@ -78,20 +92,45 @@ impl Router {
         self.sessions
             .call_started(session, call.id.as_deref(), job_id);
         let deadline = self.deadlines.insert(job_id, timeout);
+        let priority = job.priority;
+        if !queued {
+            self.fair.sent(&call.method, &caller);
+        }
+        let now = Instant::now();
         self.pending.insert(
             job_id,
             Pending {
                 session,
+                caller: caller.clone(),
                 id: call.id,
                 method: call.method,
                 batch,
                 state,
                 job: Some(job),
                 deadline,
-                started: Instant::now(),
+                started: now,
+                told_queued: false,
             },
         );
         metrics::calls_in_flight(self.pending.len());
+        if queued {
+            self.queue(job_id, caller, priority, now);
+        }
+    }
+
+    /// Holds a new call for fair share, and lets go what may go (its client hears `$/queued`
+    /// if it still waits after the next answer about its method's queue).
+    fn queue(&mut self, job: JobId, caller: Caller, priority: Option<u8>, now: Instant) {
+        let Some(method) = self.pending.get(&job).map(|p| p.method.clone()) else {
+            return;
+        };
+        let held = self.fair.hold(&method, caller, job, priority, now);
+        metrics::call_held(self.methods.label(&method), held);
+        if held == 1 {
+            // The method starts sharing: what RabbitMQ says decides what goes next.
+            self.poll_backlog();
+        }
+        self.release(&method);
     }
 
     /// Answers a call that was not taken (a notification: drops it) and counts it.

@@ -61,8 +61,11 @@ impl Router {
             return;
         };
         debug!(client, %job, "call cancelled");
+        let published = self.was_sent(job);
         self.finish_with_error(job, Ending::Cancelled, CallError::Cancelled);
-        self.tell_workers(job, CancelReason::Cancelled);
+        if published {
+            self.tell_workers(job, CancelReason::Cancelled);
+        }
     }
 
     pub(super) fn on_deadline(&mut self, job: JobId) {
@@ -81,8 +84,19 @@ impl Router {
         }
         debug!(%job, session = pending.session, method = %pending.method, "call timed out");
         let method = pending.method.clone();
+        let published = self.was_sent(job);
         self.finish_with_error(job, Ending::TimedOut, CallError::Timeout { method });
-        self.tell_workers(job, CancelReason::Timeout);
+        if published {
+            self.tell_workers(job, CancelReason::Timeout);
+        }
+    }
+
+    /// Whether the call may have reached the workers: a call held for fair share never did,
+    /// so nobody needs to hear that it ended.
+    fn was_sent(&self, job: JobId) -> bool {
+        self.pending
+            .get(&job)
+            .is_some_and(|p| p.state != CallState::Queued)
     }
 
     /// Broadcasts that nobody waits for `job` any more. Best effort: if the bridge is away or
@@ -101,6 +115,15 @@ impl Router {
     pub(super) fn end(&mut self, job: JobId, ending: Ending) -> Option<Pending> {
         let pending = self.pending.remove(&job)?;
         self.held.forget(job);
+        if pending.state == CallState::Queued {
+            if let Some((since, held)) = self.fair.forget_held(&pending.method, job) {
+                metrics::call_unheld(self.methods.label(&pending.method), since.elapsed(), held);
+            }
+        } else {
+            self.fair.ended(&pending.method, &pending.caller);
+            // A worker (or a deadline) freed a place: the next held call may take it.
+            self.release(&pending.method);
+        }
         self.deadlines.try_remove(&pending.deadline);
         self.endings.remember(job, ending);
         metrics::calls_in_flight(self.pending.len());

@@ -14,6 +14,9 @@ use crate::jsonrpc::Call;
 use crate::link::{LinkEvent, Outgoing};
 use crate::outbound::{ClientId, Outbound};
 
+/// The address every harness client connects from.
+pub(super) const LOCALHOST: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
 pub(super) struct Harness {
     pub(super) handle: RouterHandle,
     pub(super) events: mpsc::Sender<LinkEvent>,
@@ -21,6 +24,7 @@ pub(super) struct Harness {
     pub(super) taken: mpsc::Receiver<Outgoing>,
     pub(super) health: watch::Receiver<Health>,
     next_seq: u64,
+    barriers: u64,
 }
 
 pub(super) fn harness(per_client: usize) -> Harness {
@@ -31,7 +35,20 @@ pub(super) fn harness_with(per_client: usize, max_held: usize) -> Harness {
     harness_full(per_client, max_held, Duration::ZERO)
 }
 
+pub(super) fn harness_fair(fair: super::FairLimits) -> Harness {
+    harness_limits(100, 100, Duration::ZERO, fair)
+}
+
 pub(super) fn harness_full(per_client: usize, max_held: usize, resume_within: Duration) -> Harness {
+    harness_limits(per_client, max_held, resume_within, super::FairLimits::default())
+}
+
+fn harness_limits(
+    per_client: usize,
+    max_held: usize,
+    resume_within: Duration,
+    fair: super::FairLimits,
+) -> Harness {
     let (events, events_rx) = mpsc::channel(64);
     let (jobs_tx, jobs) = mpsc::channel(64);
     let (taken_tx, taken) = mpsc::channel(64);
@@ -44,6 +61,7 @@ pub(super) fn harness_full(per_client: usize, max_held: usize, resume_within: Du
         max_held,
         resume_within,
         keep: crate::sessions::KeepLimits::default(),
+        fair,
     };
     let to_link = ToLink {
         jobs: jobs_tx,
@@ -57,6 +75,7 @@ pub(super) fn harness_full(per_client: usize, max_held: usize, resume_within: Du
         taken,
         health,
         next_seq: 0,
+        barriers: 0,
     }
 }
 
@@ -87,11 +106,55 @@ impl Harness {
     pub(super) async fn client(&self, id: ClientId) -> mpsc::Receiver<Outbound> {
         let (tx, rx) = mpsc::channel(4);
         self.handle
-            .connect(id, tx, None, None)
+            .connect(id, tx, None, None, LOCALHOST)
             .await
             .expect("router alive")
             .expect("attached");
         rx
+    }
+
+    /// A client authenticated as `identity` (a caller of its own), with room for 64 messages.
+    pub(super) async fn client_as(&self, id: ClientId, identity: &str) -> mpsc::Receiver<Outbound> {
+        let (tx, rx) = mpsc::channel(64);
+        self.handle
+            .connect(id, tx, None, Some(identity.into()), LOCALHOST)
+            .await
+            .expect("router alive")
+            .expect("attached");
+        rx
+    }
+
+    /// Waits until the router has handled every command sent before (the command queue is
+    /// first in, first out; the router answers a connect). Link events, which the router
+    /// takes first, can then not overtake them.
+    pub(super) async fn barrier(&mut self) {
+        self.barriers += 1;
+        let (tx, _rx) = mpsc::channel(1);
+        self.handle
+            .connect(u64::MAX - self.barriers, tx, None, None, LOCALHOST)
+            .await
+            .expect("router alive")
+            .expect("attached");
+    }
+
+    /// The next message to the bridge, which must be a job (questions about queue depths are
+    /// skipped).
+    pub(super) async fn next_job(&mut self) -> Job {
+        loop {
+            match self.jobs.recv().await.expect("a job").msg {
+                ToBridge::Submit(job) => return job,
+                ToBridge::Backlog { .. } => {}
+                other => panic!("expected a job, got {other:?}"),
+            }
+        }
+    }
+
+    /// What was sent to the bridge and not read yet, questions about depths left out.
+    pub(super) fn sent_to_bridge(&mut self) -> Vec<ToBridge> {
+        std::iter::from_fn(|| self.jobs.try_recv().ok())
+            .map(|out| out.msg)
+            .filter(|msg| !matches!(msg, ToBridge::Backlog { .. }))
+            .collect()
     }
 
     /// Sends a call and returns the job the bridge would receive.

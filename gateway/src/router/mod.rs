@@ -17,12 +17,14 @@
 //!
 //! The one task's work, by file: this file holds the table, the run loop and the link's
 //! events; [`handle`] is how connections reach the task; [`admission`] decides whether a new
-//! call is taken; [`held`] keeps calls that wait out an outage; [`replies`] carries what the
+//! call is taken; [`held`] keeps calls that wait out an outage; [`fair`] holds a flooding
+//! caller's calls so that others get their share of the workers; [`replies`] carries what the
 //! bridge sends back to the client that asked; [`endings`] ends a call (result, error,
 //! deadline or cancel) and remembers how.
 
 mod admission;
 mod endings;
+mod fair;
 mod handle;
 mod held;
 mod replies;
@@ -43,12 +45,14 @@ use wsmq_ipc_proto::{BrokerState, Job, JobId, ToGateway};
 use crate::jsonrpc;
 use crate::link::{LinkEvent, Outgoing};
 use crate::metrics::{self, Dropped, MethodLabels};
-use crate::outbound::{Outbound, OutboundKind};
+use crate::outbound::{ClientId, Outbound, OutboundKind};
 use crate::sessions::{SessionId, Sessions};
 
+pub(crate) use fair::FairLimits;
 pub(crate) use handle::RouterHandle;
 
 use endings::{Ending, Endings};
+use fair::{Caller, FairShare};
 use handle::{COMMAND_CAPACITY, Command};
 use held::{HELD_RETRY, HeldCalls};
 
@@ -76,6 +80,8 @@ pub(crate) struct Limits {
     pub(crate) resume_within: Duration,
     /// What detached sessions may keep.
     pub(crate) keep: crate::sessions::KeepLimits,
+    /// Fair share's bounds.
+    pub(crate) fair: FairLimits,
 }
 
 /// Where the router sends what the bridge must hear.
@@ -110,6 +116,8 @@ struct Counters {
 /// One call in the table.
 struct Pending {
     session: SessionId,
+    /// Who asked, for fair share.
+    caller: Caller,
     id: Option<Box<RawValue>>,
     method: String,
     batch: Option<u64>,
@@ -118,6 +126,8 @@ struct Pending {
     job: Option<Job>,
     deadline: delay_queue::Key,
     started: Instant,
+    /// The client was told the call is held for fair share (`$/queued`).
+    told_queued: bool,
 }
 
 /// Where a call is on its way to a worker.
@@ -125,6 +135,9 @@ struct Pending {
 enum CallState {
     /// Waiting for the bridge and RabbitMQ to be back (it is in [`HeldCalls`]).
     Held,
+    /// Held for fair share: its caller has enough of its calls out, or its method's queue has
+    /// a backlog (it is in [`FairShare`]).
+    Queued,
     /// Sent to the bridge, not yet confirmed by RabbitMQ.
     Submitted,
     /// RabbitMQ confirmed it; its reply will come even across a bridge restart.
@@ -149,6 +162,8 @@ pub(crate) fn spawn(
         endings: Endings::default(),
         methods: MethodLabels::default(),
         held: HeldCalls::default(),
+        fair: FairShare::new(limits.fair),
+        callers: HashMap::new(),
         epoch: None,
         broker: BrokerState::Down,
         counters: Counters::default(),
@@ -172,6 +187,10 @@ struct Router {
     methods: MethodLabels,
     /// Calls waiting for the bridge and RabbitMQ, oldest first.
     held: HeldCalls,
+    /// Calls held for fair share, per method and caller.
+    fair: FairShare,
+    /// Each connected client's caller.
+    callers: HashMap<ClientId, Caller>,
     /// The link's current epoch (one per IPC connection), if the bridge is connected.
     epoch: Option<u64>,
     broker: BrokerState,
@@ -192,6 +211,8 @@ impl Router {
         let mut link_open = true;
         let mut retry = tokio::time::interval(HELD_RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut poll = tokio::time::interval(fair::PROBE_INTERVAL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 // Replies first: they free capacity that new calls want.
@@ -208,6 +229,7 @@ impl Router {
                     None => break,
                 },
                 _ = retry.tick(), if !self.held.is_empty() => self.flush_held(),
+                _ = poll.tick(), if self.fair.sharing() => self.poll_backlog(),
                 dropped = self.sessions.next_expired(), if self.sessions.expiring() => {
                     debug!(dropped, "session expired");
                     for _ in 0..dropped {
@@ -237,8 +259,10 @@ impl Router {
                 tx,
                 resume,
                 identity,
+                address,
                 reply,
             } => {
+                let caller = Caller::new(identity.as_ref(), address);
                 let attached =
                     self.sessions
                         .attach(client, tx.clone(), resume.as_deref(), identity);
@@ -268,6 +292,7 @@ impl Router {
                         for out in kept {
                             let _ = tx.try_send(out);
                         }
+                        self.callers.insert(client, caller);
                         Ok(grant)
                     }
                     Err(refused) => Err(refused),
@@ -275,6 +300,7 @@ impl Router {
                 let _ = reply.send(answer);
             }
             Command::Disconnect { client, unsent } => {
+                self.callers.remove(&client);
                 // The session's calls go on; their results wait for a resume (or are dropped
                 // when it expires).
                 let dropped = self.sessions.detach(client, unsent);
@@ -326,6 +352,7 @@ impl Router {
                 self.broker = broker;
                 info!(broker = ?broker, held = self.held.len(), "bridge connected");
                 self.flush_held();
+                self.release_all();
             }
             LinkEvent::Down => {
                 self.epoch = None;
@@ -369,6 +396,7 @@ impl Router {
                     info!(broker = ?state, held = self.held.len(), "broker state changed");
                     self.broker = state;
                     self.flush_held();
+                    self.release_all();
                 }
             }
             ToGateway::Published { job } => {
@@ -380,6 +408,11 @@ impl Router {
             }
             ToGateway::Rejected { job, reason } => self.on_rejected(job, reason),
             ToGateway::Reply(reply) => self.on_reply(epoch, reply),
+            ToGateway::Backlog { method, backlog } => {
+                if self.epoch == Some(epoch) {
+                    self.on_backlog(&method, backlog);
+                }
+            }
             ToGateway::Welcome(_) | ToGateway::Refused(_) => {
                 warn!("unexpected handshake message after the handshake; ignored");
             }
@@ -406,7 +439,7 @@ mod tests {
         let (tx, mut first) = mpsc::channel(8);
         let grant = h
             .handle
-            .connect(1, tx, None, None)
+            .connect(1, tx, None, None, super::harness::LOCALHOST)
             .await
             .expect("router alive")
             .expect("attached");
@@ -435,7 +468,7 @@ mod tests {
         let (tx2, mut second) = mpsc::channel(8);
         let again = h
             .handle
-            .connect(2, tx2, Some(grant.token.clone()), None)
+            .connect(2, tx2, Some(grant.token.clone()), None, super::harness::LOCALHOST)
             .await
             .expect("router alive")
             .expect("resumed");
@@ -456,13 +489,13 @@ mod tests {
         let (tx, _rx) = mpsc::channel(8);
         let grant = h
             .handle
-            .connect(1, tx.clone(), None, None)
+            .connect(1, tx.clone(), None, None, super::harness::LOCALHOST)
             .await
             .expect("router alive")
             .expect("attached");
         let second = h
             .handle
-            .connect(2, tx, Some(grant.token), None)
+            .connect(2, tx, Some(grant.token), None, super::harness::LOCALHOST)
             .await
             .expect("router alive");
         assert_eq!(second.err(), Some(ResumeRefused::InUse));
