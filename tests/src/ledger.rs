@@ -16,6 +16,9 @@ use anyhow::{Result, bail};
 use serde_json::{Value, json};
 
 use crate::client::{Incoming, SESSION_METHOD};
+
+/// The notification fair share sends about a call it holds, then lets go.
+pub const QUEUED_METHOD: &str = "$/queued";
 use crate::rpc::{self, BROKER_UNAVAILABLE};
 
 /// Numbers the ledgers of a process, so their ids never collide.
@@ -151,6 +154,13 @@ impl Ledger {
             // is no answer and no stray; anything else is unexpected.
             if frame.get("method") == Some(&json!(SESSION_METHOD)) {
                 self.tally.session_notices += 1;
+            } else if frame.get("method") == Some(&json!(QUEUED_METHOD))
+                && frame["params"]["id"]
+                    .as_str()
+                    .is_some_and(|id| self.calls.contains_key(id))
+            {
+                // Fair share held (or let go) one of this connection's calls.
+                self.tally.queued_notices += 1;
             } else {
                 self.stray(format!("unexpected notification {frame}"));
             }
@@ -266,6 +276,8 @@ pub struct Tally {
     pub closes: u64,
     /// `$/session` announcements (not counted as anything else).
     pub session_notices: u64,
+    /// `$/queued` notifications about this connection's own calls (fair share).
+    pub queued_notices: u64,
     /// What went wrong, in words (capped), for the failure message.
     pub notes: Vec<String>,
 }
@@ -284,6 +296,7 @@ impl Tally {
         self.misrouted += other.misrouted;
         self.closes += other.closes;
         self.session_notices += other.session_notices;
+        self.queued_notices += other.queued_notices;
         let room = (KEPT_STRAYS * 4).saturating_sub(self.notes.len());
         self.notes.extend(other.notes.into_iter().take(room));
     }

@@ -6,6 +6,7 @@
 mod bench;
 mod clients;
 mod command_line;
+mod fairness;
 mod faults;
 mod hostile;
 mod hostile_clients;
