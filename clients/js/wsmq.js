@@ -196,6 +196,8 @@ class Client {
    * @param {number} [options.timeoutMs] the call's deadline, from now
    * @param {number} [options.priority] 0-9; higher runs first when jobs queue
    * @param {(value: any) => void} [options.onProgress] each `$/progress` value, in order
+   * @param {(queued: boolean) => void} [options.onQueued] `true` when the gateway holds the
+   *   call for fair share (`$/queued`), `false` when it sends it on to the workers
    * @param {AbortSignal} [options.signal] aborting it cancels the call (`$/cancel`) and
    *   rejects it with CancelledError at once
    */
@@ -224,6 +226,7 @@ class Client {
         resolve,
         reject,
         onProgress: options.onProgress,
+        onQueued: options.onQueued,
         signal: options.signal,
         onAbort: null,
         timer: null,
@@ -383,6 +386,17 @@ class Client {
       if (call?.onProgress) {
         try {
           call.onProgress(message.params.value);
+        } catch (_) {
+          // The caller's callback failing does not fail the call.
+        }
+      }
+      return;
+    }
+    if (message.method === '$/queued' && message.params) {
+      const call = this._pending.get(message.params.id);
+      if (call?.onQueued) {
+        try {
+          call.onQueued(message.params.queued === true);
         } catch (_) {
           // The caller's callback failing does not fail the call.
         }

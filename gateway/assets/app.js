@@ -150,7 +150,12 @@ function send(method, params, options) {
   live.set(n, { el: item, abort, started });
   updateStats();
 
-  client.call(method, params, { ...options, signal: abort.signal, onProgress: (v) => progress(item, v) })
+  // Held by the gateway for fair share (another caller's calls go first): "queued".
+  const queued = (q) => {
+    if (live.has(n)) item.querySelector('.status').textContent = q ? 'queued' : 'running';
+  };
+  client.call(method, params,
+    { ...options, signal: abort.signal, onProgress: (v) => progress(item, v), onQueued: queued })
     .then((result) => finish(n, 'ok', 'ok', show(result)))
     .catch((e) => {
       const state = e.code === codes.CANCELLED ? 'cancelled' : 'error';
