@@ -1,5 +1,5 @@
 // The demo methods (echo, sleep, progress, fail: as the Rust demo worker serves them) and the
-// conformance methods (conf.*: docs/conformance.md), served by the Node SDK.
+// conformance methods (conf.*, exactly as docs/conformance.md defines them), served by the Node SDK.
 //
 //   node bin/wsmq-worker.js examples/demo.js --queue-prefix P
 //
@@ -13,6 +13,7 @@ const MAX_SLEEP_MS = 600_000;
 const MAX_PROGRESS_STEPS = 1000;
 const MAX_PROGRESS_STEP_MS = 60_000;
 const MAX_CONF_PROGRESS_STEPS = 100;
+const MAX_CONF_SLEEP_MS = 60_000;
 const FAIL_CODE = 4000;
 
 function invalid(reason) {
@@ -65,10 +66,12 @@ worker
     return { steps };
   })
   .method('conf.sleep', async (params, job) => {
-    const ms = count(params, 'ms', MAX_SLEEP_MS);
+    const ms = count(params, 'ms', MAX_CONF_SLEEP_MS);
     const tag = params.tag;
     if (tag !== undefined && typeof tag !== 'string') throw invalid('tag must be a string');
     if (tag !== undefined) runs.set(tag, (runs.get(tag) ?? 0) + 1);
+    // How the kit knows the job runs (to cancel it, or kill this worker, at the right moment).
+    await job.progress({ started: true });
     await pause(ms, job);
     return { slept: ms };
   })
