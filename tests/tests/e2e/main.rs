@@ -14,6 +14,7 @@ mod jsonrpc;
 mod lifecycle;
 mod limits;
 mod poison;
+mod python_sdk;
 mod resilience;
 mod routing;
 mod security;
