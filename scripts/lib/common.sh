@@ -52,6 +52,16 @@ ensure_pika() {
     || { [ "$(id -u)" -eq 0 ] && apt-get install -y -qq python3-pika; }
 }
 
+# The Python worker SDK (clients/python), installed as a user installs it (with pika). The e2e
+# tests run this tree's copy (PYTHONPATH), so a copy installed from another checkout does no harm.
+ensure_wsmq_worker() {
+  if python3 -c 'import wsmq_worker, pika' 2>/dev/null; then
+    return 0
+  fi
+  log "installing the Python worker SDK (pip install -e clients/python)"
+  python3 -m pip install --quiet --disable-pip-version-check -e clients/python
+}
+
 ensure_nextest() {
   if cargo nextest --version >/dev/null 2>&1; then
     return 0

@@ -15,6 +15,7 @@ mod lifecycle;
 mod limits;
 mod node_worker;
 mod poison;
+mod python_sdk;
 mod resilience;
 mod routing;
 mod security;
