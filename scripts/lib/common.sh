@@ -85,11 +85,16 @@ ensure_node() {
 }
 
 # The browser test drives Debian's chromium with playwright-core (clients/js/package-lock.json);
-# it never downloads a browser of its own.
+# it never downloads a browser of its own. The Node worker SDK (clients/js/worker) runs on
+# amqplib (clients/js/worker/package-lock.json).
 ensure_js_deps() {
   if [ ! -d clients/js/node_modules/playwright-core ]; then
     log "installing the JavaScript test dependencies (npm ci in clients/js)"
     (cd clients/js && npm ci --no-audit --no-fund --silent)
+  fi
+  if [ ! -d clients/js/worker/node_modules/amqplib ]; then
+    log "installing the Node worker SDK's dependencies (npm ci in clients/js/worker)"
+    (cd clients/js/worker && npm ci --no-audit --no-fund --silent)
   fi
 }
 

@@ -13,6 +13,7 @@ mod ipc;
 mod jsonrpc;
 mod lifecycle;
 mod limits;
+mod node_worker;
 mod poison;
 mod python_sdk;
 mod resilience;
