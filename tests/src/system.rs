@@ -298,6 +298,14 @@ impl System {
             .with_context(|| format!("no running worker {index}"))
     }
 
+    /// Worker `index` (in start order), for log assertions.
+    pub fn worker_mut(&mut self, index: usize) -> Result<&mut Service> {
+        let count = self.workers.len();
+        self.workers
+            .get_mut(index)
+            .with_context(|| format!("no worker {index}: {count} running"))
+    }
+
     /// How many demo (or pika, or Python SDK) workers run.
     pub fn worker_count(&self) -> usize {
         self.workers.len()

@@ -396,3 +396,33 @@ async fn python_sdk_declares_quorum_queues_as_the_rust_worker_does() {
     assert_eq!(result, json!(["quorum"]));
     system.cleanup().await;
 }
+
+#[tokio::test]
+async fn python_sdk_worker_names_a_dead_broker_url_and_serves_from_the_next() {
+    let mut system = System::builder()
+        .without_worker()
+        .start()
+        .await
+        .expect("system starts");
+    // Nothing listens on port 1: the worker names it and goes on to the system's broker.
+    let urls = format!("amqp://guest:guest@127.0.0.1:1/%2f,{}", system.amqp_url());
+    system
+        .start_python_sdk_worker_with(1, &[("WSMQ_AMQP", &urls)])
+        .await
+        .expect("the Python SDK worker starts on the second URL");
+    let worker = system.worker_mut(0).expect("the worker runs");
+    worker
+        .wait_for_log("the dead URL named, without its password", |l| {
+            l.text
+                .contains("cannot connect to the broker at amqp://guest:***@127.0.0.1:1/%2f")
+        })
+        .await
+        .expect("the dead URL is logged");
+    let mut client = system.client().await.expect("client connects");
+    let result = client
+        .call_result("conf.echo", json!({"via": "the second URL"}))
+        .await
+        .expect("conf.echo");
+    assert_eq!(result, json!({"via": "the second URL"}));
+    system.cleanup().await;
+}
