@@ -259,6 +259,49 @@ class IoThreadTest(unittest.TestCase):
         self.assertEqual(self.channel.calls, [])
         self.assertTrue(record.done)
 
+    def deliver(self, tag, headers=None, reply_to="reply-q", correlation_id="job-x"):
+        class Deliver:
+            delivery_tag = tag
+            redelivered = False
+
+        class Props:
+            pass
+
+        props = Props()
+        props.reply_to, props.correlation_id, props.headers = reply_to, correlation_id, headers
+        self.worker._on_job(self.session, "m", self.channel, Deliver(), props, b"{}")
+
+    def test_a_job_past_its_deadline_is_acked_and_never_queued(self):
+        past_ms = int((time.time() - 1) * 1000)
+        self.deliver(4, headers={"wsmq-deadline": past_ms})
+        self.assertEqual(self.channel.calls, [("ack", 4)])
+        self.assertTrue(self.worker._jobs.empty())
+
+    def test_a_job_cancelled_before_it_arrived_is_acked_and_never_queued(self):
+        self.worker._cancelled.add("job-x")
+        self.deliver(4)
+        self.assertEqual(self.channel.calls, [("ack", 4)])
+        self.assertTrue(self.worker._jobs.empty())
+
+    def test_a_job_without_reply_to_is_acked_unanswered(self):
+        with self.assertLogs("wsmq_worker", "WARNING"):
+            self.deliver(4, reply_to=None)
+        self.assertEqual(self.channel.calls, [("ack", 4)])
+
+    def test_a_live_job_is_queued_for_the_pool_with_its_caller_and_deadline(self):
+        future_ms = int((time.time() + 60) * 1000)
+        self.worker._ioloop.call_later = lambda delay, fn: None  # no loop runs here
+        self.deliver(4, headers={"wsmq-deadline": future_ms, "wsmq-caller": b"alice"})
+        record = self.worker._jobs.get_nowait()
+        self.assertEqual(self.channel.calls, [])
+        self.assertEqual((record.job.id, record.job.caller), ("job-x", "alice"))
+        self.assertEqual(record.job.deadline, future_ms / 1000)
+
+    def test_a_job_delivered_during_the_drain_goes_back_to_the_queue(self):
+        self.worker._stopping = True
+        self.deliver(4)
+        self.assertEqual(self.channel.calls, [("nack", 4, True)])
+
     def test_a_cancellation_sets_the_running_jobs_event_and_is_remembered(self):
         class Props:
             correlation_id = "job-9"

@@ -162,6 +162,8 @@ class Worker:
         self.ready = threading.Event()
 
         self._ioloop = IOLoop()
+        # Jobs for the pool threads. Unbounded in type only: it never holds more than the
+        # broker delivers unacked, `concurrency` per method queue (the prefetch).
         self._jobs: "queue.SimpleQueue[Optional[_Running]]" = queue.SimpleQueue()
         self._started = False
         self._start_lock = threading.Lock()
@@ -346,6 +348,10 @@ class Worker:
         return contract.redact_url(self._urls[session.url_index])
 
     def _on_open(self, session: _Session, connection) -> None:
+        if session is not self._session or session.closing or self._stopping:
+            # Asked to stop (or timed out) while the handshake ran.
+            self._close_session(session, "worker stopping")
+            return
         session.setup_timer = self._ioloop.call_later(SETUP_TIMEOUT, functools.partial(self._setup_timed_out, session))
         connection.channel(on_open_callback=functools.partial(self._on_channel_open, session))
 
