@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod amqp;
+mod fairness;
 mod gateway;
 mod idle;
 mod rss;
@@ -112,6 +113,29 @@ struct Cli {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     rss_early: Duration,
 
+    /// `fairness` mode: a gateway with fair share off (`--max-queued-per-caller 0`) in front of
+    /// the same queue and workers as --url's, to compare with.
+    #[arg(long)]
+    url_off: Option<String>,
+
+    /// `fairness` mode: how long each job takes (the params `{"ms": N}` of --method, which must
+    /// sleep that long; the demo worker's `sleep` does).
+    #[arg(long, default_value_t = 100)]
+    job_ms: u64,
+
+    /// `fairness` mode: the flooding caller's calls in flight.
+    #[arg(long, default_value_t = 200)]
+    flood_in_flight: usize,
+
+    /// `fairness` mode: the flooding caller's connections (all from 127.0.0.1: one caller).
+    #[arg(long, default_value_t = 4)]
+    flood_connections: usize,
+
+    /// `fairness` mode: light callers, each one connection from its own loopback address
+    /// (127.0.0.2 and up), one call at a time.
+    #[arg(long, default_value_t = 4)]
+    light_callers: u8,
+
     /// Print a JSON summary as the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -128,6 +152,10 @@ enum Mode {
     Amqp,
     Stomp,
     Idle,
+    /// One flooding caller and light callers, against --url (fair share on) and --url-off
+    /// (off), round by round: the light callers' wait side by side. Not compared with the
+    /// load modes.
+    Fairness,
 }
 
 impl Mode {
@@ -138,6 +166,7 @@ impl Mode {
             Mode::Amqp => "amqp",
             Mode::Stomp => "stomp",
             Mode::Idle => "idle",
+            Mode::Fairness => "fairness",
         }
     }
 }
@@ -176,7 +205,11 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<bool> {
     let mut modes = cli.modes.clone();
     modes.dedup();
-    let load_modes: Vec<Mode> = modes.iter().copied().filter(|m| *m != Mode::Idle).collect();
+    let load_modes: Vec<Mode> = modes
+        .iter()
+        .copied()
+        .filter(|m| !matches!(m, Mode::Idle | Mode::Fairness))
+        .collect();
     let params = params_of_size(cli.body_bytes);
     let fds = cli.connections * 2
         + 256
@@ -259,6 +292,31 @@ async fn run(cli: Cli) -> Result<bool> {
         }
     }
 
+    let mut fairness_json = None;
+    let mut fairness_ok = true;
+    if modes.contains(&Mode::Fairness) {
+        let setup = fairness::Setup {
+            url_on: cli.url.clone(),
+            url_off: cli
+                .url_off
+                .clone()
+                .context("fairness mode needs --url-off, a gateway with fair share off")?,
+            method: cli.method.clone(),
+            job_ms: cli.job_ms,
+            flood_connections: cli.flood_connections,
+            flood_in_flight: cli.flood_in_flight,
+            light_callers: cli.light_callers,
+            warmup: cli.warmup,
+            duration: cli.duration,
+            rounds: cli.rounds,
+        };
+        let (on, off) = fairness::run(&setup).await?;
+        fairness_ok = [&on, &off]
+            .iter()
+            .all(|side| side.light.errors == 0 && side.flood.errors == 0);
+        fairness_json = Some(json!({"job_ms": cli.job_ms, "on": on, "off": off}));
+    }
+
     if let (Some(held), Some(report)) = (idle, idle_report.as_mut()) {
         report.closed = held.close().await;
         if report.closed > 0 {
@@ -276,7 +334,8 @@ async fn run(cli: Cli) -> Result<bool> {
     print_summary(&load_modes, &summaries);
 
     let ok = summaries.values().all(|s| s.errors == 0)
-        && idle_report.as_ref().is_none_or(|r| r.closed == 0);
+        && idle_report.as_ref().is_none_or(|r| r.closed == 0)
+        && fairness_ok;
     if cli.json {
         let modes_json: serde_json::Map<String, serde_json::Value> = summaries
             .iter()
@@ -294,6 +353,7 @@ async fn run(cli: Cli) -> Result<bool> {
             },
             "modes": modes_json,
             "idle": idle_report,
+            "fairness": fairness_json,
             "usage": usage_json,
             "ok": ok,
         });
@@ -499,7 +559,7 @@ async fn connect(cli: &Cli, mode: Mode, params: &str) -> Result<Lanes> {
                 )?;
             Lanes::Stomp(conns, target)
         }
-        Mode::Idle => anyhow::bail!("idle is not a load mode"),
+        Mode::Idle | Mode::Fairness => anyhow::bail!("{} is not a load mode", mode.name()),
     })
 }
 

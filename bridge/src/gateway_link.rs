@@ -236,7 +236,11 @@ impl GatewayLink {
 
     /// Hands the question to the prober, which answers on its own; without one (no broker) or
     /// with no room, answers at once that the depth is not known.
-    async fn backlog(&mut self, method: String, target: &PublishTarget<'_>) -> Result<(), LinkError> {
+    async fn backlog(
+        &mut self,
+        method: String,
+        target: &PublishTarget<'_>,
+    ) -> Result<(), LinkError> {
         let probe = Probe {
             method,
             answer: self.out.clone(),

@@ -219,6 +219,7 @@ class Client {
       const id = this._nextId++;
       const wsmq = { timeout_ms: Math.max(1, Math.ceil(timeoutMs)) };
       if (options.priority != null) wsmq.priority = options.priority;
+      if (options.onQueued) wsmq.queued = true;
       const request = { jsonrpc: '2.0', method, id, wsmq };
       if (params !== undefined) request.params = params;
 

@@ -14,8 +14,8 @@
 use serde_json::{Value, json};
 use wsmq_ipc_proto::codec::decode_body;
 use wsmq_ipc_proto::{
-    Backlog, BrokerState, CancelReason, FrameError, Hello, Job, JobId, Json, Refusal, Rejection, Reply,
-    ReplyBody, ToBridge, ToGateway, Welcome, WorkerError,
+    Backlog, BrokerState, CancelReason, FrameError, Hello, Job, JobId, Json, Refusal, Rejection,
+    Reply, ReplyBody, ToBridge, ToGateway, Welcome, WorkerError,
 };
 
 /// Bytes of a frame shown in a `"hex"` field at most; the rest is cut (and said so), so one

@@ -59,6 +59,10 @@ pub(crate) struct Call {
 pub(crate) struct CallOptions {
     pub(crate) timeout_ms: Option<u64>,
     pub(crate) priority: Option<u8>,
+    /// Tell the client with `$/queued` while fair share holds the call (off by default: a
+    /// client that does not ask never sees a notification it does not know).
+    #[serde(default)]
+    pub(crate) queued: bool,
 }
 
 impl CallOptions {
@@ -577,13 +581,15 @@ mod tests {
 
     #[test]
     fn wsmq_options_are_parsed() {
-        let c =
-            call(r#"{"jsonrpc":"2.0","method":"m","id":1,"wsmq":{"timeout_ms":500,"priority":9}}"#);
+        let c = call(
+            r#"{"jsonrpc":"2.0","method":"m","id":1,"wsmq":{"timeout_ms":500,"priority":9,"queued":true}}"#,
+        );
         assert_eq!(
             c.options,
             CallOptions {
                 timeout_ms: Some(500),
-                priority: Some(9)
+                priority: Some(9),
+                queued: true,
             }
         );
         assert_eq!(

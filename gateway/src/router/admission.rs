@@ -46,7 +46,12 @@ impl Router {
         let queued = available && self.fair.must_hold(&call.method, &caller, Instant::now());
         if queued && self.fair.held_full(&caller) {
             let max = self.limits.fair.max_held_per_caller;
-            return self.refuse(session, &call, batch, CallError::TooManyHeldForCaller { max });
+            return self.refuse(
+                session,
+                &call,
+                batch,
+                CallError::TooManyHeldForCaller { max },
+            );
         }
         if !available && self.held.len() >= self.limits.max_held {
             let error = CallError::TooManyHeld {
@@ -93,6 +98,7 @@ impl Router {
             .call_started(session, call.id.as_deref(), job_id);
         let deadline = self.deadlines.insert(job_id, timeout);
         let priority = job.priority;
+        let wants_queued = call.options.queued;
         if !queued {
             self.fair.sent(&call.method, &caller);
         }
@@ -109,6 +115,7 @@ impl Router {
                 job: Some(job),
                 deadline,
                 started: now,
+                wants_queued,
                 told_queued: false,
             },
         );

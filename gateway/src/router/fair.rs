@@ -159,7 +159,10 @@ impl FairQueue {
 
     /// Takes the next call out: the first call of the first caller in turn that `may_release`
     /// allows; that caller then goes to the back of the turns. `None` if no caller may.
-    pub(super) fn next(&mut self, mut may_release: impl FnMut(&Caller) -> bool) -> Option<Released> {
+    pub(super) fn next(
+        &mut self,
+        mut may_release: impl FnMut(&Caller) -> bool,
+    ) -> Option<Released> {
         for _ in 0..self.turns.len() {
             let caller = self.turns.pop_front()?;
             if !may_release(&caller) {
@@ -173,7 +176,10 @@ impl FairQueue {
             } else {
                 self.turns.push_back(caller.clone());
             }
-            let since = self.index.remove(&job).map_or_else(Instant::now, |(_, _, at)| at);
+            let since = self
+                .index
+                .remove(&job)
+                .map_or_else(Instant::now, |(_, _, at)| at);
             return Some(Released {
                 job,
                 caller,
@@ -305,7 +311,11 @@ impl MethodShare {
     /// a time, every [`POLL_INTERVAL`], or every [`PROBE_INTERVAL`] while the learned capacity
     /// is all that holds calls back although no job waited (the workers may take more).
     pub(super) fn should_ask(&self, now: Instant) -> bool {
-        if self.held.is_empty() || self.asked.is_some_and(|at| now.duration_since(at) < ANSWER_TIMEOUT) {
+        if self.held.is_empty()
+            || self
+                .asked
+                .is_some_and(|at| now.duration_since(at) < ANSWER_TIMEOUT)
+        {
             return false;
         }
         match self.learned {
@@ -448,7 +458,10 @@ impl FairShare {
             return None;
         }
         let out = &share.out;
-        let released = match share.held.next(|caller| out.get(caller).is_none_or(|n| *n < max)) {
+        let released = match share
+            .held
+            .next(|caller| out.get(caller).is_none_or(|n| *n < max))
+        {
             Some(released) => released,
             None => share.held.next(|_| true)?,
         };
@@ -520,7 +533,8 @@ impl FairShare {
 
     fn method_mut(&mut self, method: &str) -> &mut MethodShare {
         if !self.methods.contains_key(method) {
-            self.methods.insert(method.to_owned(), MethodShare::default());
+            self.methods
+                .insert(method.to_owned(), MethodShare::default());
         }
         self.methods.get_mut(method).expect("inserted just above")
     }
@@ -580,7 +594,12 @@ impl Router {
             }
         }
         if released > 0 {
-            debug!(method, released, held = self.fair.held_of(method), "held calls released");
+            debug!(
+                method,
+                released,
+                held = self.fair.held_of(method),
+                "held calls released"
+            );
         }
     }
 
@@ -600,7 +619,7 @@ impl Router {
             let Some(p) = self.pending.get_mut(&job) else {
                 continue;
             };
-            if p.state != CallState::Queued || p.told_queued {
+            if p.state != CallState::Queued || p.told_queued || !p.wants_queued {
                 continue;
             }
             p.told_queued = true;
@@ -747,7 +766,11 @@ mod tests {
         for _ in 0..14 {
             m.ended(&who("a"));
         }
-        assert_eq!((m.out_of(&who("a")), m.room(t0)), (2, 1), "2 running, 1 may wait");
+        assert_eq!(
+            (m.out_of(&who("a")), m.room(t0)),
+            (2, 1),
+            "2 running, 1 may wait"
+        );
         m.sent(&who("b"));
         assert_eq!(m.room(t0), 0);
         assert_eq!(m.room(t0 + STALE_AFTER), 0, "an old answer gives no room");
@@ -761,7 +784,11 @@ mod tests {
             m.sent(&who("a"));
         }
         m.told(depth(0, 2), t0);
-        assert_eq!(m.room(t0), 20 + 2 - 10, "capacity at least 2 x 10, plus one per consumer");
+        assert_eq!(
+            m.room(t0),
+            20 + 2 - 10,
+            "capacity at least 2 x 10, plus one per consumer"
+        );
         m.told(Backlog::Unknown, t0);
         assert_eq!(m.room(t0), 12, "an unknown depth keeps what was known");
         m.told(depth(0, 2), t0);
@@ -785,10 +812,16 @@ mod tests {
         assert!(!m.should_ask(t0 + POLL_INTERVAL), "still unanswered");
         m.sent(&who("a"));
         m.told(depth(3, 1), t0);
-        assert!(!m.should_ask(t0 + PROBE_INTERVAL), "a backlog: the usual poll");
+        assert!(
+            !m.should_ask(t0 + PROBE_INTERVAL),
+            "a backlog: the usual poll"
+        );
         assert!(m.should_ask(t0 + POLL_INTERVAL));
         m.asking(t0);
-        assert!(m.should_ask(t0 + ANSWER_TIMEOUT), "a lost answer is asked again");
+        assert!(
+            m.should_ask(t0 + ANSWER_TIMEOUT),
+            "a lost answer is asked again"
+        );
         // No job waits, yet the learned capacity holds calls back: probe sooner.
         for _ in 0..2 {
             m.sent(&who("a"));
@@ -827,7 +860,10 @@ mod tests {
         assert_eq!(order, [3, 1]);
         assert_eq!(fair.held_of("m"), 1);
         assert!(fair.sharing());
-        assert_eq!(fair.forget_held("m", JobId(2)).map(|(_, left)| left), Some(0));
+        assert_eq!(
+            fair.forget_held("m", JobId(2)).map(|(_, left)| left),
+            Some(0)
+        );
         assert!(!fair.sharing());
         for caller in ["a", "a", "b"] {
             fair.ended("m", &who(caller));
@@ -888,12 +924,11 @@ mod tests {
         json!({"jsonrpc": "2.0", "method": "$/queued", "params": {"id": id, "queued": queued}})
     }
 
-    /// Sends call `id` of `client` (its params name it too).
+    /// Sends call `id` of `client` (its params name it too), asking for `$/queued`.
     async fn send(h: &super::super::harness::Harness, client: u64, id: &str) {
-        h.handle
-            .call(client, call(Some(json!(id)), "sleep", json!({"n": id})), None)
-            .await
-            .expect("router alive");
+        let mut c = call(Some(json!(id)), "sleep", json!({"n": id}));
+        c.options.queued = true;
+        h.handle.call(client, c, None).await.expect("router alive");
     }
 
     fn named(job: &wsmq_ipc_proto::Job) -> String {
@@ -930,7 +965,10 @@ mod tests {
         for id in ["b1", "b2"] {
             assert_eq!(response(&mut b).await, queued(id, true));
         }
-        assert!(h.sent_to_bridge().is_empty(), "held while the queue has a backlog");
+        assert!(
+            h.sent_to_bridge().is_empty(),
+            "held while the queue has a backlog"
+        );
 
         // The queue drained: capacity 2 x 1 out, + 1 consumer, so 2 go: b (none out) first
         // though a sent first, then a. When a1 is answered one more goes: b's turn.
@@ -947,12 +985,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_client_that_did_not_ask_hears_nothing_of_its_held_call() {
+        let mut h = harness_fair(one_out(10));
+        h.link_up(1).await;
+        let mut a = h.client_as(1, "a").await;
+        h.submit(1, call(Some(json!("a1")), "sleep", json!({})))
+            .await;
+        h.handle
+            .call(1, call(Some(json!("a2")), "sleep", json!({})), None)
+            .await
+            .expect("router alive");
+        h.barrier().await;
+        h.bridge_says(1, said("sleep", depth(1, 1))).await;
+        h.barrier().await;
+        assert!(h.sent_to_bridge().is_empty(), "a2 is held");
+        assert_silent(&mut a);
+    }
+
+    #[tokio::test]
     async fn a_caller_past_its_held_bound_gets_too_many_in_flight_for_the_excess_only() {
         let mut h = harness_fair(one_out(2));
         h.link_up(1).await;
         let mut a = h.client_as(1, "a").await;
         let mut b = h.client_as(2, "b").await;
-        h.submit(1, call(Some(json!("a1")), "sleep", json!({}))).await;
+        h.submit(1, call(Some(json!("a1")), "sleep", json!({})))
+            .await;
         for id in ["a2", "a3", "a4", "a5"] {
             h.handle
                 .call(1, call(Some(json!(id)), "sleep", json!({})), None)
@@ -997,11 +1054,20 @@ mod tests {
         h.handle.call(1, c, None).await.expect("router alive");
         send(&h, 1, "a3").await;
         h.barrier().await;
-        h.handle.cancel(1, raw(json!("a3"))).await.expect("router alive");
+        h.handle
+            .cancel(1, raw(json!("a3")))
+            .await
+            .expect("router alive");
         let r = response(&mut a).await;
-        assert_eq!((r["id"].clone(), r["error"]["code"].clone()), (json!("a3"), json!(codes::CANCELLED)));
+        assert_eq!(
+            (r["id"].clone(), r["error"]["code"].clone()),
+            (json!("a3"), json!(codes::CANCELLED))
+        );
         let r = response(&mut a).await;
-        assert_eq!((r["id"].clone(), r["error"]["code"].clone()), (json!("a2"), json!(codes::TIMEOUT)));
+        assert_eq!(
+            (r["id"].clone(), r["error"]["code"].clone()),
+            (json!("a2"), json!(codes::TIMEOUT))
+        );
         h.bridge_says(1, said("sleep", depth(0, 1))).await;
         h.barrier().await;
         send(&h, 1, "a4").await;

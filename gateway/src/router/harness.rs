@@ -40,7 +40,12 @@ pub(super) fn harness_fair(fair: super::FairLimits) -> Harness {
 }
 
 pub(super) fn harness_full(per_client: usize, max_held: usize, resume_within: Duration) -> Harness {
-    harness_limits(per_client, max_held, resume_within, super::FairLimits::default())
+    harness_limits(
+        per_client,
+        max_held,
+        resume_within,
+        super::FairLimits::default(),
+    )
 }
 
 fn harness_limits(

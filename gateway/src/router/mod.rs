@@ -126,6 +126,8 @@ struct Pending {
     job: Option<Job>,
     deadline: delay_queue::Key,
     started: Instant,
+    /// The client asked to hear `$/queued` (`wsmq.queued`).
+    wants_queued: bool,
     /// The client was told the call is held for fair share (`$/queued`).
     told_queued: bool,
 }
@@ -468,7 +470,13 @@ mod tests {
         let (tx2, mut second) = mpsc::channel(8);
         let again = h
             .handle
-            .connect(2, tx2, Some(grant.token.clone()), None, super::harness::LOCALHOST)
+            .connect(
+                2,
+                tx2,
+                Some(grant.token.clone()),
+                None,
+                super::harness::LOCALHOST,
+            )
             .await
             .expect("router alive")
             .expect("resumed");

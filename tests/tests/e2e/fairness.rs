@@ -62,7 +62,8 @@ async fn a_flooding_caller_does_not_starve_a_later_one_and_every_call_is_answere
     let mut b_ledger = Ledger::new("b");
 
     for _ in 0..200 {
-        let request = a_ledger.sleep(100);
+        let mut request = a_ledger.sleep(100);
+        request["wsmq"] = json!({"queued": true});
         a.send_json(&request).await.expect("sends");
     }
     // B calls once A's flood is under way: A's first answer is in.
@@ -90,11 +91,18 @@ async fn a_flooding_caller_does_not_starve_a_later_one_and_every_call_is_answere
         "B's one call was answered only after {before} of A's 200"
     );
     let a_tally = a_ledger.finish();
-    a_tally.check(false).expect("A: every call answered once with its result");
+    a_tally
+        .check(false)
+        .expect("A: every call answered once with its result");
     assert_eq!((a_tally.sent, a_tally.ok), (200, 200), "{a_tally}");
-    assert!(a_tally.queued_notices > 0, "A heard its calls wait: {a_tally}");
+    assert!(
+        a_tally.queued_notices > 0,
+        "A heard its calls wait: {a_tally}"
+    );
     let b_tally = b_ledger.finish();
-    b_tally.check(false).expect("B: answered once with its result");
+    b_tally
+        .check(false)
+        .expect("B: answered once with its result");
     assert_eq!(b_tally.ok, 1);
     callers.system.cleanup().await;
 }
@@ -112,7 +120,9 @@ async fn a_flooding_caller_alone_still_gets_every_call_answered_once() {
         read_one(&mut a, &mut ledger).await;
     }
     let tally = ledger.finish();
-    tally.check(false).expect("every call answered once with its result");
+    tally
+        .check(false)
+        .expect("every call answered once with its result");
     assert_eq!((tally.sent, tally.ok), (200, 200), "{tally}");
     callers.system.cleanup().await;
 }
@@ -180,7 +190,12 @@ async fn a_caller_past_its_held_bound_gets_too_many_in_flight_for_the_excess_onl
     assert_eq!(b_tally.ok, 1);
     let a_tally = a_ledger.finish();
     assert_eq!(
-        (a_tally.ok, a_tally.other_error_count(), a_tally.lost, a_tally.duplicated),
+        (
+            a_tally.ok,
+            a_tally.other_error_count(),
+            a_tally.lost,
+            a_tally.duplicated
+        ),
         (4, 2, 0, 0),
         "{a_tally}"
     );
