@@ -230,9 +230,10 @@ impl FairQueue {
 /// (`ready` > 0), the workers are saturated, and they hold `out - ready` of this gateway's
 /// calls: that is their capacity. When none wait, the workers could take more: the capacity is
 /// at least twice what is out (and the next answer says whether that was too much). Calls go
-/// out while fewer than capacity + one per consumer are out, so each consumer has the next job
-/// at hand and no worker idles, yet at most that one job per consumer waits in the queue ahead
-/// of a caller who arrives later.
+/// out while fewer than twice the capacity are out (at least capacity + one per consumer): the
+/// workers' next round waits in the queue, so no worker idles while the gateway hears of the
+/// last round's results, yet a caller who arrives later waits behind one round only, about one
+/// job's time.
 #[derive(Debug, Default)]
 pub(super) struct MethodShare {
     pub(super) held: FairQueue,
@@ -301,7 +302,12 @@ impl MethodShare {
         match self.learned {
             Some(l) if now.duration_since(l.at) < STALE_AFTER => match l.capacity {
                 None => usize::MAX,
-                Some(capacity) => (capacity + l.consumers).saturating_sub(self.out_total),
+                // One round of the workers' capacity may wait (at least one job per
+                // consumer): enough that no worker idles while the gateway hears of the last
+                // round's results, little enough that a newcomer waits about one job's time.
+                Some(capacity) => {
+                    (capacity + capacity.max(l.consumers)).saturating_sub(self.out_total)
+                }
             },
             _ => 0,
         }
@@ -753,7 +759,7 @@ mod tests {
     }
 
     #[test]
-    fn a_saturated_queue_leaves_room_for_one_waiting_job_per_consumer() {
+    fn a_saturated_queue_leaves_room_for_one_round_of_the_workers() {
         let mut m = MethodShare::default();
         let t0 = now();
         for _ in 0..16 {
@@ -768,9 +774,10 @@ mod tests {
         }
         assert_eq!(
             (m.out_of(&who("a")), m.room(t0)),
-            (2, 1),
-            "2 running, 1 may wait"
+            (2, 2),
+            "2 running, 2 may wait"
         );
+        m.sent(&who("b"));
         m.sent(&who("b"));
         assert_eq!(m.room(t0), 0);
         assert_eq!(m.room(t0 + STALE_AFTER), 0, "an old answer gives no room");
@@ -786,13 +793,13 @@ mod tests {
         m.told(depth(0, 2), t0);
         assert_eq!(
             m.room(t0),
-            20 + 2 - 10,
-            "capacity at least 2 x 10, plus one per consumer"
+            2 * 20 - 10,
+            "capacity at least 2 x 10, and one round of it waiting"
         );
         m.told(Backlog::Unknown, t0);
-        assert_eq!(m.room(t0), 12, "an unknown depth keeps what was known");
+        assert_eq!(m.room(t0), 30, "an unknown depth keeps what was known");
         m.told(depth(0, 2), t0);
-        assert_eq!(m.room(t0), 12, "capacity never shrinks without a backlog");
+        assert_eq!(m.room(t0), 30, "capacity never shrinks without a backlog");
         m.told(Backlog::NoQueue, t0);
         assert_eq!(m.room(t0), usize::MAX);
         for _ in 0..10 {
@@ -829,9 +836,9 @@ mod tests {
         m.told(depth(0, 1), t0);
         m.sent(&who("a"));
         m.sent(&who("a"));
-        assert_eq!(m.room(t0), 2, "capacity 2 x 3 + 1 consumer, 5 out");
+        assert_eq!(m.room(t0), 7, "capacity 2 x 3, a round of it, 5 out");
         assert!(!m.should_ask(t0 + PROBE_INTERVAL));
-        for _ in 0..2 {
+        for _ in 0..7 {
             m.sent(&who("a"));
         }
         assert!(m.should_ask(t0 + PROBE_INTERVAL));
@@ -851,21 +858,23 @@ mod tests {
         fair.hold("m", who("a"), JobId(2), None, t0);
         assert!(fair.must_hold("m", &who("b"), t0), "the method holds calls");
         fair.hold("m", who("b"), JobId(3), None, t0);
+        fair.hold("m", who("a"), JobId(4), None, t0);
         assert!(fair.release("m", t0).is_none(), "nothing known yet");
         fair.told("m", depth(0, 1), t0);
-        // Capacity 2 x 1 out, + 1 consumer: 2 may go. b (none out) first, then a over its bound.
+        // Capacity 2 x 1 out, a round of it may wait: 3 may go. b (none out) first, then a
+        // over its bound.
         let order: Vec<u128> = std::iter::from_fn(|| fair.release("m", t0))
             .map(|r| r.job.0)
             .collect();
-        assert_eq!(order, [3, 1]);
+        assert_eq!(order, [3, 1, 2]);
         assert_eq!(fair.held_of("m"), 1);
         assert!(fair.sharing());
         assert_eq!(
-            fair.forget_held("m", JobId(2)).map(|(_, left)| left),
+            fair.forget_held("m", JobId(4)).map(|(_, left)| left),
             Some(0)
         );
         assert!(!fair.sharing());
-        for caller in ["a", "a", "b"] {
+        for caller in ["a", "a", "a", "b"] {
             fair.ended("m", &who(caller));
         }
         assert!(fair.methods.is_empty(), "an idle method is forgotten");
@@ -970,18 +979,22 @@ mod tests {
             "held while the queue has a backlog"
         );
 
-        // The queue drained: capacity 2 x 1 out, + 1 consumer, so 2 go: b (none out) first
-        // though a sent first, then a. When a1 is answered one more goes: b's turn.
+        // The queue drained: capacity 2 x 1 out, and a round of it may wait, so 3 go: b (none
+        // out) first though a sent first, then turns alternate. When a1 is answered, a3 goes.
         h.bridge_says(1, said("sleep", depth(0, 1))).await;
-        let mut order = vec![named(&h.next_job().await), named(&h.next_job().await)];
+        let mut order = Vec::new();
+        for _ in 0..3 {
+            order.push(named(&h.next_job().await));
+        }
         h.reply(1, a1.id, ReplyBody::Result("1".into())).await;
         order.push(named(&h.next_job().await));
-        assert_eq!(order, ["b1", "a2", "b2"]);
+        assert_eq!(order, ["b1", "a2", "b2", "a3"]);
         assert_eq!(response(&mut b).await, queued("b1", false));
-        assert_eq!(response(&mut a).await, queued("a2", false));
-        assert_eq!(response(&mut a).await["id"], "a1");
         assert_eq!(response(&mut b).await, queued("b2", false));
-        assert!(h.sent_to_bridge().is_empty(), "a3 and a4 still wait");
+        assert_eq!(response(&mut a).await, queued("a2", false));
+        assert_eq!(response(&mut a).await, queued("a3", false));
+        assert_eq!(response(&mut a).await["id"], "a1");
+        assert!(h.sent_to_bridge().is_empty(), "a4 still waits");
     }
 
     #[tokio::test]
@@ -1033,7 +1046,7 @@ mod tests {
             .expect("router alive");
         h.barrier().await;
         h.bridge_says(1, said("sleep", depth(0, 1))).await;
-        // Room for 2: b first, then a's oldest; nobody else was refused.
+        // Room for 3: b first, then a's two; nobody else was refused.
         let released = [h.next_job().await, h.next_job().await];
         assert_eq!(released[0].caller.as_deref(), Some("b"));
         assert_eq!(released[1].caller.as_deref(), Some("a"));
