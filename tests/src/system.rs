@@ -38,6 +38,12 @@ pub struct System {
     socket: PathBuf,
     bins: &'static Binaries,
     gateway_args: Vec<String>,
+    /// The bridges' `--amqp` list (pairs may be given their own).
+    bridge_amqp: Vec<String>,
+    /// The workers' `--amqp` list.
+    worker_amqp: Vec<String>,
+    bridge_args: Vec<String>,
+    worker_args: Vec<String>,
     bridge: Option<Service>,
     gateway: Option<Service>,
     workers: Vec<Service>,
@@ -252,11 +258,18 @@ impl System {
     /// gateway of its own on it; waits until that gateway's `/healthz` says 200. Returns the
     /// pair's number (1, 2, ...; the first pair, [`Self::gateway_addr`], is 0).
     pub async fn start_pair(&mut self) -> Result<usize> {
+        let urls = self.bridge_amqp.clone();
+        self.start_pair_on(&urls).await
+    }
+
+    /// [`Self::start_pair`] with the pair's bridge on the brokers `urls`, in that order.
+    pub async fn start_pair_on(&mut self, urls: &[String]) -> Result<usize> {
         let number = self.pairs.len() + 1;
         let instance = format!("{}-{number}", self.instance);
         let socket = self.socket.with_file_name(format!("bridge-{number}.sock"));
         self.track_queue(wsmq_amqp_proto::reply_queue_name(&instance));
-        let mut bridge = self.spawn_bridge_as(&format!("bridge-{number}"), &socket, &instance)?;
+        let mut bridge =
+            self.spawn_bridge_as(&format!("bridge-{number}"), &socket, &instance, urls)?;
         let ready = Self::await_bridge_ready(&mut bridge).await;
         let mut pair = Pair {
             bridge: Some(bridge),
@@ -453,15 +466,19 @@ impl System {
     }
 
     fn spawn_bridge(&self) -> Result<Service> {
-        self.spawn_bridge_as("bridge", &self.socket, &self.instance)
+        self.spawn_bridge_as("bridge", &self.socket, &self.instance, &self.bridge_amqp)
     }
 
-    fn spawn_bridge_as(&self, name: &str, socket: &Path, instance: &str) -> Result<Service> {
-        let args = [
+    fn spawn_bridge_as(
+        &self,
+        name: &str,
+        socket: &Path,
+        instance: &str,
+        urls: &[String],
+    ) -> Result<Service> {
+        let mut args: Vec<&str> = vec![
             "--ipc",
             path_arg(socket)?,
-            "--amqp",
-            &self.amqp_url,
             "--instance",
             instance,
             "--queue-prefix",
@@ -469,6 +486,10 @@ impl System {
             "--log-format",
             "json",
         ];
+        for url in urls {
+            args.extend(["--amqp", url.as_str()]);
+        }
+        args.extend(self.bridge_args.iter().map(String::as_str));
         Service::spawn(name, &self.bins.bridge, args, &log_env())
     }
 
@@ -480,9 +501,7 @@ impl System {
 
     fn spawn_worker(&self, concurrency: u32) -> Result<Service> {
         let concurrency = concurrency.to_string();
-        let args = [
-            "--amqp",
-            &self.amqp_url,
+        let mut args: Vec<&str> = vec![
             "--queue-prefix",
             &self.prefix,
             "--concurrency",
@@ -490,6 +509,10 @@ impl System {
             "--log-format",
             "json",
         ];
+        for url in &self.worker_amqp {
+            args.extend(["--amqp", url.as_str()]);
+        }
+        args.extend(self.worker_args.iter().map(String::as_str));
         Service::spawn("worker", &self.bins.worker, args, &log_env())
     }
 
