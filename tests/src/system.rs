@@ -303,7 +303,7 @@ impl System {
             .with_context(|| format!("pair {number} has no running gateway"))
     }
 
-    /// How many demo (or pika) workers run.
+    /// How many demo (or pika, or Python SDK) workers run.
     pub fn worker_count(&self) -> usize {
         self.workers.len()
     }
@@ -594,4 +594,6 @@ fn log_env() -> Vec<(&'static str, String)> {
 
 mod builder;
 pub use builder::SystemBuilder;
+mod python;
+pub use python::{PYTHON_SDK_EXAMPLE, PYTHON_SDK_METHODS, python, python_sdk_env};
 mod teardown;

@@ -27,7 +27,7 @@ fn ws_url(system: &System) -> String {
 
 /// Runs `program args` in the workspace root with `env`, echoing its output to stderr (nextest
 /// shows it when the test fails), and returns what it did.
-async fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Output> {
+pub(super) async fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Output> {
     let mut cmd = Command::new(program);
     cmd.args(args)
         .current_dir(workspace_root())
@@ -47,11 +47,11 @@ async fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Outpu
     Ok(out)
 }
 
-fn node() -> String {
+pub(super) fn node() -> String {
     std::env::var("WSMQ_NODE").unwrap_or_else(|_| "node".to_owned())
 }
 
-fn assert_node_tests_passed(out: &Output, file: &str) {
+pub(super) fn assert_node_tests_passed(out: &Output, file: &str) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{file} failed: {}", out.status);
     // The runner prints `# pass N` / `# fail N`; a run of no test must not pass for a green one.
