@@ -303,6 +303,22 @@ impl System {
             .with_context(|| format!("pair {number} has no running gateway"))
     }
 
+    /// The process id of worker `index` (in start order).
+    pub fn worker_pid(&self, index: usize) -> Result<u32> {
+        self.workers
+            .get(index)
+            .and_then(Service::id)
+            .with_context(|| format!("no running worker {index}"))
+    }
+
+    /// Worker `index` (in start order), for log assertions.
+    pub fn worker_mut(&mut self, index: usize) -> Result<&mut Service> {
+        let count = self.workers.len();
+        self.workers
+            .get_mut(index)
+            .with_context(|| format!("no worker {index}: {count} running"))
+    }
+
     /// How many demo (or pika, or Python SDK) workers run.
     pub fn worker_count(&self) -> usize {
         self.workers.len()
@@ -369,7 +385,12 @@ impl System {
 
     /// Starts another demo worker and waits until it consumes.
     pub async fn start_worker(&mut self, concurrency: u32) -> Result<()> {
-        let mut worker = self.spawn_worker(concurrency)?;
+        self.start_worker_with(concurrency, &[]).await
+    }
+
+    /// [`Self::start_worker`] with more flags (e.g. `--queue-type quorum`).
+    pub async fn start_worker_with(&mut self, concurrency: u32, extra: &[&str]) -> Result<()> {
+        let mut worker = self.spawn_worker(concurrency, extra)?;
         let ready = Self::await_worker_ready(&mut worker).await;
         self.workers.push(worker);
         ready
@@ -499,7 +520,7 @@ impl System {
         Ok(())
     }
 
-    fn spawn_worker(&self, concurrency: u32) -> Result<Service> {
+    fn spawn_worker(&self, concurrency: u32, extra: &[&str]) -> Result<Service> {
         let concurrency = concurrency.to_string();
         let mut args: Vec<&str> = vec![
             "--queue-prefix",
@@ -513,6 +534,7 @@ impl System {
             args.extend(["--amqp", url.as_str()]);
         }
         args.extend(self.worker_args.iter().map(String::as_str));
+        args.extend_from_slice(extra);
         Service::spawn("worker", &self.bins.worker, args, &log_env())
     }
 

@@ -4,12 +4,13 @@ thread hands the I/O thread for cancelled, expired and drained jobs."""
 import asyncio
 import json
 import os
+import threading
 import time
 import unittest
 
 from wsmq_worker import Job, JobError, Worker
 from wsmq_worker.__main__ import load
-from wsmq_worker.worker import _Running, _Session
+from wsmq_worker.worker import _Running, _Session, _Waiter
 
 
 def make_worker(**kwargs):
@@ -165,6 +166,152 @@ class ExecuteTest(unittest.TestCase):
         self.worker._draining.set()
         self.assertEqual(self.execute(), ("_requeue", ()))
         self.assertEqual(self.ran, [])
+
+
+class FakeChannel:
+    """Records what the I/O thread does on its channel."""
+
+    is_open = True
+
+    def __init__(self):
+        self.calls = []
+
+    def basic_publish(self, exchange, routing_key, body, properties):
+        self.calls.append(("publish", routing_key, properties.headers["wsmq-status"], body))
+
+    def basic_ack(self, tag):
+        self.calls.append(("ack", tag))
+
+    def basic_nack(self, tag, requeue):
+        self.calls.append(("nack", tag, requeue))
+
+
+class Confirm:
+    """A Basic.Ack / Basic.Nack frame as pika hands it to the confirm callback."""
+
+    def __init__(self, acked, tag, multiple=False):
+        import pika.spec
+
+        kind = pika.spec.Basic.Ack if acked else pika.spec.Basic.Nack
+        self.method = kind(delivery_tag=tag, multiple=multiple)
+
+
+class IoThreadTest(unittest.TestCase):
+    """The I/O thread's bookkeeping, driven by hand (no broker, no loop running)."""
+
+    def setUp(self):
+        self.worker = make_worker()
+        self.worker.method("m")(lambda params, job: params)
+        self.channel = FakeChannel()
+        self.session = _Session(1, 0)
+        self.session.channel = self.channel
+        self.session.ready = True
+        self.worker._session = self.session
+
+    def delivered(self, tag, job_id=None):
+        record = _Running(Job(job_id or f"job-{tag}", "m"), self.session, tag, "reply-q", b"{}")
+        self.session.running[tag] = record
+        return record
+
+    def test_a_job_is_acked_only_after_its_reply_is_confirmed(self):
+        record = self.delivered(7)
+        self.worker._finish(record, ("ok", b"42"))
+        self.assertEqual(self.channel.calls, [("publish", "reply-q", "ok", b"42")])
+        self.worker._on_confirm(self.session, Confirm(True, 1))
+        self.assertEqual(self.channel.calls[1:], [("ack", 7)])
+        self.assertEqual(self.session.running, {})
+
+    def test_a_nacked_reply_requeues_its_job(self):
+        record = self.delivered(7)
+        self.worker._finish(record, ("ok", b"42"))
+        with self.assertLogs("wsmq_worker", "WARNING"):
+            self.worker._on_confirm(self.session, Confirm(False, 1))
+        self.assertEqual(self.channel.calls[1:], [("nack", 7, True)])
+
+    def test_a_multiple_confirm_settles_every_reply_up_to_its_tag(self):
+        for tag in (11, 12, 13):
+            self.worker._finish(self.delivered(tag), ("ok", b"1"))
+        self.worker._on_confirm(self.session, Confirm(True, 2, multiple=True))
+        self.assertEqual(self.channel.calls[3:], [("ack", 11), ("ack", 12)])
+        self.worker._on_confirm(self.session, Confirm(True, 3))
+        self.assertEqual(self.channel.calls[5:], [("ack", 13)])
+
+    def test_progress_and_reply_are_published_in_the_order_handed_over(self):
+        record = self.delivered(3)
+        waiter = _Waiter()
+        self.worker._publish_progress(record, b'{"step":1}', waiter)
+        self.worker._finish(record, ("ok", b"1"))
+        self.assertEqual(
+            [c[2] for c in self.channel.calls],
+            ["progress", "ok"],
+        )
+        self.worker._on_confirm(self.session, Confirm(True, 1))
+        self.assertTrue(waiter.wait(threading.Event()))
+
+    def test_a_cancelled_job_is_acked_without_a_reply(self):
+        self.worker._finish(self.delivered(5), None)
+        self.assertEqual(self.channel.calls, [("ack", 5)])
+
+    def test_a_job_of_a_lost_session_is_neither_answered_nor_acked(self):
+        record = self.delivered(5)
+        self.worker._session = _Session(2, 0)  # reconnected: tag 5 died with the old channel
+        self.worker._finish(record, ("ok", b"1"))
+        self.assertEqual(self.channel.calls, [])
+        self.assertTrue(record.done)
+
+    def deliver(self, tag, headers=None, reply_to="reply-q", correlation_id="job-x"):
+        class Deliver:
+            delivery_tag = tag
+            redelivered = False
+
+        class Props:
+            pass
+
+        props = Props()
+        props.reply_to, props.correlation_id, props.headers = reply_to, correlation_id, headers
+        self.worker._on_job(self.session, "m", self.channel, Deliver(), props, b"{}")
+
+    def test_a_job_past_its_deadline_is_acked_and_never_queued(self):
+        past_ms = int((time.time() - 1) * 1000)
+        self.deliver(4, headers={"wsmq-deadline": past_ms})
+        self.assertEqual(self.channel.calls, [("ack", 4)])
+        self.assertTrue(self.worker._jobs.empty())
+
+    def test_a_job_cancelled_before_it_arrived_is_acked_and_never_queued(self):
+        self.worker._cancelled.add("job-x")
+        self.deliver(4)
+        self.assertEqual(self.channel.calls, [("ack", 4)])
+        self.assertTrue(self.worker._jobs.empty())
+
+    def test_a_job_without_reply_to_is_acked_unanswered(self):
+        with self.assertLogs("wsmq_worker", "WARNING"):
+            self.deliver(4, reply_to=None)
+        self.assertEqual(self.channel.calls, [("ack", 4)])
+
+    def test_a_live_job_is_queued_for_the_pool_with_its_caller_and_deadline(self):
+        future_ms = int((time.time() + 60) * 1000)
+        self.worker._ioloop.call_later = lambda delay, fn: None  # no loop runs here
+        self.deliver(4, headers={"wsmq-deadline": future_ms, "wsmq-caller": b"alice"})
+        record = self.worker._jobs.get_nowait()
+        self.assertEqual(self.channel.calls, [])
+        self.assertEqual((record.job.id, record.job.caller), ("job-x", "alice"))
+        self.assertEqual(record.job.deadline, future_ms / 1000)
+
+    def test_a_job_delivered_during_the_drain_goes_back_to_the_queue(self):
+        self.worker._stopping = True
+        self.deliver(4)
+        self.assertEqual(self.channel.calls, [("nack", 4, True)])
+
+    def test_a_cancellation_sets_the_running_jobs_event_and_is_remembered(self):
+        class Props:
+            correlation_id = "job-9"
+            headers = {"wsmq-reason": "cancelled"}
+
+        record = self.delivered(9)
+        with self.assertLogs("wsmq_worker", "INFO"):
+            self.worker._on_cancel(self.session, None, None, Props(), b"")
+        self.assertTrue(record.job.cancelled.is_set())
+        self.assertIn("job-9", self.worker._cancelled)
 
 
 class JobTest(unittest.TestCase):

@@ -119,6 +119,8 @@ class Worker:
     (with ``delivery_limit``, dead-lettering to ``<prefix>wsmq.dead``), exactly as the Rust SDK
     declares them. ``shutdown_grace``: seconds a drain waits for running jobs before leaving
     them to the broker's requeue. ``max_reply_bytes``: a larger result is answered -32603.
+    ``connection_name``: what the broker shows for the connection (default
+    ``wsmq-worker (python) pid <pid>``).
     """
 
     def __init__(
@@ -132,9 +134,11 @@ class Worker:
         max_priority: Optional[int] = contract.DEFAULT_MAX_PRIORITY,
         shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE,
         max_reply_bytes: int = contract.DEFAULT_MAX_REPLY_BYTES,
-        connection_name: str = "wsmq-worker (python)",
+        connection_name: Optional[str] = None,
     ):
         self._urls = contract.parse_urls(amqp, os.environ)
+        # As the Rust SDK's, so an operator can tell the broker's connections apart.
+        connection_name = connection_name or f"wsmq-worker (python) pid {os.getpid()}"
         self._parameters = [self._url_parameters(url, connection_name) for url in self._urls]
         if not isinstance(concurrency, int) or isinstance(concurrency, bool) or not 1 <= concurrency <= 65535:
             raise ValueError(f"concurrency is 1..65535, not {concurrency!r}")
@@ -158,6 +162,8 @@ class Worker:
         self.ready = threading.Event()
 
         self._ioloop = IOLoop()
+        # Jobs for the pool threads. Unbounded in type only: it never holds more than the
+        # broker delivers unacked, `concurrency` per method queue (the prefetch).
         self._jobs: "queue.SimpleQueue[Optional[_Running]]" = queue.SimpleQueue()
         self._started = False
         self._start_lock = threading.Lock()
@@ -342,6 +348,10 @@ class Worker:
         return contract.redact_url(self._urls[session.url_index])
 
     def _on_open(self, session: _Session, connection) -> None:
+        if session is not self._session or session.closing or self._stopping:
+            # Asked to stop (or timed out) while the handshake ran.
+            self._close_session(session, "worker stopping")
+            return
         session.setup_timer = self._ioloop.call_later(SETUP_TIMEOUT, functools.partial(self._setup_timed_out, session))
         connection.channel(on_open_callback=functools.partial(self._on_channel_open, session))
 

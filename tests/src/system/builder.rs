@@ -235,7 +235,7 @@ impl SystemBuilder {
         let worker_count = if self.worker { self.workers } else { 0 };
         let mut workers = Vec::new();
         for _ in 0..worker_count {
-            workers.push(system.spawn_worker(self.worker_concurrency)?);
+            workers.push(system.spawn_worker(self.worker_concurrency, &[])?);
         }
         let bridge_ready = System::await_bridge_ready(&mut bridge).await;
         system.bridge = Some(bridge);

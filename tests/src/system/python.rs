@@ -41,6 +41,16 @@ impl System {
     /// clients/python/examples/demo_worker.py:worker`) on this system's prefix with
     /// `concurrency` jobs at once, and waits until it consumes every queue.
     pub async fn start_python_sdk_worker(&mut self, concurrency: u32) -> Result<()> {
+        self.start_python_sdk_worker_with(concurrency, &[]).await
+    }
+
+    /// [`Self::start_python_sdk_worker`] with more environment for the example (e.g.
+    /// `WSMQ_QUEUE_TYPE`, `WSMQ_DELIVERY_LIMIT`).
+    pub async fn start_python_sdk_worker_with(
+        &mut self,
+        concurrency: u32,
+        extra_env: &[(&'static str, &str)],
+    ) -> Result<()> {
         for method in PYTHON_SDK_METHODS {
             self.track_queue(self.queue_for(method));
         }
@@ -52,6 +62,7 @@ impl System {
             ("WSMQ_QUEUE_PREFIX", self.prefix.clone()),
             ("WSMQ_CONCURRENCY", concurrency.to_string()),
         ]);
+        env.extend(extra_env.iter().map(|(k, v)| (*k, (*v).to_owned())));
         let mut worker = Service::spawn(
             "python-sdk",
             python(),

@@ -3,6 +3,8 @@
 //! (`examples/demo.js`, run by the package's command line) serving calls, progress, errors,
 //! cancellations and a drain on SIGTERM, through the real gateway and bridge.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use anyhow::{Context, Result};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::AMQPValue;
@@ -11,7 +13,7 @@ use serde_json::{Value, json};
 use wsmq_amqp_proto as contract;
 use wsmq_tests::binaries::workspace_root;
 use wsmq_tests::rpc::{self, CANCELLED, INTERNAL_ERROR, error_code};
-use wsmq_tests::{Service, System, broker};
+use wsmq_tests::{Service, System, broker, rabbitmq};
 
 use super::clients::{assert_node_tests_passed, node, run};
 
@@ -47,17 +49,17 @@ async fn start_node_worker(system: &mut System, extra: &[&str]) -> Result<Servic
         let queue = system.queue_for(method);
         system.track_queue(queue);
     }
-    let mut args = vec![
-        path_arg(CLI),
-        path_arg(EXAMPLE),
+    // `extra` first, so that an `--amqp` in it is tried before the system's broker.
+    let mut args = vec![path_arg(CLI), path_arg(EXAMPLE)];
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    args.extend([
         "--amqp".to_owned(),
         system.amqp_url().to_owned(),
         "--queue-prefix".to_owned(),
         system.prefix().to_owned(),
         "--log-format".to_owned(),
         "json".to_owned(),
-    ];
-    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    ]);
     let no_env: [(&str, &str); 0] = [];
     let mut worker = Service::spawn("node-worker", node(), &args, &no_env)
         .context("cannot start node (Node.js 20+ must be installed)")?;
@@ -76,11 +78,21 @@ async fn stop(worker: Service) {
 
 #[tokio::test]
 async fn node_worker_sdk_passes_its_unit_tests() {
-    let file = "clients/js/worker/test/";
-    let out = run(&node(), &["--test", "--test-reporter=tap", file], &[])
+    let dir = "clients/js/worker/test";
+    // Each file named: Node 20 runs a directory given to --test, Node 22 takes globs instead.
+    let mut files: Vec<String> = std::fs::read_dir(workspace_root().join(dir))
+        .expect("the test directory is there")
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|name| name.ends_with(".test.js"))
+        .map(|name| format!("{dir}/{name}"))
+        .collect();
+    files.sort();
+    let mut args = vec!["--test", "--test-reporter=tap"];
+    args.extend(files.iter().map(String::as_str));
+    let out = run(&node(), &args, &[])
         .await
         .expect("node runs (Node.js 20+ must be installed)");
-    assert_node_tests_passed(&out, file);
+    assert_node_tests_passed(&out, dir);
 }
 
 /// An AMQP value as amqplib's `{"!": type, "value": v}` notation names it (a plain string for
@@ -511,5 +523,81 @@ async fn node_worker_drains_on_sigterm_finishing_the_running_job() {
 
     // Its caller leaves, so the gateway's own drain has no call to wait for.
     client.close().await.expect("client closes");
+    system.cleanup().await;
+}
+
+/// The broker's id of the Node worker's connection (its `connection_name` ends with its pid).
+async fn connection_of(worker: &Service) -> Result<String> {
+    let pid = worker.os_pid().context("the worker runs")?;
+    let listing = rabbitmq::rabbitmqctl(&[
+        "list_connections",
+        "-q",
+        "--no-table-headers",
+        "pid",
+        "client_properties",
+    ])
+    .await?;
+    let name = format!(":{pid}\"");
+    listing
+        .lines()
+        .find(|line| line.contains("wsmq-worker (node) ") && line.contains(&name))
+        .and_then(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .with_context(|| format!("no connection of pid {pid} in:\n{listing}"))
+}
+
+#[tokio::test]
+async fn node_worker_skips_a_dead_broker_url_and_reconnects_after_losing_its_connection() {
+    let mut system = System::builder()
+        .without_worker()
+        .start()
+        .await
+        .expect("system starts");
+    // Nothing listens on port 1: the worker names it, goes on to the system's broker.
+    let dead = "amqp://guest:guest@127.0.0.1:1/%2f";
+    let mut worker = start_node_worker(&mut system, &["--amqp", dead])
+        .await
+        .expect("the Node worker starts on the second URL");
+    let unavailable = worker
+        .wait_for_message("broker unavailable")
+        .await
+        .expect("the dead URL is logged");
+    assert_eq!(
+        unavailable.field("broker").and_then(Value::as_str),
+        Some("amqp://guest:***@127.0.0.1:1/%2f")
+    );
+
+    let connection = connection_of(&worker)
+        .await
+        .expect("the worker's connection");
+    rabbitmq::rabbitmqctl(&["close_connection", &connection, "test: connection lost"])
+        .await
+        .expect("the broker closes the worker's connection");
+    worker
+        .wait_for_message("broker connection lost; reconnecting")
+        .await
+        .expect("the worker notices");
+    worker
+        .wait_for_log("a second \"worker ready\"", {
+            // Lines are matched in the order they were printed: the second "ready" is the one.
+            let readies = AtomicUsize::new(0);
+            move |l| {
+                l.message() == Some("worker ready") && readies.fetch_add(1, Ordering::Relaxed) == 1
+            }
+        })
+        .await
+        .expect("the worker is back");
+    let mut client = system.client().await.expect("client connects");
+    let response = client
+        .call("conf.echo", json!({"after": "reconnect"}))
+        .await
+        .expect("gets a response");
+    assert_eq!(
+        rpc::result(&response),
+        Some(&json!({"after": "reconnect"})),
+        "{response}"
+    );
+
+    stop(worker).await;
     system.cleanup().await;
 }

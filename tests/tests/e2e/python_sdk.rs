@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tokio::process::Command;
 use wsmq_tests::binaries::workspace_root;
+use wsmq_tests::rabbitmq::rabbitmqctl;
 use wsmq_tests::rpc::{self, CANCELLED, INTERNAL_ERROR, error_code};
 use wsmq_tests::system::{python, python_sdk_env};
 use wsmq_tests::{System, WsClient};
@@ -266,5 +267,162 @@ async fn python_sdk_worker_drains_on_sigterm_and_exits_0() {
         "{response}"
     );
 
+    system.cleanup().await;
+}
+
+/// The broker's id of the connection of worker process `pid` (found by its connection name).
+async fn worker_connection(pid: u32) -> String {
+    let name = format!("\"wsmq-worker (python) pid {pid}\"");
+    let listing = rabbitmqctl(&[
+        "list_connections",
+        "-q",
+        "--no-table-headers",
+        "pid",
+        "client_properties",
+    ])
+    .await
+    .expect("rabbitmqctl lists the connections");
+    listing
+        .lines()
+        .find(|line| line.contains(&name))
+        .and_then(|line| line.split('\t').next())
+        .unwrap_or_else(|| panic!("no connection named {name}:\n{listing}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn python_sdk_worker_reconnects_and_a_job_of_the_lost_connection_is_answered_once() {
+    /// Longer than closing a connection with rabbitmqctl takes, so that the cut comes mid-job.
+    const SLEEP_MS: u64 = 5000;
+    let (system, mut client) = python_system(1).await;
+    let pid = system.worker_pid(0).expect("the worker runs");
+    // Looked up first: rabbitmqctl takes a second or two, and the cut must come mid-job.
+    let connection = worker_connection(pid).await;
+
+    client
+        .send_json(&rpc::request(
+            "cut",
+            "conf.sleep",
+            json!({"ms": SLEEP_MS, "tag": "cut"}),
+        ))
+        .await
+        .expect("sends the sleep");
+    assert_eq!(
+        next_progress_of(&mut client, "cut").await,
+        json!({"started": true})
+    );
+    // From the broker's side, as a failover or a network cut would end it (RabbitMQ itself
+    // keeps running).
+    rabbitmqctl(&[
+        "close_connection",
+        &connection,
+        "the test cuts the worker off",
+    ])
+    .await
+    .expect("rabbitmqctl closes the connection");
+
+    // The job was not acked (its reply was never sent), so RabbitMQ hands it to the worker
+    // again once it has reconnected; it runs again and is answered, once.
+    let (_reports, response) = client
+        .recv_until_response(&json!("cut"))
+        .await
+        .expect("the job is answered after the reconnection");
+    assert_eq!(
+        rpc::result(&response),
+        Some(&json!({"slept": SLEEP_MS})),
+        "{response}"
+    );
+    let runs = client
+        .call_result("conf.runs", json!({"tag": "cut"}))
+        .await
+        .expect("conf.runs");
+    assert_eq!(
+        runs,
+        json!({"runs": 2}),
+        "run on the lost connection, then again"
+    );
+    client
+        .expect_no_stray_frames()
+        .await
+        .expect("the job is answered only once");
+
+    system.cleanup().await;
+}
+
+#[tokio::test]
+async fn python_sdk_declares_classic_queues_as_the_rust_worker_does() {
+    // The Rust demo worker declares echo, sleep, progress and fail first; the Python worker's
+    // declarations of the same queues are refused (and it never gets ready) unless its
+    // arguments are exactly the same.
+    let mut system = System::start().await.expect("system starts");
+    system
+        .start_python_sdk_worker(2)
+        .await
+        .expect("the Python SDK worker declares the Rust worker's queues");
+    let mut client = system.client().await.expect("client connects");
+    let result = client
+        .call_result("echo", json!({"served": "by either"}))
+        .await
+        .expect("echo");
+    assert_eq!(result, json!({"served": "by either"}));
+    system.cleanup().await;
+}
+
+#[tokio::test]
+async fn python_sdk_declares_quorum_queues_as_the_rust_worker_does() {
+    let mut system = System::builder()
+        .without_worker()
+        .start()
+        .await
+        .expect("system starts");
+    system
+        .start_python_sdk_worker_with(
+            2,
+            &[("WSMQ_QUEUE_TYPE", "quorum"), ("WSMQ_DELIVERY_LIMIT", "2")],
+        )
+        .await
+        .expect("the Python SDK worker starts on quorum queues");
+    // Now the Rust demo worker redeclares echo, sleep, progress and fail: refused unless the
+    // Python worker's quorum arguments are exactly its own.
+    system
+        .start_worker_with(2, &["--queue-type", "quorum", "--delivery-limit", "2"])
+        .await
+        .expect("the Rust worker declares the Python worker's quorum queues");
+    let mut client = system.client().await.expect("client connects");
+    let result = client
+        .call_result("echo", json!(["quorum"]))
+        .await
+        .expect("echo");
+    assert_eq!(result, json!(["quorum"]));
+    system.cleanup().await;
+}
+
+#[tokio::test]
+async fn python_sdk_worker_names_a_dead_broker_url_and_serves_from_the_next() {
+    let mut system = System::builder()
+        .without_worker()
+        .start()
+        .await
+        .expect("system starts");
+    // Nothing listens on port 1: the worker names it and goes on to the system's broker.
+    let urls = format!("amqp://guest:guest@127.0.0.1:1/%2f,{}", system.amqp_url());
+    system
+        .start_python_sdk_worker_with(1, &[("WSMQ_AMQP", &urls)])
+        .await
+        .expect("the Python SDK worker starts on the second URL");
+    let worker = system.worker_mut(0).expect("the worker runs");
+    worker
+        .wait_for_log("the dead URL named, without its password", |l| {
+            l.text
+                .contains("cannot connect to the broker at amqp://guest:***@127.0.0.1:1/%2f")
+        })
+        .await
+        .expect("the dead URL is logged");
+    let mut client = system.client().await.expect("client connects");
+    let result = client
+        .call_result("conf.echo", json!({"via": "the second URL"}))
+        .await
+        .expect("conf.echo");
+    assert_eq!(result, json!({"via": "the second URL"}));
     system.cleanup().await;
 }
