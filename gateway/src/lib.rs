@@ -21,6 +21,7 @@ mod connection;
 mod http;
 mod jsonrpc;
 mod limits;
+mod linger;
 mod link;
 mod metrics;
 mod outbound;
