@@ -16,7 +16,7 @@ use tempfile::TempDir;
 use crate::binaries::{Binaries, binaries, workspace_root};
 use crate::client::WsClient;
 use crate::process::{LogLine, Service};
-use crate::{HEALTH_POLL_INTERVAL, HEALTH_TIMEOUT, amqp_url, broker, http};
+use crate::{HEALTH_POLL_INTERVAL, HEALTH_TIMEOUT, amqp_url, broker, http, metrics};
 
 /// The methods the demo worker serves; their queues are deleted by cleanup.
 pub const DEMO_METHODS: [&str; 5] = ["echo", "sleep", "fib", "fail", "progress"];
@@ -197,6 +197,38 @@ impl System {
         Service::spawn("gateway", &self.bins.gateway, all, &log_env())
     }
 
+    /// The value of a series on the gateway's `/metrics` (see [`metrics::read`]).
+    pub async fn metric(&self, series: &str) -> Result<f64> {
+        metrics::read(self.health_addr()?, series).await
+    }
+
+    /// Polls a series on the gateway's `/metrics` until `pred(value)` holds, within
+    /// [`HEALTH_TIMEOUT`] (see [`metrics::wait_for`]).
+    pub async fn wait_metric(
+        &self,
+        series: &str,
+        what: &str,
+        pred: impl Fn(f64) -> bool,
+    ) -> Result<f64> {
+        metrics::wait_for(self.health_addr()?, series, HEALTH_TIMEOUT, what, pred).await
+    }
+
+    /// `GET /readyz`: status code and JSON body.
+    pub async fn readyz(&self) -> Result<(u16, Value)> {
+        let response = http::get(self.health_addr()?, "/readyz").await?;
+        let body = response.json()?;
+        Ok((response.status, body))
+    }
+
+    /// Polls `/readyz` until `pred(status, body)` holds, within [`HEALTH_TIMEOUT`].
+    pub async fn wait_readyz(
+        &self,
+        what: &str,
+        pred: impl Fn(u16, &Value) -> bool,
+    ) -> Result<(u16, Value)> {
+        wait_json_at(self.health_addr()?, "/readyz", HEALTH_TIMEOUT, what, pred).await
+    }
+
     /// `GET /healthz`: status code and JSON body.
     pub async fn healthz(&self) -> Result<(u16, Value)> {
         let response = http::get(self.health_addr()?, "/healthz").await?;
@@ -343,6 +375,20 @@ impl System {
         let ready = Self::await_bridge_ready(&mut bridge).await;
         self.bridge = Some(bridge);
         ready
+    }
+
+    /// Starts the bridge (same socket, instance and prefix) against the broker at `amqp_url`
+    /// instead of the test's, and waits only until it listens: for tests of a broker the
+    /// bridge cannot reach (a URL where nothing listens), without stopping the shared one.
+    pub async fn start_bridge_with_amqp(&mut self, amqp_url: &str) -> Result<()> {
+        if self.bridge.is_some() {
+            bail!("the bridge is already running");
+        }
+        let urls = [amqp_url.to_owned()];
+        let mut bridge = self.spawn_bridge_as("bridge", &self.socket, &self.instance, &urls)?;
+        let listening = bridge.wait_for_message("bridge listening").await;
+        self.bridge = Some(bridge);
+        listening.map(drop)
     }
 
     /// SIGTERM to the bridge; waits for it to exit.
@@ -556,9 +602,21 @@ async fn wait_healthz_at(
     what: &str,
     pred: impl Fn(u16, &Value) -> bool,
 ) -> Result<(u16, Value)> {
+    wait_json_at(addr, "/healthz", limit, what, pred).await
+}
+
+/// Polls `GET path` on `addr` (a JSON endpoint) until `pred(status, body)` holds, for up to
+/// `limit`. `what` names the awaited state for the error, which also shows the last answer.
+pub async fn wait_json_at(
+    addr: SocketAddr,
+    path: &str,
+    limit: Duration,
+    what: &str,
+    pred: impl Fn(u16, &Value) -> bool,
+) -> Result<(u16, Value)> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        let answer = match http::get(addr, "/healthz").await {
+        let answer = match http::get(addr, path).await {
             Ok(response) => response.json().map(|body| (response.status, body)),
             Err(e) => Err(e),
         };
@@ -568,7 +626,7 @@ async fn wait_healthz_at(
             Err(e) => format!("{e:#}"),
         };
         if tokio::time::Instant::now() >= deadline {
-            bail!("/healthz did not report {what} within {limit:?}; last: {last}");
+            bail!("{path} did not report {what} within {limit:?}; last: {last}");
         }
         tokio::time::sleep(HEALTH_POLL_INTERVAL).await;
     }

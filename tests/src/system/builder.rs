@@ -111,7 +111,7 @@ impl SystemBuilder {
     }
 
     /// The gateway's `--session-resume-secs`: how long a session waits for a connection to
-    /// resume it (0, the gateway's default, turns sessions off).
+    /// resume it (0 turns sessions off; the gateway's default is 30).
     pub fn session_resume_secs(self, secs: u64) -> Self {
         self.gateway_arg("--session-resume-secs", secs)
     }
