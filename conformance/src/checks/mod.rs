@@ -23,6 +23,9 @@ mod lifecycle;
 const CHECK_LIMIT: Duration = Duration::from_secs(10);
 /// The limit of `redelivery`, which kills and restarts the worker.
 const REDELIVERY_LIMIT: Duration = Duration::from_secs(25);
+/// How long past its limit a check may run before it is stopped: its own waits end at the limit
+/// with a message saying what never came, which this leaves time to report.
+const OVERRUN: Duration = Duration::from_secs(1);
 
 /// How a check ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,12 +168,15 @@ impl Kit {
                 "the worker had exited ({status}) before this check; {restarted}"
             ));
         }
+        // The check's own waits end at `until` and say what they waited for; the timeout,
+        // a little later, only stops a check stuck elsewhere.
         let until = Instant::now() + check.limit;
-        let result = tokio::time::timeout(check.limit, self.dispatch(check.name, until)).await;
+        let result =
+            tokio::time::timeout(check.limit + OVERRUN, self.dispatch(check.name, until)).await;
         match result {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(e)) => Outcome::Fail(format!("{e:#}")),
-            Err(_) => Outcome::Fail(format!("did not finish within {:?}", check.limit)),
+            Err(_) => Outcome::Fail(format!("did not finish within {:?}", check.limit + OVERRUN)),
         }
     }
 
