@@ -274,10 +274,11 @@ async fn websocket(
                     caller,
                 )
                 .await;
-                crate::metrics::connection_closed();
-                tracing::debug!("disconnected");
+                // Slots first: once the gauge says the connection is gone, its slots are free.
                 drop(permit);
                 drop(address_slot);
+                crate::metrics::connection_closed();
+                tracing::debug!("disconnected");
             };
             app.tracker.track_future(task.instrument(span))
         })

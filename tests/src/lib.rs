@@ -21,9 +21,11 @@ pub mod fake_worker;
 pub mod http;
 pub mod ledger;
 pub mod load;
+pub mod metrics;
 pub mod process;
 pub mod rabbitmq;
 pub mod rpc;
+pub mod serial;
 pub mod system;
 
 pub use client::{Incoming, Refusal, SessionGreeting, WsClient};

@@ -59,7 +59,7 @@ impl SystemBuilder {
     }
 
     /// The gateway's `--session-resume-secs`: how long a session waits for a connection to
-    /// resume it (0, the gateway's default, turns sessions off).
+    /// resume it (0 turns sessions off; the gateway's default is 30).
     pub fn session_resume_secs(self, secs: u64) -> Self {
         self.gateway_arg("--session-resume-secs", secs)
     }
@@ -169,7 +169,7 @@ impl SystemBuilder {
         let worker_count = if self.worker { self.workers } else { 0 };
         let mut workers = Vec::new();
         for _ in 0..worker_count {
-            workers.push(system.spawn_worker(self.worker_concurrency)?);
+            workers.push(system.spawn_worker(self.worker_concurrency, &[])?);
         }
         let bridge_ready = System::await_bridge_ready(&mut bridge).await;
         system.bridge = Some(bridge);

@@ -396,7 +396,7 @@ pub(super) fn corpus() -> Vec<Case> {
                 .map(|i| req(&format!("\"f{i}\""), "echo", &format!("[{i}]")))
                 .collect(),
         ),
-        EachOkOr(rpc::TOO_MANY_IN_FLIGHT),
+        FloodUnderCap(MAX_INFLIGHT_PER_CLIENT),
     ));
     let sleeps: Vec<String> = (0..200)
         .map(|i| req(&i.to_string(), "sleep", r#"{"ms":1000}"#))
