@@ -233,7 +233,13 @@ async fn websocket(
     let (tx, rx) = mpsc::channel(app.connection.max_awaiting * 2);
     match app
         .router
-        .connect(client, tx, query.session, caller.identity.clone())
+        .connect(
+            client,
+            tx,
+            query.session,
+            caller.identity.clone(),
+            peer.ip(),
+        )
         .await
     {
         Ok(Ok(_grant)) => {}

@@ -21,6 +21,7 @@ mod connection;
 mod http;
 mod jsonrpc;
 mod limits;
+mod linger;
 mod link;
 mod metrics;
 mod outbound;
@@ -226,6 +227,8 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
         keep: sessions::KeepLimits {
             session_bytes: config.max_session_bytes,
             total_bytes: config.max_kept_bytes,
+            sessions_per_address: config.max_sessions_per_ip,
+            sessions_per_identity: config.max_sessions_per_identity,
         },
     };
     let to_link = router::ToLink {
