@@ -54,10 +54,12 @@ struct Cli {
 /// Settings given as flags; each overrides the file and the environment.
 #[derive(Debug, Default, clap::Args, Serialize)]
 struct Overrides {
-    /// AMQP URI of the broker. [default: amqp://guest:guest@127.0.0.1:5672/%2f]
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    amqp: Option<String>,
+    /// AMQP URI of the broker; repeat it (or separate URIs with commas) for the nodes of a
+    /// cluster: the worker connects to the first that answers, in this order, and on losing it
+    /// goes to the next. [default: amqp://guest:guest@127.0.0.1:5672/%2f]
+    #[arg(long, value_name = "URI")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    amqp: Vec<String>,
 
     /// Prefix of the method queues (method `m` is served from `<prefix>m`); must match the
     /// bridge's. [default: none]
@@ -132,7 +134,8 @@ fn as_map<S: serde::Serializer>(pairs: &[(String, u16)], s: S) -> Result<S::Ok, 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Config {
-    amqp: String,
+    #[serde(deserialize_with = "wsmq_service::url_list::deserialize")]
+    amqp: Vec<String>,
     queue_prefix: String,
     concurrency: u16,
     method_concurrency: BTreeMap<String, u16>,
@@ -147,7 +150,7 @@ struct Config {
 impl Default for Config {
     fn default() -> Self {
         Self {
-            amqp: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            amqp: vec!["amqp://guest:guest@127.0.0.1:5672/%2f".into()],
             queue_prefix: String::new(),
             concurrency: DEFAULT_CONCURRENCY,
             method_concurrency: BTreeMap::new(),
@@ -171,7 +174,7 @@ impl Config {
     /// The configuration as a `[worker]` TOML section, with the broker password masked.
     fn render(&self) -> Result<String, wsmq_service::ConfigError> {
         let masked = Config {
-            amqp: wsmq_service::mask_url_password(&self.amqp),
+            amqp: wsmq_service::mask_url_passwords(&self.amqp),
             ..self.clone()
         };
         wsmq_service::render("worker", &masked)
@@ -284,7 +287,12 @@ fn parse_method_concurrency(text: &str) -> Result<(String, u16), String> {
 }
 
 fn demo_worker(config: &Config) -> Result<Worker, BuildError> {
-    let mut builder = Worker::builder(config.amqp.as_str())
+    let mut uris = config.amqp.iter();
+    let mut builder = Worker::builder(uris.next().map_or("", String::as_str));
+    for uri in uris {
+        builder = builder.fallback_uri(uri.as_str());
+    }
+    builder = builder
         .queue_prefix(config.queue_prefix.as_str())
         .concurrency(config.concurrency)
         .max_priority(Some(config.max_priority).filter(|max| *max > 0))

@@ -16,6 +16,7 @@ use std::time::Duration;
 pub mod binaries;
 pub mod broker;
 pub mod client;
+pub mod cluster;
 pub mod conformance;
 pub mod fake_worker;
 pub mod http;
