@@ -17,6 +17,7 @@ pub mod binaries;
 pub mod broker;
 pub mod client;
 pub mod cluster;
+pub mod conformance;
 pub mod fake_worker;
 pub mod http;
 pub mod ledger;

@@ -6,6 +6,7 @@
 mod bench;
 mod clients;
 mod command_line;
+mod conformance;
 mod faults;
 mod hostile;
 mod hostile_clients;
