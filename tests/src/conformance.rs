@@ -72,7 +72,8 @@ pub async fn all_checks() -> Result<Vec<String>> {
 
 /// Runs the kit with `--start` against the worker `worker_cmd` (run by `sh -c` in the
 /// repository root, with `WSMQ_AMQP`, `WSMQ_QUEUE_PREFIX` and `WSMQ_CONCURRENCY` set) on a fresh
-/// queue prefix, then deletes that prefix's queues (the kit does too; this covers a kit that
+/// queue prefix, then deletes that prefix's queues, the demo methods' too, which the SDKs'
+/// examples serve beside the conformance methods (the kit does so too; this covers a kit that
 /// died). The kit's stderr (the worker's log among it) goes to the test's stderr.
 pub async fn run_kit(worker_cmd: &str) -> Result<KitReport> {
     let bins = binaries().await?;
@@ -93,6 +94,7 @@ pub async fn run_kit(worker_cmd: &str) -> Result<KitReport> {
     let report = run_kit_with(&args).await;
     let queues: Vec<String> = METHODS
         .iter()
+        .chain(&crate::system::DEMO_METHODS)
         .map(|m| wsmq_amqp_proto::queue_name(&prefix, m))
         .chain([wsmq_amqp_proto::dead_letter_exchange_name(&prefix)])
         .collect();
