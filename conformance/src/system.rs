@@ -19,9 +19,9 @@ use crate::methods;
 use crate::process::Process;
 
 /// How long the bridge and the gateway may take to start.
-const START_TIMEOUT: Duration = Duration::from_secs(20);
+const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the worker may take to consume every `conf.*` queue.
-pub(crate) const WORKER_READY_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const WORKER_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a process may take to exit on SIGTERM (or to be reaped after SIGKILL).
 pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause between two looks at the worker's queues.

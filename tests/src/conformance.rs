@@ -163,3 +163,30 @@ pub const METHODS: [&str; 7] = [
     "conf.caller",
     "conf.raise",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn report_lines_are_read_by_verdict_and_check() {
+        let report = KitReport {
+            status: ExitStatus::from_raw(1 << 8),
+            lines: [
+                "PASS echo: 3 values came back unchanged [0.1 s]",
+                "FAIL deadline-skip: the job whose deadline had passed was run [0.2 s]",
+                "SKIP redelivery: needs --worker-cmd: the kit must kill it [0.0 s]",
+                "conformance: 1 passed, 1 failed, 1 skipped of 3 in 2.0 s",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        };
+        assert_eq!(report.verdict("echo"), Some("PASS"));
+        assert_eq!(report.verdict("redelivery"), Some("SKIP"));
+        assert_eq!(report.verdict("caller"), None);
+        assert_eq!(report.with_verdict("FAIL"), ["deadline-skip"]);
+        assert_eq!(report.with_verdict("PASS"), ["echo"]);
+        assert_eq!(report.status.code(), Some(1));
+    }
+}
