@@ -22,6 +22,17 @@ async fn pika_example_worker_passes_the_conformance_kit() {
 }
 
 #[tokio::test]
+async fn python_sdk_example_passes_the_conformance_kit() {
+    // This tree's SDK (PYTHONPATH), whatever copy pip installed; `exec` so that the kit's
+    // signals reach the worker itself.
+    conformance::assert_conforms(&format!(
+        "PYTHONPATH=clients/python exec {} -m wsmq_worker clients/python/examples/demo_worker.py:worker",
+        python()
+    ))
+    .await;
+}
+
+#[tokio::test]
 async fn conformance_kit_fails_a_worker_that_acks_early_and_ignores_deadlines() {
     let all = conformance::all_checks()
         .await
