@@ -168,8 +168,12 @@ async fn run(cli: Cli, selected: Vec<Check>) -> Result<bool> {
     if let Some(own) = own {
         let instance = own.instance.clone();
         own.stop().await;
+        // The queues of the worker's methods: the conformance methods, and the demo methods
+        // the examples in the wsmq repository serve beside them (deleting a queue that does not
+        // exist is harmless). The prefix is the kit's own, so nothing else is touched.
         let mut queues: Vec<String> = methods::ALL
             .iter()
+            .chain(&methods::EXAMPLE_DEMO_METHODS)
             .map(|m| queue_name(&prefix, m))
             .collect();
         queues.push(reply_queue_name(&instance));
@@ -206,8 +210,13 @@ async fn run_checks(kit: &mut Kit, selected: &[Check]) -> Result<Vec<Outcome>> {
     ready?;
     let mut outcomes = Vec::with_capacity(selected.len());
     for check in selected {
+        let started = Instant::now();
         let outcome = kit.run(check).await;
-        println!("{}", outcome.line(check.name));
+        println!(
+            "{} [{:.1} s]",
+            outcome.line(check.name),
+            started.elapsed().as_secs_f64()
+        );
         outcomes.push(outcome);
     }
     Ok(outcomes)

@@ -20,3 +20,8 @@ pub(crate) const RAISE: &str = "conf.raise";
 
 /// Every conformance method: the worker is ready when each one's queue has a consumer.
 pub(crate) const ALL: [&str; 7] = [ECHO, PROGRESS, SLEEP, RUNS, FAIL, CALLER, RAISE];
+
+/// The demo methods the example workers of the wsmq repository (the Python and Node SDKs')
+/// serve beside the conformance methods: with `--start`, their queues under the kit's prefix are
+/// deleted at the end too, so that running the kit leaves nothing behind.
+pub(crate) const EXAMPLE_DEMO_METHODS: [&str; 5] = ["echo", "sleep", "progress", "fail", "fib"];

@@ -19,13 +19,17 @@ use crate::methods;
 use crate::process::Process;
 
 /// How long the bridge and the gateway may take to start.
-const START_TIMEOUT: Duration = Duration::from_secs(20);
+const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the worker may take to consume every `conf.*` queue.
-pub(crate) const WORKER_READY_TIMEOUT: Duration = Duration::from_secs(20);
+pub(crate) const WORKER_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a process may take to exit on SIGTERM (or to be reaped after SIGKILL).
 pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause between two looks at the worker's queues.
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
+
+/// How [`WorkerUnderTest::exited`] describes a worker that is not running because it was
+/// never started (or was killed and not yet started again).
+const NOT_STARTED: &str = "not started";
 
 /// The identity of the kit's client on a gateway it started.
 pub(crate) const KIT_IDENTITY: &str = "wsmq-conformance";
@@ -157,7 +161,7 @@ impl WorkerUnderTest {
     /// How it exited, if it is not running.
     pub(crate) fn exited(&mut self) -> Option<String> {
         match self.process.as_mut() {
-            None => Some("not started".to_owned()),
+            None => Some(NOT_STARTED.to_owned()),
             Some(process) => process.try_status().map(|status| status.to_string()),
         }
     }
@@ -172,6 +176,14 @@ impl WorkerUnderTest {
 
     /// SIGTERM to its process group and waits for it to exit; says on stderr how it did.
     pub(crate) async fn stop(&mut self) {
+        if let Some(status) = self.exited() {
+            // Already gone (a check said so); nothing to signal.
+            self.process = None;
+            if status != NOT_STARTED {
+                eprintln!("wsmq-conformance: the worker had exited ({status})");
+            }
+            return;
+        }
         if let Some(process) = self.process.take() {
             match process.terminate(STOP_TIMEOUT).await {
                 Ok(status) if status.success() => {}

@@ -72,7 +72,8 @@ pub async fn all_checks() -> Result<Vec<String>> {
 
 /// Runs the kit with `--start` against the worker `worker_cmd` (run by `sh -c` in the
 /// repository root, with `WSMQ_AMQP`, `WSMQ_QUEUE_PREFIX` and `WSMQ_CONCURRENCY` set) on a fresh
-/// queue prefix, then deletes that prefix's queues (the kit does too; this covers a kit that
+/// queue prefix, then deletes that prefix's queues, the demo methods' too, which the SDKs'
+/// examples serve beside the conformance methods (the kit does so too; this covers a kit that
 /// died). The kit's stderr (the worker's log among it) goes to the test's stderr.
 pub async fn run_kit(worker_cmd: &str) -> Result<KitReport> {
     let bins = binaries().await?;
@@ -93,6 +94,7 @@ pub async fn run_kit(worker_cmd: &str) -> Result<KitReport> {
     let report = run_kit_with(&args).await;
     let queues: Vec<String> = METHODS
         .iter()
+        .chain(&crate::system::DEMO_METHODS)
         .map(|m| wsmq_amqp_proto::queue_name(&prefix, m))
         .chain([wsmq_amqp_proto::dead_letter_exchange_name(&prefix)])
         .collect();
@@ -161,3 +163,30 @@ pub const METHODS: [&str; 7] = [
     "conf.caller",
     "conf.raise",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn report_lines_are_read_by_verdict_and_check() {
+        let report = KitReport {
+            status: ExitStatus::from_raw(1 << 8),
+            lines: [
+                "PASS echo: 3 values came back unchanged [0.1 s]",
+                "FAIL deadline-skip: the job whose deadline had passed was run [0.2 s]",
+                "SKIP redelivery: needs --worker-cmd: the kit must kill it [0.0 s]",
+                "conformance: 1 passed, 1 failed, 1 skipped of 3 in 2.0 s",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
+        };
+        assert_eq!(report.verdict("echo"), Some("PASS"));
+        assert_eq!(report.verdict("redelivery"), Some("SKIP"));
+        assert_eq!(report.verdict("caller"), None);
+        assert_eq!(report.with_verdict("FAIL"), ["deadline-skip"]);
+        assert_eq!(report.with_verdict("PASS"), ["echo"]);
+        assert_eq!(report.status.code(), Some(1));
+    }
+}

@@ -198,6 +198,18 @@ pub(super) async fn deadline_skip(kit: &mut Kit, until: Instant) -> Result<Outco
     ))
 }
 
+/// The most characters of a broker's refusal a FAIL line shows.
+const MAX_REASON_CHARS: usize = 240;
+
+/// A refusal's text, once (lapin repeats it down its error chain) and cut short.
+fn brief(error: &anyhow::Error) -> String {
+    let text = error.to_string();
+    match text.char_indices().nth(MAX_REASON_CHARS) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text,
+    }
+}
+
 /// `queue-arguments`: RabbitMQ accepts the Rust worker's declaration of every `conf.*` queue
 /// (it refuses one whose arguments differ from those the queue has), and the bridge's of the
 /// cancellation exchange.
@@ -206,7 +218,7 @@ pub(super) async fn queue_arguments(kit: &mut Kit) -> Result<Outcome> {
     if let Some(exchange) = kit.queue_type.dead_letter_exchange(&kit.prefix)
         && let Err(e) = kit.broker.declare_fanout(&exchange).await
     {
-        refused.push(format!("exchange {exchange}: {e:#}"));
+        refused.push(format!("exchange {exchange}: {}", brief(&e)));
     }
     let arguments = kit
         .queue_type
@@ -214,17 +226,18 @@ pub(super) async fn queue_arguments(kit: &mut Kit) -> Result<Outcome> {
     for method in methods::ALL {
         let queue = queue_name(&kit.prefix, method);
         if let Err(e) = kit.broker.declare_queue(&queue, arguments.clone()).await {
-            refused.push(format!("{queue}: {e:#}"));
+            refused.push(format!("{queue}: {}", brief(&e)));
         }
     }
     let exchange = cancel_exchange_name(&kit.prefix);
     if let Err(e) = kit.broker.declare_fanout(&exchange).await {
-        refused.push(format!("exchange {exchange}: {e:#}"));
+        refused.push(format!("exchange {exchange}: {}", brief(&e)));
     }
     ensure!(
         refused.is_empty(),
-        "RabbitMQ refused: {}",
-        refused.join("; ")
+        "RabbitMQ refused {} declaration(s); the first: {}",
+        refused.len(),
+        refused[0]
     );
     let arguments: Vec<String> = arguments
         .inner()
@@ -236,4 +249,22 @@ pub(super) async fn queue_arguments(kit: &mut Kit) -> Result<Outcome> {
         methods::ALL.len(),
         arguments.join(", ")
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_cut_short_on_a_character_boundary() {
+        let long = anyhow::anyhow!("é".repeat(MAX_REASON_CHARS + 10));
+        let text = brief(&long);
+        assert_eq!(
+            text.chars().count(),
+            MAX_REASON_CHARS + 1,
+            "and the ellipsis"
+        );
+        assert!(text.ends_with('…'));
+        assert_eq!(brief(&anyhow::anyhow!("short")), "short");
+    }
 }
