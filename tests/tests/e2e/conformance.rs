@@ -15,7 +15,7 @@ async fn rust_demo_worker_passes_the_conformance_kit() {
 #[tokio::test]
 async fn node_sdk_example_worker_passes_the_conformance_kit() {
     conformance::assert_conforms(&format!(
-        "{} clients/js/worker/bin/wsmq-worker.js clients/js/worker/examples/demo.js",
+        "exec {} clients/js/worker/bin/wsmq-worker.js clients/js/worker/examples/demo.js",
         super::clients::node()
     ))
     .await;
