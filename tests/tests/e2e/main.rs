@@ -5,6 +5,7 @@
 
 mod bench;
 mod clients;
+mod cluster;
 mod command_line;
 mod faults;
 mod hostile;
