@@ -1,5 +1,6 @@
 //! `wsmq-worker`: the demo worker, serving `echo`, `sleep`, `progress`, `fib` and `fail` through
-//! the SDK (and `crash`, which aborts the process, when started with `--allow-crash`).
+//! the SDK (and `crash`, which aborts the process, when started with `--allow-crash`); with
+//! `--conformance`, the conformance kit's `conf.*` methods instead (`conformance.rs`).
 
 use std::{collections::BTreeMap, ops::ControlFlow, process::ExitCode, time::Duration};
 
@@ -103,6 +104,13 @@ struct Overrides {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     allow_crash: bool,
 
+    /// Serve the conformance kit's methods (conf.echo, conf.sleep, ...; see
+    /// docs/conformance.md) instead of the demo methods, to check the SDK with
+    /// wsmq-conformance.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    conformance: bool,
+
     /// Format of the log lines on stderr (level filter from RUST_LOG, default info).
     /// [default: plain]
     #[arg(long, value_enum)]
@@ -135,6 +143,7 @@ struct Config {
     queue_type: QueueKind,
     delivery_limit: u32,
     allow_crash: bool,
+    conformance: bool,
     log_format: LogFormat,
 }
 
@@ -149,6 +158,7 @@ impl Default for Config {
             queue_type: QueueKind::Classic,
             delivery_limit: DEFAULT_DELIVERY_LIMIT,
             allow_crash: false,
+            conformance: false,
             log_format: LogFormat::Plain,
         }
     }
@@ -287,15 +297,21 @@ fn demo_worker(config: &Config) -> Result<Worker, BuildError> {
         .concurrency(config.concurrency)
         .max_priority(Some(config.max_priority).filter(|max| *max > 0))
         .queue_type(config.queue_type())
-        .connection_name(format!("wsmq-worker demo pid {}", std::process::id()))
-        .method("echo", |request: Request| async move { Ok(request.params) })
-        .method("sleep", sleep)
-        .method("progress", progress)
-        .method(
-            "fib",
-            |request: Request| async move { fib_method(&request) },
-        )
-        .method("fail", |request: Request| async move { Err(fail(request)) });
+        .connection_name(format!("wsmq-worker demo pid {}", std::process::id()));
+    // Under the conformance kit, only its methods: the kit knows their queues and deletes them.
+    builder = if config.conformance {
+        conformance::methods(builder)
+    } else {
+        builder
+            .method("echo", |request: Request| async move { Ok(request.params) })
+            .method("sleep", sleep)
+            .method("progress", progress)
+            .method(
+                "fib",
+                |request: Request| async move { fib_method(&request) },
+            )
+            .method("fail", |request: Request| async move { Err(fail(request)) })
+    };
     if config.allow_crash {
         builder = builder.method(
             CRASH_METHOD,
@@ -421,6 +437,8 @@ fn crash(request: &Request) -> ! {
     error!(job_id = %request.job_id, "crash requested: aborting the process");
     std::process::abort()
 }
+
+mod conformance;
 
 #[cfg(test)]
 mod tests;

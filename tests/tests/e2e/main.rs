@@ -7,6 +7,7 @@ mod bench;
 mod clients;
 mod cluster;
 mod command_line;
+mod conformance;
 mod faults;
 mod hostile;
 mod hostile_clients;
