@@ -21,6 +21,7 @@ mod connection;
 mod http;
 mod jsonrpc;
 mod limits;
+mod linger;
 mod link;
 mod metrics;
 mod outbound;
@@ -135,8 +136,11 @@ pub mod fuzzing {
             Entry::Call(call) => {
                 assert!(!call.method.is_empty(), "empty method accepted");
                 if let Some(params) = &call.params {
-                    let p = params.get();
-                    assert!(p.starts_with('{') || p.starts_with('['), "params {p}");
+                    let p = params.as_bytes();
+                    assert!(
+                        p.starts_with(b"{") || p.starts_with(b"["),
+                        "params {params:?}"
+                    );
                     assert!(p.len() <= limits.max_params_bytes, "params over the limit");
                 }
                 if let Some(id) = &call.id {
@@ -226,6 +230,8 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
         keep: sessions::KeepLimits {
             session_bytes: config.max_session_bytes,
             total_bytes: config.max_kept_bytes,
+            sessions_per_address: config.max_sessions_per_ip,
+            sessions_per_identity: config.max_sessions_per_identity,
         },
         fair: router::FairLimits {
             max_queued_per_caller: config.max_queued_per_caller,

@@ -38,6 +38,12 @@ pub struct System {
     socket: PathBuf,
     bins: &'static Binaries,
     gateway_args: Vec<String>,
+    /// The bridges' `--amqp` list (pairs may be given their own).
+    bridge_amqp: Vec<String>,
+    /// The workers' `--amqp` list.
+    worker_amqp: Vec<String>,
+    bridge_args: Vec<String>,
+    worker_args: Vec<String>,
     bridge: Option<Service>,
     gateway: Option<Service>,
     workers: Vec<Service>,
@@ -133,6 +139,23 @@ impl System {
     /// The bridge process, for log assertions.
     pub fn bridge(&mut self) -> Result<&mut Service> {
         self.bridge.as_mut().context("the bridge is not running")
+    }
+
+    /// The bridge of pair `number` (0 is the first pair's), for log assertions.
+    pub fn pair_bridge(&mut self, number: usize) -> Result<&mut Service> {
+        if number == 0 {
+            return self.bridge();
+        }
+        self.pairs
+            .get_mut(number - 1)
+            .and_then(|p| p.bridge.as_mut())
+            .with_context(|| format!("pair {number} has no running bridge"))
+    }
+
+    /// The brokers, in order, of the bridges and workers started from now on.
+    pub fn set_amqp(&mut self, bridge: Vec<String>, workers: Vec<String>) {
+        self.bridge_amqp = bridge;
+        self.worker_amqp = workers;
     }
 
     /// Takes the gateway process out of the system (to signal it and await its exit).
@@ -284,11 +307,18 @@ impl System {
     /// gateway of its own on it; waits until that gateway's `/healthz` says 200. Returns the
     /// pair's number (1, 2, ...; the first pair, [`Self::gateway_addr`], is 0).
     pub async fn start_pair(&mut self) -> Result<usize> {
+        let urls = self.bridge_amqp.clone();
+        self.start_pair_on(&urls).await
+    }
+
+    /// [`Self::start_pair`] with the pair's bridge on the brokers `urls`, in that order.
+    pub async fn start_pair_on(&mut self, urls: &[String]) -> Result<usize> {
         let number = self.pairs.len() + 1;
         let instance = format!("{}-{number}", self.instance);
         let socket = self.socket.with_file_name(format!("bridge-{number}.sock"));
         self.track_queue(wsmq_amqp_proto::reply_queue_name(&instance));
-        let mut bridge = self.spawn_bridge_as(&format!("bridge-{number}"), &socket, &instance)?;
+        let mut bridge =
+            self.spawn_bridge_as(&format!("bridge-{number}"), &socket, &instance, urls)?;
         let ready = Self::await_bridge_ready(&mut bridge).await;
         let mut pair = Pair {
             bridge: Some(bridge),
@@ -371,7 +401,8 @@ impl System {
         if self.bridge.is_some() {
             bail!("the bridge is already running");
         }
-        let mut bridge = self.spawn_bridge_to("bridge", &self.socket, &self.instance, amqp_url)?;
+        let urls = [amqp_url.to_owned()];
+        let mut bridge = self.spawn_bridge_as("bridge", &self.socket, &self.instance, &urls)?;
         let listening = bridge.wait_for_message("bridge listening").await;
         self.bridge = Some(bridge);
         listening.map(drop)
@@ -519,25 +550,19 @@ impl System {
     }
 
     fn spawn_bridge(&self) -> Result<Service> {
-        self.spawn_bridge_as("bridge", &self.socket, &self.instance)
+        self.spawn_bridge_as("bridge", &self.socket, &self.instance, &self.bridge_amqp)
     }
 
-    fn spawn_bridge_as(&self, name: &str, socket: &Path, instance: &str) -> Result<Service> {
-        self.spawn_bridge_to(name, socket, instance, &self.amqp_url)
-    }
-
-    fn spawn_bridge_to(
+    fn spawn_bridge_as(
         &self,
         name: &str,
         socket: &Path,
         instance: &str,
-        amqp_url: &str,
+        urls: &[String],
     ) -> Result<Service> {
-        let args = [
+        let mut args: Vec<&str> = vec![
             "--ipc",
             path_arg(socket)?,
-            "--amqp",
-            amqp_url,
             "--instance",
             instance,
             "--queue-prefix",
@@ -545,6 +570,10 @@ impl System {
             "--log-format",
             "json",
         ];
+        for url in urls {
+            args.extend(["--amqp", url.as_str()]);
+        }
+        args.extend(self.bridge_args.iter().map(String::as_str));
         Service::spawn(name, &self.bins.bridge, args, &log_env())
     }
 
@@ -556,9 +585,7 @@ impl System {
 
     fn spawn_worker(&self, concurrency: u32, extra: &[&str]) -> Result<Service> {
         let concurrency = concurrency.to_string();
-        let mut args = vec![
-            "--amqp",
-            &self.amqp_url,
+        let mut args: Vec<&str> = vec![
             "--queue-prefix",
             &self.prefix,
             "--concurrency",
@@ -566,6 +593,10 @@ impl System {
             "--log-format",
             "json",
         ];
+        for url in &self.worker_amqp {
+            args.extend(["--amqp", url.as_str()]);
+        }
+        args.extend(self.worker_args.iter().map(String::as_str));
         args.extend_from_slice(extra);
         Service::spawn("worker", &self.bins.worker, args, &log_env())
     }

@@ -54,8 +54,9 @@ impl RouterHandle {
     /// messages arrive on `tx` (first `$/session`, then whatever the session kept). Dropping
     /// the router's side of `tx` (the receiver sees `None`) means the client was too slow and
     /// must be closed. `identity` is the authenticated caller: its calls carry it to the
-    /// workers, and only it may resume the session. `identity`, or without it `address`, is
-    /// the caller fair share counts the connection's calls under.
+    /// workers, and only it may resume the session. `address` is the client's: the sessions
+    /// one address leaves behind are bounded, and without `identity` it is the caller fair
+    /// share counts the connection's calls under.
     pub(crate) async fn connect(
         &self,
         client: ClientId,

@@ -13,6 +13,10 @@ const B_TOKEN: &str = "light-token-0c2b";
 /// How long a whole flood may take to be answered (it needs about 200 x 100 ms / 2 = 10 s).
 const FLOOD_LIMIT: Duration = Duration::from_secs(120);
 
+/// The flood's calls' deadline: far beyond what they need, so that a loaded machine slows the
+/// test down but does not change what it checks (the order of answers, and that all come).
+const CALL_TIMEOUT_MS: u64 = 110_000;
+
 /// A gateway that knows callers `a` and `b` by their tokens, one demo worker of concurrency 2.
 struct Callers {
     _dir: TempDir,
@@ -63,12 +67,13 @@ async fn a_flooding_caller_does_not_starve_a_later_one_and_every_call_is_answere
 
     for _ in 0..200 {
         let mut request = a_ledger.sleep(100);
-        request["wsmq"] = json!({"queued": true});
+        request["wsmq"] = json!({"queued": true, "timeout_ms": CALL_TIMEOUT_MS});
         a.send_json(&request).await.expect("sends");
     }
     // B calls once A's flood is under way: A's first answer is in.
     while !read_one(&mut a, &mut a_ledger).await {}
-    let request = b_ledger.sleep(100);
+    let mut request = b_ledger.sleep(100);
+    request["wsmq"] = json!({"timeout_ms": CALL_TIMEOUT_MS});
     b.send_json(&request).await.expect("sends");
 
     let mut a_answers_before_b = None;
@@ -113,7 +118,8 @@ async fn a_flooding_caller_alone_still_gets_every_call_answered_once() {
     let mut a = callers.connect(A_TOKEN).await;
     let mut ledger = Ledger::new("alone");
     for _ in 0..200 {
-        let request = ledger.sleep(50);
+        let mut request = ledger.sleep(50);
+        request["wsmq"] = json!({"timeout_ms": CALL_TIMEOUT_MS});
         a.send_json(&request).await.expect("sends");
     }
     while ledger.outstanding() > 0 {

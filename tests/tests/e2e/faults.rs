@@ -22,7 +22,9 @@ use serde_json::json;
 use wsmq_tests::ledger::{Ledger, Tally};
 use wsmq_tests::load::{self, Load, LoadSpec};
 use wsmq_tests::rabbitmq::{self, BrokerOutage};
-use wsmq_tests::{FakeWorker, HEALTH_POLL_INTERVAL, HEALTH_TIMEOUT, Incoming, Refusal, System};
+use wsmq_tests::{
+    FakeWorker, HEALTH_POLL_INTERVAL, HEALTH_TIMEOUT, Incoming, Refusal, System, WsClient,
+};
 
 /// How long a test's load runs before and after its fault.
 const LOAD_BEFORE_FAULT: Duration = Duration::from_millis(1500);
@@ -64,6 +66,67 @@ fn targets(addr: SocketAddr, label: &str, n: usize) -> Vec<(SocketAddr, String)>
 /// pass).
 fn report(test: &str, tally: &Tally) {
     eprintln!("[{test}] counts:\n{tally}");
+}
+
+/// The deadline of the call [`HeldCall`] makes during a fault.
+const HELD_CALL_TIMEOUT_MS: u64 = 120_000;
+
+/// How long that call may take to be answered once the fault is over: the workers reconnect too
+/// (backoff up to 5 s), so as long as the load clients' settle time.
+const HELD_ANSWER_LIMIT: Duration = Duration::from_secs(40);
+
+/// One call made while a fault is on, on a connection of its own, that the gateway must hold:
+/// nothing may come back for it while the fault lasts, then its own result once it is over.
+/// (The load alone may make no new call during a short outage: its clients' windows are full
+/// of calls in flight, which are sent again rather than held.)
+struct HeldCall {
+    client: WsClient,
+    ledger: Ledger,
+}
+
+impl HeldCall {
+    /// Connects before the fault (the gateway itself stays up).
+    async fn connect(system: &System, label: &str) -> Self {
+        Self {
+            client: system.client().await.expect("client connects"),
+            ledger: Ledger::new(label),
+        }
+    }
+
+    /// Sends the call (once the gateway knows of the fault), then watches the connection for
+    /// `down_for`, the time the test keeps the fault on: an answer then, -32000 included, is a
+    /// refusal, not a hold.
+    async fn send_during_the_fault(&mut self, down_for: Duration) {
+        let mut call = self.ledger.echo();
+        // A deadline no restart on a loaded machine reaches: its -32000 would then be the
+        // documented one, at the deadline, not a refusal.
+        call["wsmq"] = json!({ "timeout_ms": HELD_CALL_TIMEOUT_MS });
+        self.client
+            .send_json(&call)
+            .await
+            .expect("the websocket is open during the fault");
+        if let Some(frame) = self.client.try_next_incoming(down_for).await {
+            panic!("a call made during the fault was answered before it ended: {frame:?}");
+        }
+    }
+
+    /// Once the fault is over: the call is answered once, with its own result.
+    async fn expect_answered(mut self, test: &str) {
+        assert!(
+            load::collect(&mut self.client, &mut self.ledger, HELD_ANSWER_LIMIT).await,
+            "the websocket stays open"
+        );
+        assert!(
+            load::probe(&mut self.client, &mut self.ledger).await,
+            "the websocket stays open"
+        );
+        let tally = self.ledger.finish();
+        report(test, &tally);
+        tally
+            .check(false)
+            .expect("the call held during the fault is answered once, with its own result");
+        self.client.close().await.expect("client closes");
+    }
 }
 
 /// Polls `rabbitmqctl` until `queue` has `ready` ready and `unacked` unacknowledged messages,
@@ -300,6 +363,7 @@ async fn bridge_killed_under_load_keeps_every_client() {
         "bridge-kill.",
         LOAD_CLIENTS,
     );
+    let mut held = HeldCall::connect(&system, "bridge-held-").await;
     let load = Load::start(&clients, &LoadSpec::default());
     tokio::time::sleep(LOAD_BEFORE_FAULT).await;
 
@@ -310,9 +374,10 @@ async fn bridge_killed_under_load_keeps_every_client() {
         })
         .await
         .expect("the gateway notices");
-    tokio::time::sleep(BRIDGE_DOWN_FOR).await;
+    held.send_during_the_fault(BRIDGE_DOWN_FOR).await;
     system.start_bridge().await.expect("the bridge restarts");
     system.wait_healthy().await.expect("healthy again");
+    held.expect_answered("bridge_killed_held_call").await;
     tokio::time::sleep(LOAD_AFTER_FAULT).await;
 
     let tally = load.finish().await.expect("load clients run");
@@ -339,11 +404,7 @@ async fn serial_rabbitmq_restart_under_load_loses_no_confirmed_call() {
         "broker-restart.",
         LOAD_CLIENTS,
     );
-    // Besides the load, one client makes one call only once the gateway knows RabbitMQ is
-    // down, and watches it: held, not answered while the broker is away, then answered with
-    // its own result.
-    let mut watcher = system.client().await.expect("client connects");
-    let mut held = Ledger::new("broker-held-");
+    let mut held = HeldCall::connect(&system, "broker-held-").await;
     let load = Load::start(&clients, &LoadSpec::default());
     tokio::time::sleep(LOAD_BEFORE_FAULT).await;
 
@@ -354,33 +415,13 @@ async fn serial_rabbitmq_restart_under_load_loses_no_confirmed_call() {
         })
         .await
         .expect("the gateway hears the broker is down");
-    let call = held.echo();
-    watcher
-        .send_json(&call)
-        .await
-        .expect("the websocket is open during the outage");
-    // While RabbitMQ stays down nothing may come back for it: a -32000 here is a refusal.
-    if let Some(frame) = watcher.try_next_incoming(BROKER_DOWN_FOR).await {
-        panic!("a call made while RabbitMQ is down was answered before it came back: {frame:?}");
-    }
+    held.send_during_the_fault(BROKER_DOWN_FOR).await;
     outage.end().await.expect("rabbitmqctl start_app");
     system
         .wait_health_within(BROKER_RECOVERY_LIMIT, "200", |status, _| status == 200)
         .await
         .expect("healthy again after the broker restart");
-    assert!(
-        load::collect(&mut watcher, &mut held, ANSWERS_LIMIT).await,
-        "the websocket stays open"
-    );
-    assert!(
-        load::probe(&mut watcher, &mut held).await,
-        "the websocket stays open"
-    );
-    let held_tally = held.finish();
-    report("rabbitmq_restart_held_call", &held_tally);
-    held_tally
-        .check(false)
-        .expect("the call held during the outage is answered once, with its own result");
+    held.expect_answered("rabbitmq_restart_held_call").await;
     tokio::time::sleep(LOAD_AFTER_FAULT).await;
 
     let tally = load.finish().await.expect("load clients run");
@@ -388,7 +429,6 @@ async fn serial_rabbitmq_restart_under_load_loses_no_confirmed_call() {
     tally.check(false).expect(
         "every call answered once with its own result (held, never -32000), no socket closed",
     );
-    watcher.close().await.expect("client closes");
 
     system.cleanup().await;
 }

@@ -5,7 +5,9 @@
 
 mod bench;
 mod clients;
+mod cluster;
 mod command_line;
+mod conformance;
 mod fairness;
 mod faults;
 mod hostile;
