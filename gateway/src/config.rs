@@ -103,7 +103,7 @@ pub struct Overrides {
     /// Fair share: a caller's (its identity, or its address without authentication) calls of
     /// one method that may be published and unanswered at once; more are held in the gateway
     /// and released round-robin across callers as the method's queue drains. 0 turns fair share
-    /// off. [default: 16]
+    /// off (the default for now: see docs/protocol.md). [default: 0]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_queued_per_caller: Option<usize>,
@@ -351,7 +351,7 @@ impl Default for Config {
             call_timeout: Duration::from_secs(30),
             max_call_timeout: Duration::from_secs(600),
             max_held_calls: 1024,
-            max_queued_per_caller: 16,
+            max_queued_per_caller: 0,
             max_held_per_caller: 1024,
             session_resume_secs: 30,
             max_session_bytes: 8 * 1024 * 1024,

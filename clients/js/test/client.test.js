@@ -99,19 +99,6 @@ test('progress reports reach onProgress in order, before the result', async () =
   await c.close();
 });
 
-test('calls fair share holds report onQueued true, then false, and all resolve', async () => {
-  const c = await open();
-  // More than one caller's 16 calls out at once: the gateway holds the rest for fair share.
-  const seen = Array.from({ length: 60 }, () => []);
-  const results = await Promise.all(seen.map((s) => c.call('sleep', { ms: 20 }, {
-    onQueued: (queued) => s.push(queued),
-  })));
-  assert.ok(results.every((r) => r.slept_ms === 20));
-  for (const s of seen) assert.ok(s.length === 0 || (s.length === 2 && s[0] && !s[1]), JSON.stringify(s));
-  assert.ok(seen.some((s) => s.length === 2), 'some call was held');
-  await c.close();
-});
-
 test('errors are typed and carry the JSON-RPC code and data', async () => {
   const c = await open();
   const fail = await c.call('fail', { why: 'testing' }).catch((e) => e);

@@ -87,6 +87,7 @@ pub(crate) struct FairLimits {
 }
 
 impl Default for FairLimits {
+    /// What `--max-queued-per-caller 16` sets (the gateway's own default is 0, off).
     fn default() -> Self {
         Self {
             max_queued_per_caller: 16,

@@ -24,12 +24,14 @@ struct Callers {
 }
 
 impl Callers {
-    async fn start(configure: impl FnOnce(SystemBuilder) -> SystemBuilder) -> Self {
+    /// `queued`: the gateway's `--max-queued-per-caller` (fair share is off by default).
+    async fn start(queued: usize, configure: impl FnOnce(SystemBuilder) -> SystemBuilder) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let tokens = dir.path().join("tokens");
         std::fs::write(&tokens, format!("a:{A_TOKEN}\nb:{B_TOKEN}\n")).expect("tokens file");
         let builder = System::builder()
             .worker_concurrency(2)
+            .gateway_arg("--max-queued-per-caller", queued)
             .gateway_arg("--tokens", tokens.to_str().expect("utf-8 path"));
         let system = configure(builder).start().await.expect("system starts");
         Self { _dir: dir, system }
@@ -59,7 +61,7 @@ async fn read_one(client: &mut WsClient, ledger: &mut Ledger) -> bool {
 
 #[tokio::test]
 async fn a_flooding_caller_does_not_starve_a_later_one_and_every_call_is_answered_once() {
-    let callers = Callers::start(|b| b).await;
+    let callers = Callers::start(16, |b| b).await;
     let mut a = callers.connect(A_TOKEN).await;
     let mut b = callers.connect(B_TOKEN).await;
     let mut a_ledger = Ledger::new("a");
@@ -114,7 +116,7 @@ async fn a_flooding_caller_does_not_starve_a_later_one_and_every_call_is_answere
 
 #[tokio::test]
 async fn a_flooding_caller_alone_still_gets_every_call_answered_once() {
-    let callers = Callers::start(|b| b).await;
+    let callers = Callers::start(16, |b| b).await;
     let mut a = callers.connect(A_TOKEN).await;
     let mut ledger = Ledger::new("alone");
     for _ in 0..200 {
@@ -135,11 +137,7 @@ async fn a_flooding_caller_alone_still_gets_every_call_answered_once() {
 
 #[tokio::test]
 async fn a_caller_past_its_held_bound_gets_too_many_in_flight_for_the_excess_only() {
-    let mut callers = Callers::start(|b| {
-        b.gateway_arg("--max-queued-per-caller", 1)
-            .gateway_arg("--max-held-per-caller", 3)
-    })
-    .await;
+    let mut callers = Callers::start(1, |b| b.gateway_arg("--max-held-per-caller", 3)).await;
     // The queue stays, with no consumer: every job waits in it until a worker is back.
     callers.system.stop_workers().await.expect("worker stops");
     let queue = callers.system.queue_for("sleep");

@@ -196,10 +196,7 @@ fn masked_text_frame(payload: &[u8]) -> Vec<u8> {
 /// the gateway's open sockets return to what they were before them.
 #[tokio::test]
 async fn clients_that_never_read_are_let_go_and_their_sockets_closed() {
-    // Every client here is 127.0.0.1, one caller to fair share: the last client's echo would
-    // wait its turn behind the stuck clients' hundreds of calls. What this pins is the sockets.
     let system = System::builder()
-        .gateway_arg("--max-queued-per-caller", 0)
         .gateway_arg("--ping-interval", "1s")
         .gateway_arg("--idle-timeout", "3s")
         .start()
