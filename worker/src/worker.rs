@@ -26,6 +26,7 @@ use tracing::{debug, info, warn};
 use crate::{contract::QueueType, error::WorkerError, request::Handler};
 use wsmq_service::{Backoff, ErrorChain};
 
+mod acks;
 mod builder;
 mod connection;
 mod serve;
@@ -131,7 +132,7 @@ impl Worker {
             self.set_state(WorkerState::Connecting);
             let opened = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
-                opened = tokio::time::timeout(CONNECT_TIMEOUT, self.connect()) => {
+                opened = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(dispatch.next_session())) => {
                     opened.unwrap_or(Err(SetupError::TimedOut(CONNECT_TIMEOUT)))
                 }
             };
