@@ -74,7 +74,7 @@ pub use job::{
 pub use queue::{
     DEAD_LETTER_EXCHANGE_ARGUMENT, DEAD_LETTER_ROUTING_KEY_ARGUMENT, DEFAULT_MAX_PRIORITY,
     DELIVERY_LIMIT_ARGUMENT, MAX_PRIORITY_ARGUMENT, QUEUE_TYPE_ARGUMENT, QUORUM, QueueType,
-    method_queue_arguments, quorum_queue_arguments,
+    bridge_queue_arguments, method_queue_arguments, quorum_queue_arguments,
 };
 pub use reply::{
     EncodedReply, ErrorReply, InvalidReply, Reply, ReplyStatus, classify_reply, encode_reply,

@@ -59,6 +59,21 @@ pub fn quorum_queue_arguments(prefix: &str, delivery_limit: u32) -> FieldTable {
     arguments
 }
 
+/// The arguments the bridge's own queues (its reply queue and the dead-letter queue) are
+/// declared with: none when classic, `x-queue-type` `quorum` when `replicated`, so that a
+/// RabbitMQ cluster keeps them through the loss of a node. No delivery limit: a reply the
+/// bridge returns to its queue (because its gateway went away) is redelivered, never dropped.
+pub fn bridge_queue_arguments(replicated: bool) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    if replicated {
+        arguments.insert(
+            QUEUE_TYPE_ARGUMENT.into(),
+            AMQPValue::LongString(QUORUM.into()),
+        );
+    }
+    arguments
+}
+
 /// The kind of queue a worker declares for its methods.
 ///
 /// Every worker of a method must declare its queue alike: the broker refuses a redeclaration
@@ -122,6 +137,17 @@ mod tests {
         );
         assert_eq!(with.inner().len(), 1);
         assert!(method_queue_arguments(None).inner().is_empty());
+    }
+
+    #[test]
+    fn bridge_queues_are_quorum_only_when_replicated() {
+        assert!(bridge_queue_arguments(false).inner().is_empty());
+        let replicated = bridge_queue_arguments(true);
+        assert_eq!(
+            replicated.inner().get(QUEUE_TYPE_ARGUMENT),
+            Some(&AMQPValue::LongString("quorum".into()))
+        );
+        assert_eq!(replicated.inner().len(), 1);
     }
 
     #[test]

@@ -38,10 +38,20 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ipc_group: Option<String>,
 
-    /// RabbitMQ URL. [default: amqp://guest:guest@127.0.0.1:5672/%2f]
-    #[arg(long)]
+    /// RabbitMQ URL; repeat it (or separate URLs with commas) for the nodes of a cluster. The
+    /// bridge connects to the first that answers, in this order, and on losing it goes to the
+    /// next. [default: amqp://guest:guest@127.0.0.1:5672/%2f]
+    #[arg(long, value_name = "URL")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub amqp: Vec<String>,
+
+    /// Type of the reply queue `wsmq.reply.<instance>` and of the dead-letter queue
+    /// `<prefix>wsmq.dead`. quorum: replicated over a RabbitMQ cluster's nodes, so losing one
+    /// loses no reply. A queue keeps its type: changing it means deleting the queue once.
+    /// [default: classic]
+    #[arg(long, value_enum)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub amqp: Option<String>,
+    pub reply_queue_type: Option<ReplyQueueType>,
 
     /// Stable name of this bridge; its durable reply queue is `wsmq.reply.<instance>`. Two
     /// bridges on one broker must not share it. [default: the host name]
@@ -97,7 +107,10 @@ pub struct Config {
     pub ipc: PathBuf,
     /// Empty: only the bridge's user (and root).
     pub ipc_group: String,
-    pub amqp: String,
+    /// The nodes to connect to, in order (at least one).
+    #[serde(deserialize_with = "wsmq_service::url_list::deserialize")]
+    pub amqp: Vec<String>,
+    pub reply_queue_type: ReplyQueueType,
     /// Empty: the host name.
     pub instance: String,
     pub queue_prefix: String,
@@ -116,7 +129,8 @@ impl Default for Config {
         Self {
             ipc: PathBuf::from("/run/wsmq/bridge.sock"),
             ipc_group: String::new(),
-            amqp: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            amqp: vec!["amqp://guest:guest@127.0.0.1:5672/%2f".into()],
+            reply_queue_type: ReplyQueueType::Classic,
             instance: String::new(),
             queue_prefix: String::new(),
             prefetch: 256,
@@ -127,6 +141,16 @@ impl Default for Config {
             log_format: LogFormat::Plain,
         }
     }
+}
+
+/// `--reply-queue-type`: what the bridge declares its own queues as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplyQueueType {
+    /// A durable classic queue: on one node, which a cluster must not lose.
+    Classic,
+    /// A durable quorum queue, replicated over the cluster.
+    Quorum,
 }
 
 /// A configuration that cannot work.
@@ -142,6 +166,8 @@ pub enum ConfigError {
         "queue_prefix {0:?} starts with a reserved name (wsmq. or amq.): every job would be refused"
     )]
     ReservedPrefix(String),
+    #[error("amqp: no broker URL given")]
+    NoBroker,
     #[error("prefetch must be at least 1")]
     ZeroPrefetch,
     #[error("publish_channels must be between 1 and 1000")]
@@ -189,6 +215,9 @@ impl Config {
         }
         if wsmq_ipc_proto::is_reserved_method(&self.queue_prefix) {
             return Err(ConfigError::ReservedPrefix(self.queue_prefix.clone()));
+        }
+        if self.amqp.is_empty() {
+            return Err(ConfigError::NoBroker);
         }
         if self.prefetch == 0 {
             return Err(ConfigError::ZeroPrefetch);
@@ -238,7 +267,7 @@ impl Config {
     /// The configuration as a `[bridge]` TOML section, with the broker password masked.
     pub fn render(&self) -> Result<String, wsmq_service::ConfigError> {
         let masked = Config {
-            amqp: wsmq_service::mask_url_password(&self.amqp),
+            amqp: wsmq_service::mask_url_passwords(&self.amqp),
             ..self.clone()
         };
         wsmq_service::render("bridge", &masked)
@@ -305,6 +334,42 @@ mod tests {
     }
 
     #[test]
+    fn amqp_repeats_and_splits_on_commas_into_the_broker_list() {
+        let c = config(&[
+            "--instance",
+            "a",
+            "--amqp",
+            "amqp://h1:5681/%2f,amqp://h2:5682/%2f",
+            "--amqp",
+            "amqp://h3:5683/%2f",
+        ])
+        .expect("valid");
+        assert_eq!(
+            c.amqp,
+            [
+                "amqp://h1:5681/%2f",
+                "amqp://h2:5682/%2f",
+                "amqp://h3:5683/%2f"
+            ]
+        );
+        let one = config(&["--instance", "a"]).expect("valid");
+        assert_eq!(one.amqp, ["amqp://guest:guest@127.0.0.1:5672/%2f"]);
+        assert!(matches!(
+            config(&["--instance", "a", "--amqp", " , "]),
+            Err(ConfigError::NoBroker)
+        ));
+    }
+
+    #[test]
+    fn reply_queue_type_is_classic_unless_asked() {
+        let c = config(&["--instance", "a"]).expect("valid");
+        assert_eq!(c.reply_queue_type, ReplyQueueType::Classic);
+        let c = config(&["--instance", "a", "--reply-queue-type", "quorum"]).expect("valid");
+        assert_eq!(c.reply_queue_type, ReplyQueueType::Quorum);
+        assert!(Cli::try_parse_from(["wsmq-bridge", "--reply-queue-type", "stream"]).is_err());
+    }
+
+    #[test]
     fn zero_prefetch_is_refused() {
         assert!(config(&["--instance", "a", "--prefetch", "0"]).is_err());
     }
@@ -317,5 +382,18 @@ mod tests {
         assert!(text.starts_with("[bridge]"), "{text}");
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("amqp://u:***@mq:5672/%2f"), "{text}");
+        let two = config(&[
+            "--instance",
+            "a",
+            "--amqp",
+            "amqp://u:hunter2@mq1/%2f,amqp://u:hunter3@mq2/%2f",
+        ])
+        .expect("valid");
+        let text = two.render().expect("renders");
+        assert!(!text.contains("hunter"), "{text}");
+        assert!(
+            text.contains(r#"amqp = ["amqp://u:***@mq1/%2f", "amqp://u:***@mq2/%2f"]"#),
+            "{text}"
+        );
     }
 }

@@ -123,13 +123,15 @@ pub(crate) struct Relay {
 }
 
 impl Relay {
-    /// Declares `<prefix>wsmq.dead` (a durable fanout exchange, and a durable classic queue
-    /// bound to it, both without arguments: the workers declare the exchange alike) and
-    /// starts consuming the queue with manual acks.
+    /// Declares `<prefix>wsmq.dead` (a durable fanout exchange without arguments, which the
+    /// workers declare alike, and a durable queue bound to it: classic, or quorum when
+    /// `replicated`, as every bridge of the prefix must agree) and starts consuming the queue
+    /// with manual acks.
     pub(crate) async fn open(
         connection: &Connection,
         prefix: &str,
         consumer_tag: &str,
+        replicated: bool,
     ) -> lapin::Result<Self> {
         let name = wsmq_amqp_proto::dead_letter_exchange_name(prefix);
         let channel = crate::publisher::open_channel(connection).await?;
@@ -151,7 +153,7 @@ impl Relay {
                     durable: true,
                     ..QueueDeclareOptions::default()
                 },
-                FieldTable::default(),
+                wsmq_amqp_proto::bridge_queue_arguments(replicated),
             )
             .await?;
         channel

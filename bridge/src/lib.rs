@@ -22,7 +22,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-pub use config::{Cli, Config, ConfigError, Overrides};
+pub use config::{Cli, Config, ConfigError, Overrides, ReplyQueueType};
 
 /// Runs the bridge until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -38,9 +38,16 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     let policy = server::PeerPolicy::for_this_process(group);
     info!(path = %config.ipc.display(), %instance, "bridge listening");
 
+    let urls = usable_urls(&config.amqp);
+    let nodes: Vec<String> = urls
+        .iter()
+        .map(|url| wsmq_service::node_name(url))
+        .collect();
+    info!(?nodes, reply_queue_type = ?config.reply_queue_type, "RabbitMQ nodes, in the order tried");
     let settings = broker::BrokerSettings {
-        url: config.amqp.clone(),
+        urls,
         reply_queue,
+        replicated: config.reply_queue_type == ReplyQueueType::Quorum,
         queue_prefix: config.queue_prefix.clone(),
         prefetch: config.prefetch,
         publish_channels: config.publish_channels,
@@ -49,7 +56,13 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     let broker_shutdown = CancellationToken::new();
     let (mut handle, supervisor) = broker::spawn(settings, broker_shutdown.clone());
     if let Some(addr) = config.metrics_addr()? {
-        http::spawn(addr, handle.state.clone(), shutdown.clone()).await?;
+        http::spawn(
+            addr,
+            handle.state.clone(),
+            handle.node.clone(),
+            shutdown.clone(),
+        )
+        .await?;
     }
     report_to_systemd(&config.ipc, handle.state.clone(), shutdown.clone());
 
@@ -75,6 +88,31 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
     }
     info!("bridge stopped");
     Ok(())
+}
+
+/// The broker URLs worth trying: a malformed one is named in a warning and skipped, unless
+/// none is well-formed (then all are kept, and each attempt fails and is logged, as with one
+/// bad URL: the bridge keeps running and its gateway holds calls).
+fn usable_urls(urls: &[String]) -> Vec<String> {
+    let good: Vec<&String> = urls
+        .iter()
+        .filter(|url| url.parse::<lapin::uri::AMQPUri>().is_ok())
+        .collect();
+    if good.is_empty() {
+        return urls.to_vec();
+    }
+    for (position, url) in urls.iter().enumerate() {
+        if let Err(reason) = url.parse::<lapin::uri::AMQPUri>() {
+            // Not the URL itself: without a scheme, a password would not be masked.
+            tracing::warn!(
+                position = position + 1,
+                node = %wsmq_service::node_name(url),
+                %reason,
+                "malformed RabbitMQ URL skipped"
+            );
+        }
+    }
+    good.into_iter().cloned().collect()
 }
 
 /// Tells systemd the bridge is ready (its socket is listening; the gateway learns the broker's

@@ -100,6 +100,11 @@ pub(crate) fn broker_connected() {
     counter!("wsmq_bridge_broker_connects_total").increment(1);
 }
 
+/// A connection made to another node than the previous connection's.
+pub(crate) fn broker_failover() {
+    counter!("wsmq_bridge_broker_failovers_total").increment(1);
+}
+
 pub(crate) fn broker_state(up: bool, blocked: bool) {
     gauge!("wsmq_bridge_broker_up").set(f64::from(u8::from(up)));
     gauge!("wsmq_bridge_broker_blocked").set(f64::from(u8::from(blocked)));

@@ -34,6 +34,7 @@ class Wsmq:
         self.ws = ws
         self.ids = itertools.count(1)
         self.pending = {}  # id -> (future, on_progress)
+        self.cancelled = {}  # id of a call given up -> the gateway's answer to it (-32002)
 
     async def run(self):
         try:
@@ -55,6 +56,10 @@ class Wsmq:
             future, _ = self.pending.pop(m["id"])
             if not future.done():
                 future.set_result(m)
+        elif "id" in m and m["id"] in self.cancelled:
+            answer = self.cancelled[m["id"]]
+            if not answer.done():
+                answer.set_result(m)
         # `$/session` (the token to resume with after a drop) is ignored here.
 
     async def call(self, method, params=None, *, timeout_ms=None, priority=None, on_progress=None):
@@ -75,8 +80,10 @@ class Wsmq:
         try:
             answer = await future
         except asyncio.CancelledError:
-            # The caller gave up: tell the gateway, which tells the worker.
+            # The caller gave up: tell the gateway, which tells the worker and answers the call
+            # -32002 (kept in `cancelled`, for whoever wants to see it confirmed).
             self.pending.pop(call_id, None)
+            self.cancelled[call_id] = asyncio.get_running_loop().create_future()
             cancel = {"jsonrpc": "2.0", "method": "$/cancel", "params": {"id": call_id}}
             await self.ws.send(json.dumps(cancel))
             raise
@@ -124,7 +131,10 @@ async def main():
         try:
             await task
         except asyncio.CancelledError:
-            print("cancelled: sleep")
+            # Given up here; the gateway confirms it ended the call.
+            (answer,) = await asyncio.wait_for(
+                asyncio.gather(*client.cancelled.values()), timeout=10)
+            print("cancelled:", answer["error"]["code"], answer["error"]["message"])
 
         reader.cancel()
 

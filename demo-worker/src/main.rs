@@ -1,5 +1,6 @@
 //! `wsmq-worker`: the demo worker, serving `echo`, `sleep`, `progress`, `fib` and `fail` through
-//! the SDK (and `crash`, which aborts the process, when started with `--allow-crash`).
+//! the SDK (and `crash`, which aborts the process, when started with `--allow-crash`); with
+//! `--conformance`, the conformance kit's `conf.*` methods instead (`conformance.rs`).
 
 use std::{collections::BTreeMap, ops::ControlFlow, process::ExitCode, time::Duration};
 
@@ -53,10 +54,12 @@ struct Cli {
 /// Settings given as flags; each overrides the file and the environment.
 #[derive(Debug, Default, clap::Args, Serialize)]
 struct Overrides {
-    /// AMQP URI of the broker. [default: amqp://guest:guest@127.0.0.1:5672/%2f]
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    amqp: Option<String>,
+    /// AMQP URI of the broker; repeat it (or separate URIs with commas) for the nodes of a
+    /// cluster: the worker connects to the first that answers, in this order, and on losing it
+    /// goes to the next. [default: amqp://guest:guest@127.0.0.1:5672/%2f]
+    #[arg(long, value_name = "URI")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    amqp: Vec<String>,
 
     /// Prefix of the method queues (method `m` is served from `<prefix>m`); must match the
     /// bridge's. [default: none]
@@ -101,6 +104,13 @@ struct Overrides {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     allow_crash: bool,
 
+    /// Serve the conformance kit's methods (conf.echo, conf.sleep, ...; see
+    /// docs/conformance.md) instead of the demo methods, to check the SDK with
+    /// wsmq-conformance.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    conformance: bool,
+
     /// Format of the log lines on stderr (level filter from RUST_LOG, default info).
     /// [default: plain]
     #[arg(long, value_enum)]
@@ -124,7 +134,8 @@ fn as_map<S: serde::Serializer>(pairs: &[(String, u16)], s: S) -> Result<S::Ok, 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct Config {
-    amqp: String,
+    #[serde(deserialize_with = "wsmq_service::url_list::deserialize")]
+    amqp: Vec<String>,
     queue_prefix: String,
     concurrency: u16,
     method_concurrency: BTreeMap<String, u16>,
@@ -132,13 +143,14 @@ struct Config {
     queue_type: QueueKind,
     delivery_limit: u32,
     allow_crash: bool,
+    conformance: bool,
     log_format: LogFormat,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Self {
-            amqp: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            amqp: vec!["amqp://guest:guest@127.0.0.1:5672/%2f".into()],
             queue_prefix: String::new(),
             concurrency: DEFAULT_CONCURRENCY,
             method_concurrency: BTreeMap::new(),
@@ -146,6 +158,7 @@ impl Default for Config {
             queue_type: QueueKind::Classic,
             delivery_limit: DEFAULT_DELIVERY_LIMIT,
             allow_crash: false,
+            conformance: false,
             log_format: LogFormat::Plain,
         }
     }
@@ -161,7 +174,7 @@ impl Config {
     /// The configuration as a `[worker]` TOML section, with the broker password masked.
     fn render(&self) -> Result<String, wsmq_service::ConfigError> {
         let masked = Config {
-            amqp: wsmq_service::mask_url_password(&self.amqp),
+            amqp: wsmq_service::mask_url_passwords(&self.amqp),
             ..self.clone()
         };
         wsmq_service::render("worker", &masked)
@@ -274,20 +287,31 @@ fn parse_method_concurrency(text: &str) -> Result<(String, u16), String> {
 }
 
 fn demo_worker(config: &Config) -> Result<Worker, BuildError> {
-    let mut builder = Worker::builder(config.amqp.as_str())
+    let mut uris = config.amqp.iter();
+    let mut builder = Worker::builder(uris.next().map_or("", String::as_str));
+    for uri in uris {
+        builder = builder.fallback_uri(uri.as_str());
+    }
+    builder = builder
         .queue_prefix(config.queue_prefix.as_str())
         .concurrency(config.concurrency)
         .max_priority(Some(config.max_priority).filter(|max| *max > 0))
         .queue_type(config.queue_type())
-        .connection_name(format!("wsmq-worker demo pid {}", std::process::id()))
-        .method("echo", |request: Request| async move { Ok(request.params) })
-        .method("sleep", sleep)
-        .method("progress", progress)
-        .method(
-            "fib",
-            |request: Request| async move { fib_method(&request) },
-        )
-        .method("fail", |request: Request| async move { Err(fail(request)) });
+        .connection_name(format!("wsmq-worker demo pid {}", std::process::id()));
+    // Under the conformance kit, only its methods: the kit knows their queues and deletes them.
+    builder = if config.conformance {
+        conformance::methods(builder)
+    } else {
+        builder
+            .method("echo", |request: Request| async move { Ok(request.params) })
+            .method("sleep", sleep)
+            .method("progress", progress)
+            .method(
+                "fib",
+                |request: Request| async move { fib_method(&request) },
+            )
+            .method("fail", |request: Request| async move { Err(fail(request)) })
+    };
     if config.allow_crash {
         builder = builder.method(
             CRASH_METHOD,
@@ -413,6 +437,8 @@ fn crash(request: &Request) -> ! {
     error!(job_id = %request.job_id, "crash requested: aborting the process");
     std::process::abort()
 }
+
+mod conformance;
 
 #[cfg(test)]
 mod tests;

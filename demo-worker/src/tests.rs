@@ -164,7 +164,7 @@ fn cli_reads_defaults_and_flags() {
         .expect("defaults")
         .config()
         .expect("valid");
-    assert_eq!(cli.amqp, "amqp://guest:guest@127.0.0.1:5672/%2f");
+    assert_eq!(cli.amqp, ["amqp://guest:guest@127.0.0.1:5672/%2f"]);
     assert_eq!(cli.concurrency, DEFAULT_CONCURRENCY);
     assert_eq!(cli.max_priority, 9);
     assert_eq!(cli.queue_type, QueueKind::Classic);
@@ -216,6 +216,26 @@ fn printed_config_is_a_worker_section_with_the_password_masked() {
     assert!(text.starts_with("[worker]"), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
     assert!(text.contains("sleep = 2"), "{text}");
+}
+
+#[test]
+fn amqp_repeats_into_the_worker_s_ordered_broker_list() {
+    let config = Cli::try_parse_from([
+        "wsmq-worker",
+        "--amqp",
+        "amqp://g:g@127.0.0.1:5681/%2f, amqp://g:g@127.0.0.1:5682/%2f",
+        "--amqp",
+        "amqp://g:g@127.0.0.1:5683/%2f",
+    ])
+    .expect("flags")
+    .config()
+    .expect("valid");
+    assert_eq!(config.amqp.len(), 3);
+    let worker = demo_worker(&config).expect("builds");
+    assert_eq!(
+        worker.nodes(),
+        ["127.0.0.1:5681", "127.0.0.1:5682", "127.0.0.1:5683"]
+    );
 }
 
 #[test]

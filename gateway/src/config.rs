@@ -119,6 +119,20 @@ pub struct Overrides {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_kept_bytes: Option<usize>,
 
+    /// Sessions one client address may leave behind without a connection (kept for a
+    /// resume); past it, that address's oldest such session is forgotten with its results
+    /// (counted). [default: 64]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_sessions_per_ip: Option<usize>,
+
+    /// Sessions one authenticated identity may leave behind without a connection, from any
+    /// address; past it, its oldest such session is forgotten with its results (counted).
+    /// [default: 256]
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_sessions_per_identity: Option<usize>,
+
     /// Websocket connections at once; past it, upgrades get HTTP 503. [default: 10000]
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -272,6 +286,8 @@ pub struct Config {
     pub session_resume_secs: u64,
     pub max_session_bytes: usize,
     pub max_kept_bytes: usize,
+    pub max_sessions_per_ip: usize,
+    pub max_sessions_per_identity: usize,
     pub max_connections: usize,
     /// Seconds.
     pub drain_timeout: u64,
@@ -321,6 +337,8 @@ impl Default for Config {
             session_resume_secs: 30,
             max_session_bytes: 8 * 1024 * 1024,
             max_kept_bytes: 256 * 1024 * 1024,
+            max_sessions_per_ip: 64,
+            max_sessions_per_identity: 256,
             max_connections: 10_000,
             drain_timeout: 10,
             log_format: LogFormat::Plain,
@@ -410,6 +428,8 @@ impl Config {
             ("max_connections", self.max_connections),
             ("max_session_bytes", self.max_session_bytes),
             ("max_kept_bytes", self.max_kept_bytes),
+            ("max_sessions_per_ip", self.max_sessions_per_ip),
+            ("max_sessions_per_identity", self.max_sessions_per_identity),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));

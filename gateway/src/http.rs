@@ -233,7 +233,13 @@ async fn websocket(
     let (tx, rx) = mpsc::channel(app.connection.max_awaiting * 2);
     match app
         .router
-        .connect(client, tx, query.session, caller.identity.clone())
+        .connect(
+            client,
+            tx,
+            query.session,
+            caller.identity.clone(),
+            peer.ip(),
+        )
         .await
     {
         Ok(Ok(_grant)) => {}
@@ -274,10 +280,11 @@ async fn websocket(
                     caller,
                 )
                 .await;
-                crate::metrics::connection_closed();
-                tracing::debug!("disconnected");
+                // Slots first: once the gauge says the connection is gone, its slots are free.
                 drop(permit);
                 drop(address_slot);
+                crate::metrics::connection_closed();
+                tracing::debug!("disconnected");
             };
             app.tracker.track_future(task.instrument(span))
         })

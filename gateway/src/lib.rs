@@ -21,6 +21,7 @@ mod connection;
 mod http;
 mod jsonrpc;
 mod limits;
+mod linger;
 mod link;
 mod metrics;
 mod outbound;
@@ -226,6 +227,8 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
         keep: sessions::KeepLimits {
             session_bytes: config.max_session_bytes,
             total_bytes: config.max_kept_bytes,
+            sessions_per_address: config.max_sessions_per_ip,
+            sessions_per_identity: config.max_sessions_per_identity,
         },
     };
     let to_link = router::ToLink {
@@ -271,6 +274,10 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
         per_address: limits::PerAddress::new(config.max_connections_per_ip),
         metrics,
     };
+    // The listeners keep serving through the drain, so that a new upgrade is answered 503 and
+    // `/readyz` says `"draining": true` (what a load balancer polls) instead of the connection
+    // being refused; they stop once the websocket connections are done.
+    let stop_listening = CancellationToken::new();
     let admin = match admin_listener {
         Some(listener) => {
             let admin_addr = listener
@@ -283,7 +290,7 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
                 app: http::admin_routes(axum::Router::new()).with_state(state.clone()),
                 handshake_timeout: config.handshake_timeout,
             };
-            Some(tokio::spawn(server.run(shutdown.clone())))
+            Some(tokio::spawn(server.run(stop_listening.clone())))
         }
         None => None,
     };
@@ -294,18 +301,22 @@ pub async fn run_until(config: Config, shutdown: CancellationToken) -> anyhow::R
         handshake_timeout: config.handshake_timeout,
     };
     report_to_systemd(addr, health_rx_for_status, shutdown.clone());
-    main.run(shutdown.clone()).await;
-    if let Some(admin) = admin {
-        admin.await.context("admin server panicked")?;
-    }
+    let main = tokio::spawn(main.run(stop_listening.clone()));
+    shutdown.cancelled().await;
 
-    // No new connections now; the open ones answer what they can within `drain`, then close.
+    // No new websocket now (upgrades get 503); the open ones answer what they can within
+    // `drain`, then close.
     tracker.close();
     if tokio::time::timeout(drain + Duration::from_secs(2), tracker.wait())
         .await
         .is_err()
     {
         warn!("websocket connections still open after the drain timeout");
+    }
+    stop_listening.cancel();
+    main.await.context("server panicked")?;
+    if let Some(admin) = admin {
+        admin.await.context("admin server panicked")?;
     }
     // Every router handle is gone with the connections and the HTTP app: the router stops.
     router_task.await.context("router panicked")?;

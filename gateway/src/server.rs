@@ -58,6 +58,7 @@ impl Server {
                 }
             };
             let _ = tcp.set_nodelay(true);
+            let tcp = crate::linger::Lingering::new(tcp);
             let app = self.app.clone();
             let tls = self.tls.clone();
             let timeout = self.handshake_timeout;

@@ -8,6 +8,8 @@
 //! counted). The router owns the one [`Sessions`]; nothing here is shared.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,13 +26,21 @@ use crate::outbound::{ClientId, Outbound, OutboundKind};
 /// always has room for all of them.
 pub(crate) const MAX_SESSION_BUFFER: usize = 256;
 
-/// Bytes of results kept while no connection serves a session: per session and in all.
+/// What sessions keep while no connection serves them: bytes per session and in all, and how
+/// many such sessions one address or one identity may leave behind.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct KeepLimits {
     /// One session's kept results, at most; past it, its further results are dropped.
     pub(crate) session_bytes: usize,
     /// All sessions' kept results, at most; past it, the oldest detached session is forgotten.
     pub(crate) total_bytes: usize,
+    /// Detached sessions created from one client address, at most; past it, that address's
+    /// oldest detached session is forgotten. Without it one address could park
+    /// `total_bytes` worth of results and push every other client's kept results out.
+    pub(crate) sessions_per_address: usize,
+    /// Detached sessions of one authenticated identity, at most (the same, for a token used
+    /// from many addresses).
+    pub(crate) sessions_per_identity: usize,
 }
 
 impl Default for KeepLimits {
@@ -38,6 +48,8 @@ impl Default for KeepLimits {
         Self {
             session_bytes: 8 * 1024 * 1024,
             total_bytes: 256 * 1024 * 1024,
+            sessions_per_address: 64,
+            sessions_per_identity: 256,
         }
     }
 }
@@ -81,6 +93,11 @@ struct Session {
     token: String,
     /// Who created it; only the same identity may resume it.
     identity: Option<Arc<str>>,
+    /// The client address that created it (a resume from another address keeps it: the
+    /// bound is on what one address can leave behind).
+    address: IpAddr,
+    /// Counted in [`Sessions::detached`] (no connection serves it and it is kept).
+    detached: bool,
     /// The connection serving the session, if any.
     attached: Option<(ClientId, mpsc::Sender<Outbound>)>,
     buffer: VecDeque<Outbound>,
@@ -106,9 +123,45 @@ pub(crate) struct Sessions {
     keep: KeepLimits,
     /// Bytes kept by all sessions.
     kept_bytes: usize,
-    /// Sessions forgotten to stay under `keep.total_bytes`, and the results they dropped, not
+    /// Detached sessions per creating address and per identity.
+    detached: DetachedCounts,
+    /// Sessions forgotten to stay under the [`KeepLimits`], and the results they dropped, not
     /// yet taken by [`Self::take_evicted`].
     evicted: Evicted,
+}
+
+/// How many detached sessions each address and identity has.
+#[derive(Default)]
+struct DetachedCounts {
+    by_address: HashMap<IpAddr, usize>,
+    by_identity: HashMap<Arc<str>, usize>,
+}
+
+impl DetachedCounts {
+    fn add(&mut self, session: &Session) {
+        *self.by_address.entry(session.address).or_default() += 1;
+        if let Some(identity) = &session.identity {
+            *self.by_identity.entry(identity.clone()).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, session: &Session) {
+        decrement(&mut self.by_address, &session.address);
+        if let Some(identity) = &session.identity {
+            decrement(&mut self.by_identity, identity);
+        }
+    }
+}
+
+/// Lowers a count, removing it at zero so the maps hold only addresses and identities that
+/// have detached sessions.
+fn decrement<K: Eq + Hash>(counts: &mut HashMap<K, usize>, key: &K) {
+    if let Some(n) = counts.get_mut(key) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(key);
+        }
+    }
 }
 
 /// Sessions forgotten because all sessions kept too much, and what they kept.
@@ -134,6 +187,7 @@ impl Sessions {
             resume_within,
             keep,
             kept_bytes: 0,
+            detached: DetachedCounts::default(),
             evicted: Evicted::default(),
         }
     }
@@ -214,6 +268,7 @@ impl Sessions {
         tx: mpsc::Sender<Outbound>,
         resume: Option<&str>,
         identity: Option<Arc<str>>,
+        address: IpAddr,
     ) -> Result<(Grant, Vec<Outbound>), ResumeRefused> {
         let Some(token) = resume else {
             let id = self.next;
@@ -225,6 +280,8 @@ impl Sessions {
                 Session {
                     token: token.clone(),
                     identity,
+                    address,
+                    detached: false,
                     attached: Some((client, tx)),
                     buffer: VecDeque::new(),
                     buffered_bytes: 0,
@@ -247,6 +304,9 @@ impl Sessions {
         }
         if let Some(key) = session.expiry.take() {
             self.expiries.try_remove(&key);
+        }
+        if std::mem::take(&mut session.detached) {
+            self.detached.remove(session);
         }
         session.attached = Some((client, tx));
         let kept = session.buffer.drain(..).collect();
@@ -283,6 +343,11 @@ impl Sessions {
         if session.expiry.is_none() {
             session.expiry = Some(self.expiries.insert(id, self.resume_within));
         }
+        if !session.detached {
+            session.detached = true;
+            self.detached.add(session);
+            self.bound_detached(id);
+        }
         let mut dropped = 0;
         for out in unsent {
             if !self.keep(id, out) {
@@ -304,8 +369,67 @@ impl Sessions {
         if let Some(key) = session.expiry {
             self.expiries.try_remove(&key);
         }
+        if session.detached {
+            self.detached.remove(&session);
+        }
         self.kept_bytes -= session.buffered_bytes;
         session.buffer.len()
+    }
+
+    /// Session `id` just lost its connection: past the bound on detached sessions of its
+    /// address or its identity, the oldest other detached session of that address (identity)
+    /// is forgotten with what it kept. The one just detached is spared: it is the one most
+    /// likely to come back.
+    fn bound_detached(&mut self, id: SessionId) {
+        let Some(session) = self.sessions.get(&id) else {
+            return;
+        };
+        let address = session.address;
+        let identity = session.identity.clone();
+        while self.detached.by_address.get(&address).copied().unwrap_or(0)
+            > self.keep.sessions_per_address
+        {
+            if !self.evict_oldest_detached(id, |s| s.address == address) {
+                break;
+            }
+        }
+        let Some(identity) = identity else {
+            return;
+        };
+        while self
+            .detached
+            .by_identity
+            .get(&identity)
+            .copied()
+            .unwrap_or(0)
+            > self.keep.sessions_per_identity
+        {
+            if !self.evict_oldest_detached(id, |s| s.identity.as_ref() == Some(&identity)) {
+                break;
+            }
+        }
+    }
+
+    /// Forgets the oldest detached session other than `spare` that `matches`; false when
+    /// there is none.
+    fn evict_oldest_detached(
+        &mut self,
+        spare: SessionId,
+        matches: impl Fn(&Session) -> bool,
+    ) -> bool {
+        let oldest = self
+            .sessions
+            .iter()
+            .filter(|(other, s)| **other != spare && s.detached && matches(s))
+            .map(|(other, _)| *other)
+            .min();
+        let Some(oldest) = oldest else {
+            return false;
+        };
+        let results = self.forget(oldest);
+        self.evicted.sessions += 1;
+        self.evicted.results += results;
+        true
     }
 
     /// The next session whose resume window passed; it is forgotten. Returns the number of
@@ -420,7 +544,11 @@ impl Sessions {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
+
+    const ADDR: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
     fn response(text: &str) -> Outbound {
         Outbound {
@@ -443,13 +571,15 @@ mod tests {
     async fn detached_session_keeps_messages_for_the_connection_that_resumes_it() {
         let mut s = Sessions::new(Duration::from_secs(30), KeepLimits::default());
         let (tx, _rx) = mpsc::channel(8);
-        let (grant, kept) = s.attach(1, tx, None, None).expect("new session");
+        let (grant, kept) = s.attach(1, tx, None, None, ADDR).expect("new session");
         assert!(kept.is_empty());
         assert_eq!(s.detach(1, vec![response("a")]), 0);
         assert_eq!(s.deliver(grant.session, response("b")), Delivery::Kept);
 
         let (tx2, _rx2) = mpsc::channel(8);
-        let (again, kept) = s.attach(2, tx2, Some(&grant.token), None).expect("resumes");
+        let (again, kept) = s
+            .attach(2, tx2, Some(&grant.token), None, ADDR)
+            .expect("resumes");
         assert_eq!(again, grant);
         let texts: Vec<_> = kept.iter().map(|o| o.text.as_str()).collect();
         assert_eq!(texts, ["a", "b"]);
@@ -464,13 +594,16 @@ mod tests {
     async fn a_live_session_cannot_be_taken_and_unknown_tokens_are_refused() {
         let mut s = Sessions::new(Duration::from_secs(30), KeepLimits::default());
         let (tx, _rx) = mpsc::channel(8);
-        let (grant, _) = s.attach(1, tx.clone(), None, None).expect("new session");
+        let (grant, _) = s
+            .attach(1, tx.clone(), None, None, ADDR)
+            .expect("new session");
         assert_eq!(
-            s.attach(2, tx.clone(), Some(&grant.token), None).err(),
+            s.attach(2, tx.clone(), Some(&grant.token), None, ADDR)
+                .err(),
             Some(ResumeRefused::InUse)
         );
         assert_eq!(
-            s.attach(3, tx, Some("00ff"), None).err(),
+            s.attach(3, tx, Some("00ff"), None, ADDR).err(),
             Some(ResumeRefused::Unknown)
         );
     }
@@ -479,13 +612,13 @@ mod tests {
     async fn an_unresumed_session_expires_and_drops_what_it_kept() {
         let mut s = Sessions::new(Duration::from_secs(5), KeepLimits::default());
         let (tx, _rx) = mpsc::channel(8);
-        let (grant, _) = s.attach(1, tx, None, None).expect("new session");
+        let (grant, _) = s.attach(1, tx, None, None, ADDR).expect("new session");
         s.detach(1, vec![response("a"), response("b")]);
         assert!(s.expiring());
         assert_eq!(s.next_expired().await, 2);
         let (tx2, _rx2) = mpsc::channel(8);
         assert_eq!(
-            s.attach(2, tx2, Some(&grant.token), None).err(),
+            s.attach(2, tx2, Some(&grant.token), None, ADDR).err(),
             Some(ResumeRefused::Unknown)
         );
         assert_eq!(s.deliver(grant.session, response("c")), Delivery::NoSession);
@@ -495,7 +628,7 @@ mod tests {
     async fn without_resumption_a_session_ends_with_its_connection() {
         let mut s = Sessions::new(Duration::ZERO, KeepLimits::default());
         let (tx, _rx) = mpsc::channel(8);
-        let (grant, _) = s.attach(1, tx, None, None).expect("new session");
+        let (grant, _) = s.attach(1, tx, None, None, ADDR).expect("new session");
         assert_eq!(s.detach(1, vec![response("a")]), 1);
         assert_eq!(s.deliver(grant.session, response("b")), Delivery::NoSession);
     }
@@ -504,7 +637,7 @@ mod tests {
     async fn kept_messages_are_bounded() {
         let mut s = Sessions::new(Duration::from_secs(30), KeepLimits::default());
         let (tx, _rx) = mpsc::channel(8);
-        let (grant, _) = s.attach(1, tx, None, None).expect("new session");
+        let (grant, _) = s.attach(1, tx, None, None, ADDR).expect("new session");
         s.detach(1, Vec::new());
         for i in 0..MAX_SESSION_BUFFER {
             assert_eq!(
@@ -522,7 +655,7 @@ mod tests {
     async fn a_full_connection_is_let_go_but_its_session_lives_on() {
         let mut s = Sessions::new(Duration::from_secs(30), KeepLimits::default());
         let (tx, _rx) = mpsc::channel(1);
-        let (grant, _) = s.attach(1, tx, None, None).expect("new session");
+        let (grant, _) = s.attach(1, tx, None, None, ADDR).expect("new session");
         assert_eq!(s.deliver(grant.session, response("a")), Delivery::Sent);
         assert_eq!(
             s.deliver(grant.session, response("b")),
@@ -531,7 +664,9 @@ mod tests {
         // The connection's own goodbye comes later and finds nothing more to do.
         assert_eq!(s.detach(1, Vec::new()), 0);
         let (tx2, _rx2) = mpsc::channel(8);
-        let (_, kept) = s.attach(2, tx2, Some(&grant.token), None).expect("resumes");
+        let (_, kept) = s
+            .attach(2, tx2, Some(&grant.token), None, ADDR)
+            .expect("resumes");
         assert_eq!(kept.len(), 1);
     }
 
@@ -541,13 +676,41 @@ mod tests {
             KeepLimits {
                 session_bytes,
                 total_bytes,
+                ..KeepLimits::default()
             },
         )
     }
 
+    fn per_owner(sessions_per_address: usize, sessions_per_identity: usize) -> Sessions {
+        Sessions::new(
+            Duration::from_secs(30),
+            KeepLimits {
+                sessions_per_address,
+                sessions_per_identity,
+                ..KeepLimits::default()
+            },
+        )
+    }
+
+    /// A new session of `identity` from `address` that kept one result, then lost its
+    /// connection.
+    fn left_behind(
+        s: &mut Sessions,
+        client: ClientId,
+        address: IpAddr,
+        identity: Option<&str>,
+    ) -> Grant {
+        let (tx, _rx) = mpsc::channel(8);
+        let (grant, _) = s
+            .attach(client, tx, None, identity.map(Arc::from), address)
+            .expect("new session");
+        s.detach(client, vec![response("kept")]);
+        grant
+    }
+
     fn detached(s: &mut Sessions, client: ClientId) -> Grant {
         let (tx, _rx) = mpsc::channel(8);
-        let (grant, _) = s.attach(client, tx, None, None).expect("new session");
+        let (grant, _) = s.attach(client, tx, None, None, ADDR).expect("new session");
         s.detach(client, Vec::new());
         grant
     }
@@ -572,7 +735,7 @@ mod tests {
         let old = detached(&mut s, 1);
         let mid = detached(&mut s, 2);
         let (tx, _rx) = mpsc::channel(8);
-        let (live, _) = s.attach(3, tx, None, None).expect("new session");
+        let (live, _) = s.attach(3, tx, None, None, ADDR).expect("new session");
         let new = detached(&mut s, 4);
         assert_eq!(s.deliver(old.session, response("aaaaa")), Delivery::Kept);
         assert_eq!(s.deliver(old.session, response("aaaaa")), Delivery::Kept);
@@ -596,12 +759,14 @@ mod tests {
         assert_eq!(s.deliver(old.session, response("x")), Delivery::NoSession);
         let (tx, _rx) = mpsc::channel(8);
         assert_eq!(
-            s.attach(5, tx, Some(&old.token), None).err(),
+            s.attach(5, tx, Some(&old.token), None, ADDR).err(),
             Some(ResumeRefused::Unknown)
         );
         // Resuming gives back what was kept and frees its bytes.
         let (tx, _rx) = mpsc::channel(8);
-        let (_, kept) = s.attach(6, tx, Some(&mid.token), None).expect("resumes");
+        let (_, kept) = s
+            .attach(6, tx, Some(&mid.token), None, ADDR)
+            .expect("resumes");
         assert_eq!(kept.len(), 1);
         assert_eq!(s.kept_bytes(), 3);
     }
@@ -626,5 +791,94 @@ mod tests {
         assert_eq!(s.deliver(grant.session, response("abc")), Delivery::Kept);
         assert_eq!(s.next_expired().await, 1);
         assert_eq!(s.kept_bytes(), 0);
+    }
+
+    #[tokio::test]
+    async fn past_its_bound_an_address_loses_its_oldest_detached_session_only() {
+        let mut s = per_owner(2, 100);
+        let other = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9));
+        let first = left_behind(&mut s, 1, ADDR, None);
+        let elsewhere = left_behind(&mut s, 2, other, None);
+        let second = left_behind(&mut s, 3, ADDR, None);
+        assert_eq!(s.take_evicted(), Evicted::default());
+        let third = left_behind(&mut s, 4, ADDR, None);
+        assert_eq!(
+            s.take_evicted(),
+            Evicted {
+                sessions: 1,
+                results: 1
+            }
+        );
+        let (tx, _rx) = mpsc::channel(8);
+        assert_eq!(
+            s.attach(5, tx.clone(), Some(&first.token), None, ADDR)
+                .err(),
+            Some(ResumeRefused::Unknown)
+        );
+        for (client, grant) in [(6, &elsewhere), (7, &second), (8, &third)] {
+            let (_, kept) = s
+                .attach(client, tx.clone(), Some(&grant.token), None, ADDR)
+                .expect("resumes");
+            assert_eq!(kept.len(), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_resumed_session_no_longer_counts_against_its_address() {
+        let mut s = per_owner(1, 100);
+        let first = left_behind(&mut s, 1, ADDR, None);
+        let (tx, _rx) = mpsc::channel(8);
+        s.attach(2, tx, Some(&first.token), None, ADDR)
+            .expect("resumes");
+        let _second = left_behind(&mut s, 3, ADDR, None);
+        assert_eq!(s.take_evicted(), Evicted::default());
+        // The resumed one leaves again: now two detached, one too many; the older goes.
+        s.detach(2, Vec::new());
+        assert_eq!(
+            s.take_evicted(),
+            Evicted {
+                sessions: 1,
+                results: 1
+            }
+        );
+        let (tx, _rx) = mpsc::channel(8);
+        s.attach(4, tx, Some(&first.token), None, ADDR)
+            .expect("the one just detached is spared");
+    }
+
+    #[tokio::test]
+    async fn past_its_bound_an_identity_loses_its_oldest_detached_session_from_any_address() {
+        let mut s = per_owner(100, 2);
+        let a = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+        let b = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+        let first = left_behind(&mut s, 1, a, Some("alice"));
+        let _bob = left_behind(&mut s, 2, a, Some("bob"));
+        let _anonymous = left_behind(&mut s, 3, a, None);
+        let _second = left_behind(&mut s, 4, b, Some("alice"));
+        assert_eq!(s.take_evicted(), Evicted::default());
+        let _third = left_behind(&mut s, 5, b, Some("alice"));
+        assert_eq!(
+            s.take_evicted(),
+            Evicted {
+                sessions: 1,
+                results: 1
+            }
+        );
+        let (tx, _rx) = mpsc::channel(8);
+        assert_eq!(
+            s.attach(6, tx, Some(&first.token), Some(Arc::from("alice")), a)
+                .err(),
+            Some(ResumeRefused::Unknown)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expired_session_frees_its_place_under_the_address_bound() {
+        let mut s = per_owner(1, 100);
+        let _first = left_behind(&mut s, 1, ADDR, None);
+        assert_eq!(s.next_expired().await, 1);
+        let _second = left_behind(&mut s, 2, ADDR, None);
+        assert_eq!(s.take_evicted(), Evicted::default());
+        assert!(s.detached.by_address.get(&ADDR) == Some(&1));
     }
 }

@@ -345,7 +345,16 @@ mod tests {
             let mut wire = encode_to_bridge(sample_submit());
             let i = pos.index(wire.len() - 4) + 4;
             wire[i] = val;
-            let _ = BridgeSide::new().decode(&mut wire);
+            // The length prefix is intact and the whole frame is there: the decoder must take
+            // it, as a message or as an error, never wait for more.
+            let decoded = BridgeSide::new().decode(&mut wire);
+            prop_assert!(
+                matches!(decoded, Ok(Some(_)) | Err(_)),
+                "a whole frame decoded to {decoded:?}"
+            );
+            if decoded.is_ok() {
+                prop_assert!(wire.is_empty(), "{} bytes left after the frame", wire.len());
+            }
         }
     }
 }

@@ -52,6 +52,19 @@ ensure_pika() {
     || { [ "$(id -u)" -eq 0 ] && apt-get install -y -qq python3-pika; }
 }
 
+# The Python worker SDK (clients/python), installed as a user installs it (with pika). The e2e
+# tests run this tree's copy (PYTHONPATH), so a copy installed from another checkout does no harm.
+ensure_wsmq_worker() {
+  if python3 -c 'import wsmq_worker, pika' 2>/dev/null; then
+    return 0
+  fi
+  log "installing the Python worker SDK (pip install -e clients/python)"
+  # Where pip may not install (a distribution's externally managed Python), the tests still run
+  # the tree's copy through PYTHONPATH, with the pika that ensure_pika installed.
+  python3 -m pip install --quiet --disable-pip-version-check -e clients/python \
+    || log "could not pip install clients/python; the tests use it from the tree (PYTHONPATH)"
+}
+
 ensure_nextest() {
   if cargo nextest --version >/dev/null 2>&1; then
     return 0
@@ -75,11 +88,16 @@ ensure_node() {
 }
 
 # The browser test drives Debian's chromium with playwright-core (clients/js/package-lock.json);
-# it never downloads a browser of its own.
+# it never downloads a browser of its own. The Node worker SDK (clients/js/worker) runs on
+# amqplib (clients/js/worker/package-lock.json).
 ensure_js_deps() {
   if [ ! -d clients/js/node_modules/playwright-core ]; then
     log "installing the JavaScript test dependencies (npm ci in clients/js)"
     (cd clients/js && npm ci --no-audit --no-fund --silent)
+  fi
+  if [ ! -d clients/js/worker/node_modules/amqplib ]; then
+    log "installing the Node worker SDK's dependencies (npm ci in clients/js/worker)"
+    (cd clients/js/worker && npm ci --no-audit --no-fund --silent)
   fi
 }
 

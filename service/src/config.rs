@@ -99,6 +99,34 @@ pub fn mask_url_password(url: &str) -> String {
     }
 }
 
+/// Each URL of a list masked as by [`mask_url_password`].
+pub fn mask_url_passwords(urls: &[String]) -> Vec<String> {
+    urls.iter().map(|url| mask_url_password(url)).collect()
+}
+
+/// A list of broker URLs in the configuration (`amqp`): the file may give one string or an
+/// array of strings, `WSMQ_AMQP` a comma-separated string, the flag may be repeated; every
+/// piece is split on commas ([`split_urls`](crate::split_urls)). Use it as
+/// `#[serde(deserialize_with = "wsmq_service::url_list::deserialize")]`.
+pub mod url_list {
+    use serde::{Deserialize, Deserializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+
+    /// Reads a string or an array of strings into the URLs they list.
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(text) => crate::split_urls([text.as_str()]),
+            OneOrMany::Many(list) => crate::split_urls(list.iter().map(String::as_str)),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +215,59 @@ mod tests {
         };
         let f = file(&render("gateway", &config).expect("renders"));
         let got: Sample = load("gateway", Some(f.path()), &Flags::default()).expect("loads");
+        assert_eq!(got, config);
+    }
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields, default)]
+    struct Brokers {
+        #[serde(deserialize_with = "url_list::deserialize")]
+        amqp: Vec<String>,
+    }
+
+    impl Default for Brokers {
+        fn default() -> Self {
+            Self {
+                amqp: vec!["amqp://default/".into()],
+            }
+        }
+    }
+
+    #[derive(Serialize, Default)]
+    struct BrokerFlags {
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        amqp: Vec<String>,
+    }
+
+    #[test]
+    fn broker_list_is_a_string_or_an_array_and_commas_split_it() {
+        let f = file("[bridge]\namqp = \"amqp://a/, amqp://b/\"\n");
+        let got: Brokers = load("bridge", Some(f.path()), &BrokerFlags::default()).expect("loads");
+        assert_eq!(got.amqp, ["amqp://a/", "amqp://b/"]);
+        let f = file("[bridge]\namqp = [\"amqp://a/\", \"amqp://b/,amqp://c/\"]\n");
+        let got: Brokers = load("bridge", Some(f.path()), &BrokerFlags::default()).expect("loads");
+        assert_eq!(got.amqp, ["amqp://a/", "amqp://b/", "amqp://c/"]);
+        let got: Brokers = load("bridge", None, &BrokerFlags::default()).expect("loads");
+        assert_eq!(got.amqp, ["amqp://default/"]);
+    }
+
+    #[test]
+    fn repeated_broker_flags_replace_the_file_list_whole() {
+        let f = file("[bridge]\namqp = [\"amqp://a/\", \"amqp://b/\"]\n");
+        let flags = BrokerFlags {
+            amqp: vec!["amqp://x/".into(), "amqp://y/,amqp://z/".into()],
+        };
+        let got: Brokers = load("bridge", Some(f.path()), &flags).expect("loads");
+        assert_eq!(got.amqp, ["amqp://x/", "amqp://y/", "amqp://z/"]);
+    }
+
+    #[test]
+    fn broker_list_renders_and_loads_back() {
+        let config = Brokers {
+            amqp: vec!["amqp://a/".into(), "amqp://b/".into()],
+        };
+        let f = file(&render("bridge", &config).expect("renders"));
+        let got: Brokers = load("bridge", Some(f.path()), &BrokerFlags::default()).expect("loads");
         assert_eq!(got, config);
     }
 

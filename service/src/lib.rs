@@ -4,12 +4,14 @@
 //! and systemd notifications.
 //!
 //! Without features it is only what a library may share (the worker SDK uses it so): the error
-//! chain and the reconnect backoff. Feature `cli` adds the command-line helper (clap), feature
-//! `daemon` the rest (configuration, logging, metrics, signals, systemd).
+//! chain, the reconnect backoff and the order several broker URLs are tried in. Feature `cli`
+//! adds the command-line helper (clap), feature `daemon` the rest (configuration, logging,
+//! metrics, signals, systemd).
 
 #![forbid(unsafe_code)]
 
 pub mod backoff;
+pub mod brokers;
 #[cfg(feature = "cli")]
 pub mod cli;
 #[cfg(feature = "daemon")]
@@ -25,10 +27,13 @@ pub mod notify;
 pub mod signals;
 
 pub use backoff::Backoff;
+pub use brokers::{AfterFailure, Failover, node_name, split_urls};
 #[cfg(feature = "cli")]
 pub use cli::{EXIT_USAGE, parse_args};
 #[cfg(feature = "daemon")]
-pub use config::{ConfigArgs, ConfigError, load, mask_url_password, render, startup};
+pub use config::{
+    ConfigArgs, ConfigError, load, mask_url_password, mask_url_passwords, render, startup, url_list,
+};
 pub use error::{ErrorChain, error_chain};
 #[cfg(feature = "daemon")]
 pub use logging::LogFormat;

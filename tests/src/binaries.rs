@@ -18,13 +18,14 @@ use tokio::sync::OnceCell;
 use crate::BUILD_TIMEOUT;
 
 /// The packages whose binaries the tests run.
-const PACKAGES: [&str; 6] = [
+const PACKAGES: [&str; 7] = [
     "wsmq-gateway",
     "wsmq-bridge",
     "wsmq-demo-worker",
     "wsmq-cli",
     "wsmq-ipc-tool",
     "wsmq-bench",
+    "wsmq-conformance",
 ];
 
 /// Where the binaries are.
@@ -42,6 +43,8 @@ pub struct Binaries {
     pub ipc: PathBuf,
     /// `wsmq-bench`, the load generator.
     pub bench: PathBuf,
+    /// `wsmq-conformance`, the conformance kit.
+    pub conformance: PathBuf,
 }
 
 static BINARIES: OnceCell<Binaries> = OnceCell::const_new();
@@ -74,6 +77,7 @@ async fn locate() -> Result<Binaries> {
         cli: dir.join("wsmq"),
         ipc: dir.join("wsmq-ipc"),
         bench: dir.join("wsmq-bench"),
+        conformance: dir.join("wsmq-conformance"),
     };
     for bin in [
         &bins.gateway,
@@ -82,6 +86,7 @@ async fn locate() -> Result<Binaries> {
         &bins.cli,
         &bins.ipc,
         &bins.bench,
+        &bins.conformance,
     ] {
         ensure!(
             bin.is_file(),

@@ -49,8 +49,8 @@ pub struct WsClient {
     subprotocol: Option<String>,
 }
 
-/// The `$/session` notification a gateway with `--session-resume-secs` sends first on every
-/// connection (a resumed one too).
+/// The `$/session` notification the gateway sends first on every connection (a resumed one
+/// too), unless `--session-resume-secs 0` turns sessions off (the default is 30).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionGreeting {
     /// The token to resume with (`/ws?session=<token>`).

@@ -40,16 +40,42 @@ impl Response {
 
 /// `GET path` on `addr`, bounded by [`HTTP_TIMEOUT`].
 pub async fn get(addr: SocketAddr, path: &str) -> Result<Response> {
-    tokio::time::timeout(HTTP_TIMEOUT, get_unbounded(addr, path))
+    get_with(addr, path, &[]).await
+}
+
+/// `GET path` on `addr` with extra request headers (e.g. a websocket upgrade's, to see the
+/// whole answer to a refused one), bounded by [`HTTP_TIMEOUT`].
+pub async fn get_with(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Response> {
+    tokio::time::timeout(HTTP_TIMEOUT, get_unbounded(addr, path, headers))
         .await
         .with_context(|| format!("GET {path} on {addr} took over {HTTP_TIMEOUT:?}"))?
 }
 
-async fn get_unbounded(addr: SocketAddr, path: &str) -> Result<Response> {
+/// The request headers of a websocket upgrade, for [`get_with`] to see the whole answer to
+/// one that is refused (`Connection: close` too, so that the answer ends the connection and
+/// can be read to its end; an upgrade that succeeds is never answered to the end).
+pub const UPGRADE_HEADERS: [(&str, &str); 4] = [
+    ("Upgrade", "websocket"),
+    ("Connection", "Upgrade, close"),
+    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    ("Sec-WebSocket-Version", "13"),
+];
+
+async fn get_unbounded(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Result<Response> {
     let mut stream = TcpStream::connect(addr)
         .await
         .with_context(|| format!("cannot connect to {addr}"))?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let connection_given = headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("connection"));
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    if !connection_given {
+        request.push_str("Connection: close\r\n");
+    }
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
     stream
         .write_all(request.as_bytes())
         .await

@@ -16,13 +16,17 @@ use std::time::Duration;
 pub mod binaries;
 pub mod broker;
 pub mod client;
+pub mod cluster;
+pub mod conformance;
 pub mod fake_worker;
 pub mod http;
 pub mod ledger;
 pub mod load;
+pub mod metrics;
 pub mod process;
 pub mod rabbitmq;
 pub mod rpc;
+pub mod serial;
 pub mod system;
 
 pub use client::{Incoming, Refusal, SessionGreeting, WsClient};

@@ -16,7 +16,7 @@ use tempfile::TempDir;
 use crate::binaries::{Binaries, binaries, workspace_root};
 use crate::client::WsClient;
 use crate::process::{LogLine, Service};
-use crate::{HEALTH_POLL_INTERVAL, HEALTH_TIMEOUT, amqp_url, broker, http};
+use crate::{HEALTH_POLL_INTERVAL, HEALTH_TIMEOUT, amqp_url, broker, http, metrics};
 
 /// The methods the demo worker serves; their queues are deleted by cleanup.
 pub const DEMO_METHODS: [&str; 5] = ["echo", "sleep", "fib", "fail", "progress"];
@@ -38,6 +38,12 @@ pub struct System {
     socket: PathBuf,
     bins: &'static Binaries,
     gateway_args: Vec<String>,
+    /// The bridges' `--amqp` list (pairs may be given their own).
+    bridge_amqp: Vec<String>,
+    /// The workers' `--amqp` list.
+    worker_amqp: Vec<String>,
+    bridge_args: Vec<String>,
+    worker_args: Vec<String>,
     bridge: Option<Service>,
     gateway: Option<Service>,
     workers: Vec<Service>,
@@ -191,6 +197,38 @@ impl System {
         Service::spawn("gateway", &self.bins.gateway, all, &log_env())
     }
 
+    /// The value of a series on the gateway's `/metrics` (see [`metrics::read`]).
+    pub async fn metric(&self, series: &str) -> Result<f64> {
+        metrics::read(self.health_addr()?, series).await
+    }
+
+    /// Polls a series on the gateway's `/metrics` until `pred(value)` holds, within
+    /// [`HEALTH_TIMEOUT`] (see [`metrics::wait_for`]).
+    pub async fn wait_metric(
+        &self,
+        series: &str,
+        what: &str,
+        pred: impl Fn(f64) -> bool,
+    ) -> Result<f64> {
+        metrics::wait_for(self.health_addr()?, series, HEALTH_TIMEOUT, what, pred).await
+    }
+
+    /// `GET /readyz`: status code and JSON body.
+    pub async fn readyz(&self) -> Result<(u16, Value)> {
+        let response = http::get(self.health_addr()?, "/readyz").await?;
+        let body = response.json()?;
+        Ok((response.status, body))
+    }
+
+    /// Polls `/readyz` until `pred(status, body)` holds, within [`HEALTH_TIMEOUT`].
+    pub async fn wait_readyz(
+        &self,
+        what: &str,
+        pred: impl Fn(u16, &Value) -> bool,
+    ) -> Result<(u16, Value)> {
+        wait_json_at(self.health_addr()?, "/readyz", HEALTH_TIMEOUT, what, pred).await
+    }
+
     /// `GET /healthz`: status code and JSON body.
     pub async fn healthz(&self) -> Result<(u16, Value)> {
         let response = http::get(self.health_addr()?, "/healthz").await?;
@@ -252,11 +290,18 @@ impl System {
     /// gateway of its own on it; waits until that gateway's `/healthz` says 200. Returns the
     /// pair's number (1, 2, ...; the first pair, [`Self::gateway_addr`], is 0).
     pub async fn start_pair(&mut self) -> Result<usize> {
+        let urls = self.bridge_amqp.clone();
+        self.start_pair_on(&urls).await
+    }
+
+    /// [`Self::start_pair`] with the pair's bridge on the brokers `urls`, in that order.
+    pub async fn start_pair_on(&mut self, urls: &[String]) -> Result<usize> {
         let number = self.pairs.len() + 1;
         let instance = format!("{}-{number}", self.instance);
         let socket = self.socket.with_file_name(format!("bridge-{number}.sock"));
         self.track_queue(wsmq_amqp_proto::reply_queue_name(&instance));
-        let mut bridge = self.spawn_bridge_as(&format!("bridge-{number}"), &socket, &instance)?;
+        let mut bridge =
+            self.spawn_bridge_as(&format!("bridge-{number}"), &socket, &instance, urls)?;
         let ready = Self::await_bridge_ready(&mut bridge).await;
         let mut pair = Pair {
             bridge: Some(bridge),
@@ -290,7 +335,23 @@ impl System {
             .with_context(|| format!("pair {number} has no running gateway"))
     }
 
-    /// How many demo (or pika) workers run.
+    /// The process id of worker `index` (in start order).
+    pub fn worker_pid(&self, index: usize) -> Result<u32> {
+        self.workers
+            .get(index)
+            .and_then(Service::id)
+            .with_context(|| format!("no running worker {index}"))
+    }
+
+    /// Worker `index` (in start order), for log assertions.
+    pub fn worker_mut(&mut self, index: usize) -> Result<&mut Service> {
+        let count = self.workers.len();
+        self.workers
+            .get_mut(index)
+            .with_context(|| format!("no worker {index}: {count} running"))
+    }
+
+    /// How many demo (or pika, or Python SDK) workers run.
     pub fn worker_count(&self) -> usize {
         self.workers.len()
     }
@@ -334,6 +395,20 @@ impl System {
         ready
     }
 
+    /// Starts the bridge (same socket, instance and prefix) against the broker at `amqp_url`
+    /// instead of the test's, and waits only until it listens: for tests of a broker the
+    /// bridge cannot reach (a URL where nothing listens), without stopping the shared one.
+    pub async fn start_bridge_with_amqp(&mut self, amqp_url: &str) -> Result<()> {
+        if self.bridge.is_some() {
+            bail!("the bridge is already running");
+        }
+        let urls = [amqp_url.to_owned()];
+        let mut bridge = self.spawn_bridge_as("bridge", &self.socket, &self.instance, &urls)?;
+        let listening = bridge.wait_for_message("bridge listening").await;
+        self.bridge = Some(bridge);
+        listening.map(drop)
+    }
+
     /// SIGTERM to the bridge; waits for it to exit.
     pub async fn stop_bridge(&mut self) -> Result<ExitStatus> {
         self.bridge
@@ -374,7 +449,12 @@ impl System {
 
     /// Starts another demo worker and waits until it consumes.
     pub async fn start_worker(&mut self, concurrency: u32) -> Result<()> {
-        let mut worker = self.spawn_worker(concurrency)?;
+        self.start_worker_with(concurrency, &[]).await
+    }
+
+    /// [`Self::start_worker`] with more flags (e.g. `--queue-type quorum`).
+    pub async fn start_worker_with(&mut self, concurrency: u32, extra: &[&str]) -> Result<()> {
+        let mut worker = self.spawn_worker(concurrency, extra)?;
         let ready = Self::await_worker_ready(&mut worker).await;
         self.workers.push(worker);
         ready
@@ -471,15 +551,19 @@ impl System {
     }
 
     fn spawn_bridge(&self) -> Result<Service> {
-        self.spawn_bridge_as("bridge", &self.socket, &self.instance)
+        self.spawn_bridge_as("bridge", &self.socket, &self.instance, &self.bridge_amqp)
     }
 
-    fn spawn_bridge_as(&self, name: &str, socket: &Path, instance: &str) -> Result<Service> {
-        let args = [
+    fn spawn_bridge_as(
+        &self,
+        name: &str,
+        socket: &Path,
+        instance: &str,
+        urls: &[String],
+    ) -> Result<Service> {
+        let mut args: Vec<&str> = vec![
             "--ipc",
             path_arg(socket)?,
-            "--amqp",
-            &self.amqp_url,
             "--instance",
             instance,
             "--queue-prefix",
@@ -487,6 +571,10 @@ impl System {
             "--log-format",
             "json",
         ];
+        for url in urls {
+            args.extend(["--amqp", url.as_str()]);
+        }
+        args.extend(self.bridge_args.iter().map(String::as_str));
         Service::spawn(name, &self.bins.bridge, args, &log_env())
     }
 
@@ -496,11 +584,9 @@ impl System {
         Ok(())
     }
 
-    fn spawn_worker(&self, concurrency: u32) -> Result<Service> {
+    fn spawn_worker(&self, concurrency: u32, extra: &[&str]) -> Result<Service> {
         let concurrency = concurrency.to_string();
-        let args = [
-            "--amqp",
-            &self.amqp_url,
+        let mut args: Vec<&str> = vec![
             "--queue-prefix",
             &self.prefix,
             "--concurrency",
@@ -508,6 +594,11 @@ impl System {
             "--log-format",
             "json",
         ];
+        for url in &self.worker_amqp {
+            args.extend(["--amqp", url.as_str()]);
+        }
+        args.extend(self.worker_args.iter().map(String::as_str));
+        args.extend_from_slice(extra);
         Service::spawn("worker", &self.bins.worker, args, &log_env())
     }
 
@@ -529,9 +620,21 @@ async fn wait_healthz_at(
     what: &str,
     pred: impl Fn(u16, &Value) -> bool,
 ) -> Result<(u16, Value)> {
+    wait_json_at(addr, "/healthz", limit, what, pred).await
+}
+
+/// Polls `GET path` on `addr` (a JSON endpoint) until `pred(status, body)` holds, for up to
+/// `limit`. `what` names the awaited state for the error, which also shows the last answer.
+pub async fn wait_json_at(
+    addr: SocketAddr,
+    path: &str,
+    limit: Duration,
+    what: &str,
+    pred: impl Fn(u16, &Value) -> bool,
+) -> Result<(u16, Value)> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        let answer = match http::get(addr, "/healthz").await {
+        let answer = match http::get(addr, path).await {
             Ok(response) => response.json().map(|body| (response.status, body)),
             Err(e) => Err(e),
         };
@@ -541,7 +644,7 @@ async fn wait_healthz_at(
             Err(e) => format!("{e:#}"),
         };
         if tokio::time::Instant::now() >= deadline {
-            bail!("/healthz did not report {what} within {limit:?}; last: {last}");
+            bail!("{path} did not report {what} within {limit:?}; last: {last}");
         }
         tokio::time::sleep(HEALTH_POLL_INTERVAL).await;
     }
@@ -589,4 +692,6 @@ fn log_env() -> Vec<(&'static str, String)> {
 
 mod builder;
 pub use builder::SystemBuilder;
+mod python;
+pub use python::{PYTHON_SDK_EXAMPLE, PYTHON_SDK_METHODS, python, python_sdk_env};
 mod teardown;

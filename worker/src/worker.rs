@@ -2,7 +2,9 @@
 //! is in `builder.rs`, the set-up of one broker connection in `connection.rs`, the serve loop
 //! and the drain at shutdown in `serve.rs`.
 //!
-//! `Worker::run` owns the only broker connection. Each pass of its loop opens a session
+//! `Worker::run` owns the only broker connection. Given several brokers (the nodes of a
+//! cluster) it connects to the first that answers, in order, and on losing it goes to the next;
+//! it backs off only after a whole round of them has failed. Each pass of its loop opens a session
 //! (connection, reply channel in confirm mode, consume channel, queues, consumers), serves it
 //! until the connection fails or shutdown is asked for, then tears it down; a failed session is
 //! followed by a backoff delay and a fresh one. Jobs run as tasks on a [`TaskTracker`], each
@@ -24,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::{contract::QueueType, error::WorkerError, request::Handler};
-use wsmq_service::{Backoff, ErrorChain};
+use wsmq_service::{AfterFailure, Backoff, ErrorChain, Failover};
 
 mod acks;
 mod builder;
@@ -64,7 +66,8 @@ struct Route {
 
 /// A worker serving a set of methods from their queues; see the crate docs for the contract.
 pub struct Worker {
-    uri: AMQPUri,
+    /// The brokers to try, in order (at least one).
+    uris: Vec<AMQPUri>,
     connection_name: String,
     routes: Vec<Arc<Route>>,
     handlers: Arc<HashMap<String, Handler>>,
@@ -86,9 +89,7 @@ impl fmt::Debug for Worker {
     // By hand: the URI holds the password.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Worker")
-            .field("host", &self.uri.authority.host)
-            .field("port", &self.uri.authority.port)
-            .field("vhost", &self.uri.vhost)
+            .field("nodes", &self.nodes())
             .field("queues", &self.queue_names().collect::<Vec<_>>())
             .field("concurrency", &self.concurrency)
             .field("max_priority", &self.max_priority)
@@ -107,7 +108,17 @@ fn is_unrecoverable(error: &lapin::Error) -> bool {
     )
 }
 
+/// `host:port` of a broker URI, for logs.
+fn node_of(uri: &AMQPUri) -> String {
+    format!("{}:{}", uri.authority.host, uri.authority.port)
+}
+
 impl Worker {
+    /// The brokers this worker connects to, as `host:port`, in the order it tries them.
+    pub fn nodes(&self) -> Vec<String> {
+        self.uris.iter().map(node_of).collect()
+    }
+
     /// The queues this worker consumes, one per method.
     pub fn queue_names(&self) -> impl Iterator<Item = &str> {
         self.routes.iter().map(|route| route.queue.as_str())
@@ -128,23 +139,32 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let mut dispatch = Dispatch::new(self.concurrency);
         let mut backoff = Backoff::new(RECONNECT_INITIAL, RECONNECT_MAX);
+        let mut failover = Failover::new(self.uris.len());
         let outcome = loop {
             self.set_state(WorkerState::Connecting);
+            let Some(uri) = self.uris.get(failover.current()) else {
+                // `build` keeps at least one URI; this cannot happen.
+                break Ok(());
+            };
+            let node = node_of(uri);
             let opened = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
-                opened = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(dispatch.next_session())) => {
+                opened = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(uri, dispatch.next_session())) => {
                     opened.unwrap_or(Err(SetupError::TimedOut(CONNECT_TIMEOUT)))
                 }
             };
             match opened {
                 Ok(mut session) => {
+                    let failed_over = failover.connected();
                     info!(
-                        host = %self.uri.authority.host,
-                        vhost = %self.uri.vhost,
+                        %node,
+                        host = %uri.authority.host,
+                        vhost = %uri.vhost,
                         queues = ?self.queue_names().collect::<Vec<_>>(),
                         concurrency = self.concurrency,
                         queue_type = ?self.queue_type,
                         max_priority = ?self.max_priority,
+                        failed_over,
                         "connected to the broker; consuming"
                     );
                     self.set_state(WorkerState::Ready);
@@ -160,7 +180,8 @@ impl Worker {
                             if let Some(e) = lost.lapin_error().filter(|e| is_unrecoverable(e)) {
                                 break Err(WorkerError::Unrecoverable(e.clone()));
                             }
-                            warn!(error = %ErrorChain(&lost), "lost the broker session; reconnecting");
+                            warn!(%node, error = %ErrorChain(&lost), "lost the broker session; reconnecting");
+                            failover.lost();
                         }
                     }
                 }
@@ -168,7 +189,19 @@ impl Worker {
                     if let Some(e) = error.lapin_error().filter(|e| is_unrecoverable(e)) {
                         break Err(WorkerError::Unrecoverable(e.clone()));
                     }
-                    warn!(error = %ErrorChain(&error), "could not open a broker session; retrying");
+                    if self.uris.len() == 1 {
+                        warn!(%node, error = %ErrorChain(&error), "could not open a broker session; retrying");
+                        failover.failed();
+                    } else {
+                        warn!(%node, error = %ErrorChain(&error), "cannot use this broker node");
+                        if failover.failed() == AfterFailure::TryNext {
+                            continue;
+                        }
+                        warn!(
+                            nodes = self.uris.len(),
+                            "no broker node answers; retrying after backoff"
+                        );
+                    }
                 }
             }
             let delay = backoff.next_delay();

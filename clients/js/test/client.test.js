@@ -1,8 +1,9 @@
 // The JavaScript client against a real gateway, bridge, demo worker and RabbitMQ.
 //
 // Run by the Rust e2e test `clients::js_client_passes_its_node_tests_against_a_real_system`,
-// which starts the system and passes its websocket URL in WSMQ_URL. By hand:
-//   WSMQ_URL=ws://127.0.0.1:8080/ws node --experimental-websocket --test clients/js/test/
+// which starts the system with a gateway that requires a token and passes its websocket URL in
+// WSMQ_URL and the token in WSMQ_TOKEN. By hand, against a gateway with `--tokens` listing it:
+//   WSMQ_URL=ws://127.0.0.1:8080/ws WSMQ_TOKEN=... node --experimental-websocket --test clients/js/test/
 
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -15,6 +16,11 @@ import { Proxy } from './proxy.js';
 const URL_ = process.env.WSMQ_URL;
 assert.ok(URL_, 'WSMQ_URL must name the gateway websocket, e.g. ws://127.0.0.1:8080/ws');
 const GATEWAY = new URL(URL_).host;
+const TOKEN = process.env.WSMQ_TOKEN;
+assert.ok(TOKEN, 'WSMQ_TOKEN must be a token the gateway requires (it runs with --tokens)');
+
+/** How long a test polls for something the gateway does before it fails. */
+const POLL_LIMIT_MS = 10_000;
 
 /** A client whose state changes are recorded, connected through `proxy` when given. */
 async function open(proxy, options = {}) {
@@ -22,6 +28,7 @@ async function open(proxy, options = {}) {
   const states = [];
   const waiters = [];
   const client = await connect(url, {
+    token: TOKEN,
     ...options,
     onState(state, info) {
       states.push({ state, ...info });
@@ -145,9 +152,12 @@ test('aborting the signal rejects at once with CancelledError and cancels on the
     assert.equal(error.code, codes.CANCELLED);
     assert.equal(c.pending, 0);
     // The gateway got `$/cancel` and ended the call as cancelled.
+    const deadline = Date.now() + POLL_LIMIT_MS;
     for (;;) {
       const after = await metric('wsmq_calls_total', { method: 'progress', outcome: 'cancelled' });
       if (after > before) break;
+      assert.ok(Date.now() < deadline,
+        `no cancelled progress call in /metrics within ${POLL_LIMIT_MS} ms (${after} <= ${before})`);
       await new Promise((r) => setTimeout(r, 50));
     }
     assert.deepEqual(await c.call('echo', ['still here']), ['still here']);
@@ -241,8 +251,11 @@ test('connect() rejects when nothing listens', async () => {
   await assert.rejects(connect(`ws://127.0.0.1:${port}/ws`), ConnectionLostError);
 });
 
-test('a token is passed along as ?token= and does not stop a gateway without auth', async () => {
-  const c = await open(null, { token: 's3cret' });
-  assert.deepEqual(await c.call('echo', ['t']), ['t']);
-  await c.close();
-});
+test('the token is passed along as ?token=: the gateway refuses the same client without it',
+  async () => {
+    const c = await open(null, { token: TOKEN });
+    assert.deepEqual(await c.call('echo', ['t']), ['t']);
+    await c.close();
+    await assert.rejects(connect(URL_), ConnectionLostError);
+    await assert.rejects(connect(URL_, { token: `${TOKEN}-wrong` }), ConnectionLostError);
+  });

@@ -1,5 +1,6 @@
 //! The router's handle: how connections reach the router task.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
@@ -19,6 +20,7 @@ pub(super) enum Command {
         tx: mpsc::Sender<Outbound>,
         resume: Option<String>,
         identity: Option<Arc<str>>,
+        address: IpAddr,
         reply: oneshot::Sender<Result<Grant, ResumeRefused>>,
     },
     Disconnect {
@@ -52,13 +54,15 @@ impl RouterHandle {
     /// messages arrive on `tx` (first `$/session`, then whatever the session kept). Dropping
     /// the router's side of `tx` (the receiver sees `None`) means the client was too slow and
     /// must be closed. `identity` is the authenticated caller: its calls carry it to the
-    /// workers, and only it may resume the session.
+    /// workers, and only it may resume the session. `address` is the client's: the sessions
+    /// one address leaves behind are bounded.
     pub(crate) async fn connect(
         &self,
         client: ClientId,
         tx: mpsc::Sender<Outbound>,
         resume: Option<String>,
         identity: Option<Arc<str>>,
+        address: IpAddr,
     ) -> Result<Result<Grant, ResumeRefused>, RouterGone> {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Connect {
@@ -66,6 +70,7 @@ impl RouterHandle {
             tx,
             resume,
             identity,
+            address,
             reply,
         })
         .await?;

@@ -87,7 +87,13 @@ impl Harness {
     pub(super) async fn client(&self, id: ClientId) -> mpsc::Receiver<Outbound> {
         let (tx, rx) = mpsc::channel(4);
         self.handle
-            .connect(id, tx, None, None)
+            .connect(
+                id,
+                tx,
+                None,
+                None,
+                std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            )
             .await
             .expect("router alive")
             .expect("attached");

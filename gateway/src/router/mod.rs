@@ -237,11 +237,12 @@ impl Router {
                 tx,
                 resume,
                 identity,
+                address,
                 reply,
             } => {
                 let attached =
                     self.sessions
-                        .attach(client, tx.clone(), resume.as_deref(), identity);
+                        .attach(client, tx.clone(), resume.as_deref(), identity, address);
                 let answer = match attached {
                     Ok((grant, kept)) => {
                         if self.sessions.resumable() {
@@ -292,7 +293,8 @@ impl Router {
         }
     }
 
-    /// Counts the sessions [`Sessions`] forgot to stay under `--max-kept-bytes`, and the
+    /// Counts the sessions [`Sessions`] forgot to stay under `--max-kept-bytes`,
+    /// `--max-sessions-per-ip` or `--max-sessions-per-identity`, and the
     /// results they dropped; warns the first time only (the metric counts every one).
     pub(super) fn count_evicted(&mut self) {
         let evicted = self.sessions.take_evicted();
@@ -306,7 +308,7 @@ impl Router {
             warn!(
                 sessions = evicted.sessions,
                 results = evicted.results,
-                "disconnected sessions keep as much as --max-kept-bytes allows; forgetting the oldest with their results (counted in wsmq_results_dropped_total, reason session_evicted; logged once)"
+                "disconnected sessions reached a bound (--max-kept-bytes, --max-sessions-per-ip or --max-sessions-per-identity); forgetting the oldest with their results (counted in wsmq_results_dropped_total, reason session_evicted; logged once)"
             );
         } else {
             debug!(
@@ -396,6 +398,8 @@ mod tests {
     use wsmq_ipc_proto::ReplyBody;
 
     use super::harness::{assert_silent, call, harness_full, response};
+
+    const LOCALHOST: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
     use crate::outbound::OutboundKind;
     use crate::sessions::ResumeRefused;
 
@@ -406,7 +410,7 @@ mod tests {
         let (tx, mut first) = mpsc::channel(8);
         let grant = h
             .handle
-            .connect(1, tx, None, None)
+            .connect(1, tx, None, None, LOCALHOST)
             .await
             .expect("router alive")
             .expect("attached");
@@ -435,7 +439,7 @@ mod tests {
         let (tx2, mut second) = mpsc::channel(8);
         let again = h
             .handle
-            .connect(2, tx2, Some(grant.token.clone()), None)
+            .connect(2, tx2, Some(grant.token.clone()), None, LOCALHOST)
             .await
             .expect("router alive")
             .expect("resumed");
@@ -456,13 +460,13 @@ mod tests {
         let (tx, _rx) = mpsc::channel(8);
         let grant = h
             .handle
-            .connect(1, tx.clone(), None, None)
+            .connect(1, tx.clone(), None, None, LOCALHOST)
             .await
             .expect("router alive")
             .expect("attached");
         let second = h
             .handle
-            .connect(2, tx, Some(grant.token), None)
+            .connect(2, tx, Some(grant.token), None, LOCALHOST)
             .await
             .expect("router alive");
         assert_eq!(second.err(), Some(ResumeRefused::InUse));

@@ -11,6 +11,14 @@ pub struct SystemBuilder {
     worker_concurrency: u32,
     gateway: bool,
     gateway_args: Vec<String>,
+    /// The harness's own broker URL (preflight, queue depths, cleanup); `None`: [`amqp_url`].
+    amqp_url: Option<String>,
+    /// The bridge's `--amqp` list; empty: the harness's URL.
+    bridge_amqp: Vec<String>,
+    /// Every worker's `--amqp` list; empty: the harness's URL.
+    worker_amqp: Vec<String>,
+    bridge_args: Vec<String>,
+    worker_args: Vec<String>,
 }
 
 impl Default for SystemBuilder {
@@ -21,6 +29,11 @@ impl Default for SystemBuilder {
             worker_concurrency: DEFAULT_WORKER_CONCURRENCY,
             gateway: true,
             gateway_args: Vec::new(),
+            amqp_url: None,
+            bridge_amqp: Vec::new(),
+            worker_amqp: Vec::new(),
+            bridge_args: Vec::new(),
+            worker_args: Vec::new(),
         }
     }
 }
@@ -58,8 +71,47 @@ impl SystemBuilder {
         self
     }
 
+    /// The broker the harness itself uses (preflight, cleanup) instead of `WSMQ_AMQP_URL`.
+    pub fn amqp_url(mut self, url: impl Into<String>) -> Self {
+        self.amqp_url = Some(url.into());
+        self
+    }
+
+    /// The bridge's brokers, in order (one `--amqp` each).
+    pub fn bridge_amqp(mut self, urls: Vec<String>) -> Self {
+        self.bridge_amqp = urls;
+        self
+    }
+
+    /// Every worker's brokers, in order (one `--amqp` each).
+    pub fn worker_amqp(mut self, urls: Vec<String>) -> Self {
+        self.worker_amqp = urls;
+        self
+    }
+
+    /// Any bridge flag with its value (for every bridge of the system).
+    pub fn bridge_arg(mut self, flag: &str, value: impl ToString) -> Self {
+        self.bridge_args
+            .extend([flag.to_owned(), value.to_string()]);
+        self
+    }
+
+    /// Any demo worker flag with its value (for every worker of the system).
+    pub fn worker_arg(mut self, flag: &str, value: impl ToString) -> Self {
+        self.worker_args
+            .extend([flag.to_owned(), value.to_string()]);
+        self
+    }
+
+    /// Replicated queues end to end, as on a cluster: the bridge's `--reply-queue-type
+    /// quorum` and the workers' `--queue-type quorum`.
+    pub fn quorum_queues(self) -> Self {
+        self.bridge_arg("--reply-queue-type", "quorum")
+            .worker_arg("--queue-type", "quorum")
+    }
+
     /// The gateway's `--session-resume-secs`: how long a session waits for a connection to
-    /// resume it (0, the gateway's default, turns sessions off).
+    /// resume it (0 turns sessions off; the gateway's default is 30).
     pub fn session_resume_secs(self, secs: u64) -> Self {
         self.gateway_arg("--session-resume-secs", secs)
     }
@@ -108,7 +160,7 @@ impl SystemBuilder {
     /// consumes, then starts the gateway and waits until `/healthz` says 200.
     pub async fn start(self) -> Result<System> {
         let bins = binaries().await?;
-        let amqp_url = amqp_url();
+        let amqp_url = self.amqp_url.clone().unwrap_or_else(amqp_url);
         // Fail with the real cause rather than as a bridge that never logs "broker connected".
         broker::connect(&amqp_url)
             .await
@@ -138,6 +190,16 @@ impl SystemBuilder {
             wsmq_amqp_proto::cancel_exchange_name(&prefix),
             wsmq_amqp_proto::dead_letter_exchange_name(&prefix),
         ];
+        let bridge_amqp = if self.bridge_amqp.is_empty() {
+            vec![amqp_url.clone()]
+        } else {
+            self.bridge_amqp
+        };
+        let worker_amqp = if self.worker_amqp.is_empty() {
+            vec![amqp_url.clone()]
+        } else {
+            self.worker_amqp
+        };
         let mut system = System {
             prefix,
             instance,
@@ -146,6 +208,10 @@ impl SystemBuilder {
             socket,
             bins,
             gateway_args: self.gateway_args,
+            bridge_amqp,
+            worker_amqp,
+            bridge_args: self.bridge_args,
+            worker_args: self.worker_args,
             bridge: None,
             gateway: None,
             workers: Vec::new(),
@@ -169,7 +235,7 @@ impl SystemBuilder {
         let worker_count = if self.worker { self.workers } else { 0 };
         let mut workers = Vec::new();
         for _ in 0..worker_count {
-            workers.push(system.spawn_worker(self.worker_concurrency)?);
+            workers.push(system.spawn_worker(self.worker_concurrency, &[])?);
         }
         let bridge_ready = System::await_bridge_ready(&mut bridge).await;
         system.bridge = Some(bridge);

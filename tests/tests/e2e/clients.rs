@@ -27,7 +27,7 @@ fn ws_url(system: &System) -> String {
 
 /// Runs `program args` in the workspace root with `env`, echoing its output to stderr (nextest
 /// shows it when the test fails), and returns what it did.
-async fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Output> {
+pub(super) async fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Output> {
     let mut cmd = Command::new(program);
     cmd.args(args)
         .current_dir(workspace_root())
@@ -47,11 +47,11 @@ async fn run(program: &str, args: &[&str], env: &[(&str, &str)]) -> Result<Outpu
     Ok(out)
 }
 
-fn node() -> String {
+pub(super) fn node() -> String {
     std::env::var("WSMQ_NODE").unwrap_or_else(|_| "node".to_owned())
 }
 
-fn assert_node_tests_passed(out: &Output, file: &str) {
+pub(super) fn assert_node_tests_passed(out: &Output, file: &str) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{file} failed: {}", out.status);
     // The runner prints `# pass N` / `# fail N`; a run of no test must not pass for a green one.
@@ -66,7 +66,16 @@ fn assert_node_tests_passed(out: &Output, file: &str) {
 
 #[tokio::test]
 async fn js_client_passes_its_node_tests_against_a_real_system() {
-    let system = System::start().await.expect("system starts");
+    // A gateway that requires a token, so a client that drops it fails the tests.
+    const TOKEN: &str = "js-client-token-8d21";
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let tokens = secrets.path().join("tokens");
+    std::fs::write(&tokens, format!("js:{TOKEN}\n")).expect("writes the tokens file");
+    let system = System::builder()
+        .gateway_arg("--tokens", tokens.to_str().expect("utf-8 path"))
+        .start()
+        .await
+        .expect("system starts");
     let url = ws_url(&system);
     let file = "clients/js/test/client.test.js";
     // Node 20 has WebSocket behind a flag; 22 and later have it on (and may drop the flag).
@@ -86,7 +95,7 @@ async fn js_client_passes_its_node_tests_against_a_real_system() {
     if !has_websocket {
         args.insert(0, "--experimental-websocket");
     }
-    let out = run(&node(), &args, &[("WSMQ_URL", &url)])
+    let out = run(&node(), &args, &[("WSMQ_URL", &url), ("WSMQ_TOKEN", TOKEN)])
         .await
         .expect("node runs (Node.js 20+ must be installed)");
     assert_node_tests_passed(&out, file);
@@ -394,7 +403,8 @@ async fn python_example_shows_every_kind_of_answer() {
         r#"progress result: {"done": 3}"#,
         "worker error: 4000 requested failure",
         "timeout: -32001",
-        "cancelled: sleep",
+        // The gateway's answer to the cancelled call, not the local asyncio cancel.
+        "cancelled: -32002 cancelled",
     ];
     assert_eq!(stdout_of(&out).lines().collect::<Vec<_>>(), expected);
     system.cleanup().await;

@@ -12,7 +12,7 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
-use wsmq_tests::{Incoming, RECV_TIMEOUT, System, WsClient, http, rpc};
+use wsmq_tests::{Incoming, RECV_TIMEOUT, Refusal, System, WsClient, http, rpc};
 
 /// Open sockets of a process, from `/proc/<pid>/fd`.
 fn open_sockets(pid: u32) -> Result<usize> {
@@ -618,7 +618,7 @@ async fn closed_sessions_keep_at_most_the_configured_bytes() {
         }
         anyhow::Ok(())
     };
-    tokio::time::timeout(Duration::from_secs(25), sessions)
+    tokio::time::timeout(Duration::from_secs(90), sessions)
         .await
         .expect("all calls end")
         .expect("calls sent and metrics read");
@@ -648,9 +648,73 @@ async fn closed_sessions_keep_at_most_the_configured_bytes() {
         .filter(|l| {
             l.level() == Some("WARN")
                 && l.message()
-                    .is_some_and(|m| m.starts_with("disconnected sessions keep as much"))
+                    .is_some_and(|m| m.starts_with("disconnected sessions reached a bound"))
         })
         .count();
     assert_eq!(warnings, 1, "one WARN line for all evictions");
+    system.cleanup().await;
+}
+
+/// Issue 17 §2: the sessions one address leaves behind are bounded in number
+/// (`--max-sessions-per-ip`): three connections from one address each leave a call running and
+/// close; with a bound of 2, the oldest session is forgotten (resuming it gets 404, its result
+/// counted once under `session_evicted`) and the two newer ones resume with their results.
+#[tokio::test]
+async fn one_address_leaves_at_most_max_sessions_per_ip_behind_and_loses_its_oldest() {
+    let system = System::builder()
+        .gateway_arg("--max-sessions-per-ip", 2)
+        .session_resume_secs(120)
+        .start()
+        .await
+        .expect("system starts");
+    let addr = system.gateway_addr().expect("addr");
+    let mut tokens = Vec::new();
+    for n in 0..3 {
+        let mut client = WsClient::connect(addr).await.expect("connects");
+        let greeting = client.await_session(RECV_TIMEOUT).await.expect("greeting");
+        client
+            .send_json(&json!({"jsonrpc": "2.0", "method": "sleep",
+                               "params": {"ms": 200}, "id": format!("left-{n}")}))
+            .await
+            .expect("sends");
+        client.close().await.expect("closes");
+        // Settled before the next: its result is kept by (or dropped with) its session.
+        let settled = async {
+            while metric(addr, "wsmq_calls_in_flight").await? != 0.0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            anyhow::Ok(())
+        };
+        tokio::time::timeout(Duration::from_secs(20), settled)
+            .await
+            .unwrap_or_else(|_| panic!("call {n} never ended"))
+            .expect("metrics read");
+        tokens.push(greeting.token);
+    }
+    let evicted = metric(
+        addr,
+        "wsmq_results_dropped_total{reason=\"session_evicted\"}",
+    )
+    .await
+    .expect("metric");
+    assert_eq!(evicted, 1.0, "the oldest session's one result");
+    match WsClient::try_connect(addr, &format!("/ws?session={}", tokens[0]))
+        .await
+        .expect("handshake answered")
+    {
+        Err(Refusal::Status(status)) => assert_eq!(status, 404, "the oldest session is gone"),
+        Err(other) => panic!("expected HTTP 404, got {other:?}"),
+        Ok(_) => panic!("the oldest session was resumed; expected HTTP 404"),
+    }
+    for (n, token) in tokens.iter().enumerate().skip(1) {
+        let mut client = WsClient::connect_path(addr, &format!("/ws?session={token}"))
+            .await
+            .expect("a newer session resumes");
+        client.await_session(RECV_TIMEOUT).await.expect("greeting");
+        let response = client.recv_json().await.expect("its kept result");
+        assert_eq!(response["id"], json!(format!("left-{n}")), "{response}");
+        assert_eq!(response["result"], json!({"slept_ms": 200}), "{response}");
+        client.close().await.expect("closes");
+    }
     system.cleanup().await;
 }

@@ -103,19 +103,66 @@ async fn ipc_refuses_another_protocol_version() {
 /// The uid the "other user" runs as: nobody.
 const OTHER_UID: u32 = 65534;
 
+/// `setpriv` (util-linux) arguments that run a program as [`OTHER_UID`], its group, and no
+/// supplementary groups.
+fn setpriv_args() -> [String; 3] {
+    [
+        format!("--reuid={OTHER_UID}"),
+        format!("--regid={OTHER_UID}"),
+        "--clear-groups".to_owned(),
+    ]
+}
+
+/// A command that runs `program` as [`OTHER_UID`], through `setpriv`. Fails the test, saying
+/// why, when this process cannot run anything as another user (it needs root; CI runs the suite
+/// as root): a peer-credential test that cannot bring a second uid checks nothing, and must not
+/// pass.
+async fn as_other_user(program: impl AsRef<std::ffi::OsStr>) -> tokio::process::Command {
+    let check = tokio::process::Command::new("setpriv")
+        .args(setpriv_args())
+        .args(["id", "-u"])
+        .output()
+        .await;
+    match check {
+        Ok(out)
+            if out.status.success()
+                && String::from_utf8_lossy(&out.stdout).trim() == OTHER_UID.to_string() => {}
+        Ok(out) => panic!(
+            "cannot run a process as uid {OTHER_UID}, the other side of this peer-credential \
+             check (setpriv: {}, {}); run the suite as root, as CI does",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+        Err(e) => panic!(
+            "cannot run setpriv (util-linux) to take uid {OTHER_UID} for this peer-credential \
+             check: {e}"
+        ),
+    }
+    let mut command = tokio::process::Command::new("setpriv");
+    command.args(setpriv_args()).arg(program);
+    command
+}
+
+/// A Python the other user may run: the system's, since one on root's `PATH` may live in a
+/// home directory closed to others (pyenv's shims in `/root`).
+fn system_python() -> &'static str {
+    ["/usr/bin/python3", "/bin/python3"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .unwrap_or("python3")
+}
+
 /// Runs `wsmq-ipc ping` against the socket as [`OTHER_UID`] and returns its exit code.
 async fn ping_as_other_user(socket: &std::path::Path) -> i32 {
     let bins = wsmq_tests::binaries::binaries()
         .await
         .expect("binaries found");
-    let out = tokio::process::Command::new(&bins.ipc)
+    let out = as_other_user(&bins.ipc)
+        .await
         .arg("ping")
         .arg("--ipc")
         .arg(socket)
         .args(["--timeout", "5s"])
-        // std drops root's supplementary groups when it sets the uid.
-        .uid(OTHER_UID)
-        .gid(OTHER_UID)
         .output()
         .await
         .expect("wsmq-ipc runs as another user");
@@ -144,10 +191,8 @@ fn chmod(path: &std::path::Path, mode: u32) {
 
 #[tokio::test]
 async fn ipc_socket_is_private_and_another_uid_is_refused_by_its_credentials() {
-    if !nix::unistd::geteuid().is_root() {
-        // Switching to another uid needs root; CI runs the suite as root.
-        eprintln!("[test] not root: only the socket mode is checked");
-    }
+    // Fails here, before anything starts, when no second uid can be had.
+    drop(as_other_user("true").await);
     let mut system = System::builder()
         .without_gateway()
         .start()
@@ -160,10 +205,6 @@ async fn ipc_socket_is_private_and_another_uid_is_refused_by_its_credentials() {
         .to_path_buf();
     assert_eq!(mode_of(&socket), 0o600, "socket mode");
     assert_eq!(mode_of(&dir) & 0o077, 0, "socket directory is private");
-    if !nix::unistd::geteuid().is_root() {
-        system.cleanup().await;
-        return;
-    }
 
     // File permissions keep the other user out: ping cannot even connect (exit 3).
     assert_eq!(
@@ -290,10 +331,8 @@ async fn ipc_garbage_on_either_side_is_dropped_and_logged_and_the_link_recovers(
 
 #[tokio::test]
 async fn gateway_refuses_a_bridge_socket_held_by_another_uid() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("[test] not root: cannot run a fake bridge as another user; nothing checked");
-        return;
-    }
+    // Fails here, before anything starts, when no second uid can be had.
+    drop(as_other_user("true").await);
     let mut system = System::builder().start().await.expect("system starts");
     let socket = system.socket_path().to_path_buf();
     let dir = socket
@@ -312,11 +351,10 @@ async fn gateway_refuses_a_bridge_socket_held_by_another_uid() {
                   print('listening', flush=True)\n\
                   conns = []\n\
                   while True:\n    c, _ = s.accept(); conns.append(c)\n";
-    let mut impostor = tokio::process::Command::new("python3")
+    let mut impostor = as_other_user(system_python())
+        .await
         .args(["-c", listen])
         .arg(&socket)
-        .uid(OTHER_UID)
-        .gid(OTHER_UID)
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()

@@ -91,7 +91,8 @@ async fn invalid_requests_get_invalid_request() {
     let system = System::start().await.expect("system starts");
     let mut client = system.client().await.expect("client connects");
 
-    // (request, the id the error may carry besides null)
+    // (request, the id its error carries: the request's own when it is a usable one, a
+    // string, a number or null; null when there is none to read)
     let cases: [(&str, Option<Value>); 9] = [
         (
             r#"{"jsonrpc":"1.0","method":"echo","params":{},"id":1}"#,
@@ -131,10 +132,11 @@ async fn invalid_requests_get_invalid_request() {
             Some(INVALID_REQUEST),
             "for {request}: {response}"
         );
-        let id = &response["id"];
-        assert!(
-            id.is_null() || Some(id) == echoed_id.as_ref(),
-            "for {request}: id must be null or the request's: {response}"
+        let expected_id = echoed_id.unwrap_or(Value::Null);
+        assert_eq!(
+            response["id"], expected_id,
+            "for {request}: the error carries the request's id when it has a usable one, else \
+             null: {response}"
         );
     }
     assert_echo_works(&mut client, "after invalid requests").await;

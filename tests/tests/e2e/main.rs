@@ -6,6 +6,7 @@
 mod bench;
 mod clients;
 mod command_line;
+mod conformance;
 mod faults;
 mod hostile;
 mod hostile_clients;
@@ -13,7 +14,9 @@ mod ipc;
 mod jsonrpc;
 mod lifecycle;
 mod limits;
+mod node_worker;
 mod poison;
+mod python_sdk;
 mod resilience;
 mod routing;
 mod security;

@@ -1,10 +1,12 @@
-//! Restarts and shutdowns: websocket clients outlive the bridge; SIGTERM is a clean exit.
+//! Restarts, outages and shutdowns: websocket clients outlive the bridge; calls made while the
+//! bridge or RabbitMQ is away are held up to `--max-held-calls`; `/readyz` says what keeps the
+//! gateway from taking calls; SIGTERM is a clean exit.
 
 use std::collections::HashMap;
 
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use wsmq_tests::rpc::{self, check_envelope};
+use wsmq_tests::rpc::{self, BROKER_UNAVAILABLE, check_envelope, error_code};
 use wsmq_tests::{Incoming, RECV_TIMEOUT, System};
 
 /// A call long enough to be in flight across the bridge's death and restart.
@@ -175,11 +177,137 @@ async fn gateway_sigterm_finishes_calls_in_flight() {
         .await
         .expect("the gateway closes")
     {
-        Incoming::Close(_) | Incoming::Ended(_) => {}
-        other => panic!("expected the websocket to close, got {other:?}"),
+        Incoming::Close(Some((code, _))) => assert_eq!(code, 1001, "close code"),
+        other => panic!("expected the websocket to close with 1001, got {other:?}"),
     }
     let status = gateway.wait_exit().await.expect("gateway exits");
     assert!(status.success(), "gateway exit status: {status}");
+
+    system.cleanup().await;
+}
+
+/// An AMQP URL where nothing listens: a port the system gave this process, closed again. A
+/// bridge pointed there sees RabbitMQ down without the shared broker being stopped.
+fn unreachable_amqp_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("binds a port");
+    let port = listener.local_addr().expect("has an address").port();
+    drop(listener);
+    format!("amqp://guest:guest@127.0.0.1:{port}/%2f")
+}
+
+/// The `/readyz` body with the gateway not draining.
+fn readiness(ready: bool, bridge: &str, broker: &str) -> Value {
+    json!({"ready": ready, "bridge": bridge, "broker": broker, "draining": false})
+}
+
+#[tokio::test]
+async fn readyz_says_ready_bridge_down_or_broker_down() {
+    let mut system = System::start().await.expect("system starts");
+    assert_eq!(
+        system.readyz().await.expect("readyz answers"),
+        (200, readiness(true, "up", "up")),
+        "ready"
+    );
+
+    system.stop_bridge().await.expect("the bridge stops");
+    let (_, body) = system
+        .wait_readyz("the bridge down", |status, body| {
+            status == 503 && body["bridge"] == "down"
+        })
+        .await
+        .expect("/readyz notices the bridge is gone");
+    // Without the bridge, nothing says RabbitMQ is up.
+    assert_eq!(body, readiness(false, "down", "down"), "bridge down");
+
+    system
+        .start_bridge_with_amqp(&unreachable_amqp_url())
+        .await
+        .expect("a bridge that cannot reach RabbitMQ starts");
+    let (_, body) = system
+        .wait_readyz("the bridge up", |status, body| {
+            status == 503 && body["bridge"] == "up"
+        })
+        .await
+        .expect("the gateway links to the bridge");
+    assert_eq!(body, readiness(false, "up", "down"), "broker down");
+
+    system.stop_bridge().await.expect("that bridge stops");
+    system.start_bridge().await.expect("the real bridge starts");
+    let (_, body) = system
+        .wait_readyz("ready", |status, _| status == 200)
+        .await
+        .expect("ready again");
+    assert_eq!(body, readiness(true, "up", "up"), "ready again");
+
+    system.cleanup().await;
+}
+
+#[tokio::test]
+async fn calls_past_max_held_calls_get_32000_and_the_held_ones_are_sent_when_the_broker_is_back() {
+    const MAX_HELD: u64 = 2;
+    let mut system = System::builder()
+        .gateway_arg("--max-held-calls", MAX_HELD)
+        .start()
+        .await
+        .expect("system starts");
+    let mut client = system.client().await.expect("client connects");
+    system.stop_bridge().await.expect("the bridge stops");
+    system
+        .start_bridge_with_amqp(&unreachable_amqp_url())
+        .await
+        .expect("a bridge that cannot reach RabbitMQ starts");
+    system
+        .wait_health("the bridge up and RabbitMQ down", |status, body| {
+            status == 503 && body["bridge"] == "up" && body["broker"] == "down"
+        })
+        .await
+        .expect("the gateway hears RabbitMQ is down");
+
+    for id in 1..=MAX_HELD + 1 {
+        client
+            .send_json(&rpc::request(id, "echo", json!({ "n": id })))
+            .await
+            .expect("sends");
+    }
+    // The call past the bound is refused at once; the first ones wait, so the refusal is the
+    // first frame.
+    let refusal = client
+        .recv_json()
+        .await
+        .expect("the extra call is answered");
+    assert_eq!(refusal["id"], MAX_HELD + 1, "{refusal}");
+    assert_eq!(error_code(&refusal), Some(BROKER_UNAVAILABLE), "{refusal}");
+    assert_eq!(
+        refusal["error"]["message"], "broker unavailable",
+        "{refusal}"
+    );
+
+    system.stop_bridge().await.expect("that bridge stops");
+    system.start_bridge().await.expect("the real bridge starts");
+    let mut answered = HashMap::new();
+    while answered.len() < MAX_HELD as usize {
+        let response = client
+            .recv_json()
+            .await
+            .expect("the held calls are answered");
+        let id = response["id"].as_u64().unwrap_or_default();
+        assert!(
+            (1..=MAX_HELD).contains(&id) && !answered.contains_key(&id),
+            "unexpected response {response}"
+        );
+        answered.insert(id, response);
+    }
+    for (id, response) in &answered {
+        assert_eq!(
+            rpc::result(response),
+            Some(&json!({ "n": id })),
+            "a held call is sent when RabbitMQ is back: {response}"
+        );
+    }
+    client
+        .expect_no_stray_frames()
+        .await
+        .expect("each call answered once");
 
     system.cleanup().await;
 }

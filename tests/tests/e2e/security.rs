@@ -11,8 +11,7 @@ use serde_json::{Value, json};
 use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use wsmq_tests::{
-    FakeWorker, HEALTH_TIMEOUT, Incoming, RECV_TIMEOUT, Refusal, STARTUP_TIMEOUT, System, WsClient,
-    http, rpc,
+    FakeWorker, Incoming, RECV_TIMEOUT, Refusal, STARTUP_TIMEOUT, System, WsClient, http, rpc,
 };
 
 const ALICE: &str = "alice-token-3f9a";

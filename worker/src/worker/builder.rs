@@ -27,7 +27,7 @@ impl Worker {
     /// (`amqp://user:password@host:port/vhost`).
     pub fn builder(amqp_uri: impl Into<String>) -> WorkerBuilder {
         WorkerBuilder {
-            uri: amqp_uri.into(),
+            uris: vec![amqp_uri.into()],
             queue_prefix: String::new(),
             concurrency: DEFAULT_CONCURRENCY,
             connection_name: None,
@@ -43,7 +43,8 @@ impl Worker {
 
 /// Configures a [`Worker`]; made by [`Worker::builder`].
 pub struct WorkerBuilder {
-    uri: String,
+    /// The builder's URI first, then the fallbacks in the order given.
+    uris: Vec<String>,
     queue_prefix: String,
     concurrency: u16,
     connection_name: Option<String>,
@@ -56,6 +57,18 @@ pub struct WorkerBuilder {
 }
 
 impl WorkerBuilder {
+    /// Another broker to connect to, after those given before it (the nodes of one RabbitMQ
+    /// cluster): the worker connects to the first that answers, in order, and on losing it
+    /// goes to the next; it waits (with backoff) only when none has answered in a whole round.
+    ///
+    /// A malformed URI among them is named in a warning at [`build`](Self::build) and skipped;
+    /// only when none is well-formed does `build` fail.
+    #[must_use]
+    pub fn fallback_uri(mut self, amqp_uri: impl Into<String>) -> Self {
+        self.uris.push(amqp_uri.into());
+        self
+    }
+
     /// Prefix of every method's queue name (default empty): method `m` is served from queue
     /// `<prefix>m`. Must match the bridge's queue prefix.
     #[must_use]
@@ -163,10 +176,7 @@ impl WorkerBuilder {
 
     /// Checks the configuration and makes the worker. Nothing touches the network here.
     pub fn build(self) -> Result<Worker, BuildError> {
-        let uri: AMQPUri = self
-            .uri
-            .parse()
-            .map_err(|reason| BuildError::InvalidUri { reason })?;
+        let uris = parse_uris(&self.uris)?;
         if self.concurrency == 0 {
             return Err(BuildError::ZeroConcurrency);
         }
@@ -232,7 +242,7 @@ impl WorkerBuilder {
             .connection_name
             .unwrap_or_else(|| format!("wsmq-worker pid {}", std::process::id()));
         Ok(Worker {
-            uri,
+            uris,
             connection_name,
             routes,
             handlers: Arc::new(handlers),
@@ -266,6 +276,33 @@ impl fmt::Debug for WorkerBuilder {
     }
 }
 
+/// The well-formed URIs, in order; a malformed one is named (without its password) in a
+/// warning and skipped. None well-formed: the first one's error.
+fn parse_uris(uris: &[String]) -> Result<Vec<AMQPUri>, BuildError> {
+    let mut parsed = Vec::with_capacity(uris.len());
+    let mut first_error = None;
+    for (position, text) in uris.iter().enumerate() {
+        match text.parse::<AMQPUri>() {
+            Ok(uri) => parsed.push(uri),
+            Err(reason) => {
+                if uris.len() > 1 {
+                    tracing::warn!(
+                        position = position + 1,
+                        node = %wsmq_service::node_name(text),
+                        %reason,
+                        "malformed broker URI skipped"
+                    );
+                }
+                first_error.get_or_insert(reason);
+            }
+        }
+    }
+    match first_error {
+        Some(reason) if parsed.is_empty() => Err(BuildError::InvalidUri { reason }),
+        _ => Ok(parsed),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,6 +330,28 @@ mod tests {
     #[test]
     fn build_refuses_a_bad_uri() {
         let built = echo(Worker::builder("http://nope"), "echo").build();
+        assert!(
+            matches!(built, Err(BuildError::InvalidUri { .. })),
+            "{built:?}"
+        );
+    }
+
+    #[test]
+    fn fallback_uris_keep_their_order_and_malformed_ones_are_skipped() {
+        let worker = echo(
+            Worker::builder("amqp://h1:5681/%2f")
+                .fallback_uri("nonsense")
+                .fallback_uri("amqp://h3:5683/%2f"),
+            "echo",
+        )
+        .build()
+        .expect("two usable URIs");
+        assert_eq!(worker.nodes(), ["h1:5681", "h3:5683"]);
+        let built = echo(
+            Worker::builder("http://nope").fallback_uri("nonsense"),
+            "echo",
+        )
+        .build();
         assert!(
             matches!(built, Err(BuildError::InvalidUri { .. })),
             "{built:?}"

@@ -175,13 +175,17 @@ impl ConnectionLost {
 }
 
 impl Worker {
-    /// Connects and sets up everything the worker needs on the broker, as session number
-    /// `session` (see `acks.rs`).
-    pub(super) async fn connect(&self, session: u64) -> Result<BrokerConnection, SetupError> {
+    /// Connects to `uri` and sets up everything the worker needs on the broker, as session
+    /// number `session` (see `acks.rs`).
+    pub(super) async fn connect(
+        &self,
+        uri: &lapin::uri::AMQPUri,
+        session: u64,
+    ) -> Result<BrokerConnection, SetupError> {
         // lapin's own recovery stays off (the default): this loop rebuilds sessions itself.
         let properties = ConnectionProperties::default()
             .with_connection_name(self.connection_name.as_str().into());
-        let connection = Connection::connect_uri(self.uri.clone(), properties)
+        let connection = Connection::connect_uri(uri.clone(), properties)
             .await
             .map_err(SetupError::Connect)?;
         // Listen before anything else can fail, so no error event is missed.

@@ -17,6 +17,7 @@ fn counting_echo(prefix: &str, method: &str, runs: &Arc<AtomicUsize>) -> WorkerB
 #[tokio::test]
 async fn job_past_its_deadline_is_acked_without_running_or_reply() -> Result<()> {
     let prefix = unique_prefix("expired");
+    let _cleanup = Cleanup::on_drop(&prefix, &["echo"]);
     let runs = Arc::new(AtomicUsize::new(0));
     let (run, shutdown) = start(counting_echo(&prefix, "echo", &runs)).await?;
     let mut bridge = Bridge::connect(&prefix).await?;
@@ -40,12 +41,13 @@ async fn job_past_its_deadline_is_acked_without_running_or_reply() -> Result<()>
         0,
         "the expired job was acked"
     );
-    bridge.clean_up(&["echo"]).await
+    Ok(())
 }
 
 #[tokio::test]
 async fn deadline_passing_while_running_cancels_the_job_and_no_reply_is_sent() -> Result<()> {
     let prefix = unique_prefix("deadline");
+    let _cleanup = Cleanup::on_drop(&prefix, &["wait"]);
     let saw = Arc::new(std::sync::Mutex::new(None::<Option<SystemTime>>));
     let on_run = Arc::clone(&saw);
     let builder = Worker::builder(amqp_url())
@@ -90,7 +92,7 @@ async fn deadline_passing_while_running_cancels_the_job_and_no_reply_is_sent() -
 
     stop(run, shutdown).await?;
     assert_eq!(bridge.ready_jobs("wait").await?, 0);
-    bridge.clean_up(&["wait"]).await
+    Ok(())
 }
 
 /// A one-slot worker whose `hold` handler, for params `"hold"`, announces its start and then
@@ -128,6 +130,7 @@ fn holding_worker(
 #[tokio::test]
 async fn cancellation_broadcast_stops_a_running_job_and_no_reply_is_sent() -> Result<()> {
     let prefix = unique_prefix("cancel-running");
+    let _cleanup = Cleanup::on_drop(&prefix, &["hold"]);
     let started = Arc::new(Notify::new());
     let cancelled = Arc::new(AtomicBool::new(false));
     let runs = Arc::new(AtomicUsize::new(0));
@@ -156,12 +159,13 @@ async fn cancellation_broadcast_stops_a_running_job_and_no_reply_is_sent() -> Re
         0,
         "the cancelled job was acked"
     );
-    bridge.clean_up(&["hold"]).await
+    Ok(())
 }
 
 #[tokio::test]
 async fn job_cancelled_before_it_is_delivered_is_acked_without_running() -> Result<()> {
     let prefix = unique_prefix("cancel-queued");
+    let _cleanup = Cleanup::on_drop(&prefix, &["hold"]);
     let started = Arc::new(Notify::new());
     let cancelled = Arc::new(AtomicBool::new(false));
     let runs = Arc::new(AtomicUsize::new(0));
@@ -198,12 +202,13 @@ async fn job_cancelled_before_it_is_delivered_is_acked_without_running() -> Resu
         0,
         "the doomed job was acked"
     );
-    bridge.clean_up(&["hold"]).await
+    Ok(())
 }
 
 #[tokio::test]
 async fn cancellations_still_arrive_after_a_reconnect() -> Result<()> {
     let prefix = unique_prefix("cancel-reconnect");
+    let _cleanup = Cleanup::on_drop(&prefix, &["hold"]);
     let started = Arc::new(Notify::new());
     let cancelled = Arc::new(AtomicBool::new(false));
     let runs = Arc::new(AtomicUsize::new(0));
@@ -234,12 +239,13 @@ async fn cancellations_still_arrive_after_a_reconnect() -> Result<()> {
     );
 
     stop(run, shutdown).await?;
-    bridge.clean_up(&["hold"]).await
+    Ok(())
 }
 
 #[tokio::test]
 async fn cancellation_during_shutdown_still_stops_the_job_in_flight() -> Result<()> {
     let prefix = unique_prefix("cancel-drain");
+    let _cleanup = Cleanup::on_drop(&prefix, &["hold"]);
     let started = Arc::new(Notify::new());
     let cancelled = Arc::new(AtomicBool::new(false));
     let runs = Arc::new(AtomicUsize::new(0));
@@ -270,5 +276,5 @@ async fn cancellation_during_shutdown_still_stops_the_job_in_flight() -> Result<
         0,
         "the cancelled job was acked"
     );
-    bridge.clean_up(&["hold"]).await
+    Ok(())
 }

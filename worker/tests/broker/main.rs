@@ -42,6 +42,85 @@ fn unique_prefix(test: &str) -> String {
     format!("sdktest.{}.{test}.", std::process::id())
 }
 
+/// Deletes a test's method queues and its exchanges (cancellation, dead letters) when the test ends, passed or
+/// failed: an assertion or a `?` that ends a test early must not leave its queues behind on the
+/// shared broker. Declared right after the prefix, so it is dropped last, after the worker and
+/// the test's own connection.
+struct Cleanup {
+    prefix: String,
+    methods: Vec<String>,
+}
+
+impl Cleanup {
+    fn on_drop(prefix: &str, methods: &[&str]) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            methods: methods.iter().map(|m| (*m).to_owned()).collect(),
+        }
+    }
+
+    async fn delete(prefix: &str, methods: &[String]) -> Result<()> {
+        let connection = Connection::connect(&amqp_url(), ConnectionProperties::default())
+            .await
+            .context("connecting to delete the test's queues")?;
+        let channel = connection.create_channel().await?;
+        for method in methods {
+            channel
+                .queue_delete(
+                    format!("{prefix}{method}").into(),
+                    QueueDeleteOptions::default(),
+                )
+                .await
+                .with_context(|| format!("deleting the queue {prefix}{method}"))?;
+        }
+        channel
+            .exchange_delete(
+                format!("{prefix}wsmq.cancel").into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await
+            .context("deleting the cancellation exchange")?;
+        // Declared by quorum-queue workers only; deleting an exchange that is not there is no
+        // error to RabbitMQ, and this is the last step, so its failure is only reported.
+        if let Err(e) = channel
+            .exchange_delete(
+                format!("{prefix}wsmq.dead").into(),
+                ExchangeDeleteOptions::default(),
+            )
+            .await
+        {
+            eprintln!("[cleanup] {prefix}wsmq.dead: {e}");
+        }
+        let _ = connection.close(200, "cleaned up".into()).await;
+        Ok(())
+    }
+}
+
+impl Drop for Cleanup {
+    /// Blocking (a `Drop` cannot await), on a thread and runtime of its own, bounded by [`WAIT`].
+    fn drop(&mut self) {
+        let prefix = self.prefix.clone();
+        let methods = std::mem::take(&mut self.methods);
+        let deleted = std::thread::spawn(move || -> Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("a runtime to delete the test's queues")?;
+            runtime.block_on(async {
+                tokio::time::timeout(WAIT, Cleanup::delete(&prefix, &methods))
+                    .await
+                    .context("deleting the test's queues took too long")?
+            })
+        })
+        .join();
+        match deleted {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => eprintln!("[cleanup] {}: {e:#}", self.prefix),
+            Err(_) => eprintln!("[cleanup] {}: deleting its queues panicked", self.prefix),
+        }
+    }
+}
+
 /// A reply as the bridge would read it.
 #[derive(Debug)]
 struct Reply {
@@ -270,18 +349,6 @@ impl Bridge {
                 .queue_delete(queue.into(), QueueDeleteOptions::default())
                 .await?;
         }
-        Ok(())
-    }
-
-    /// Deletes the queues of `methods` and the test's cancellation exchange.
-    async fn clean_up(&self, methods: &[&str]) -> Result<()> {
-        self.delete_queues(methods).await?;
-        self.channel
-            .exchange_delete(
-                format!("{}wsmq.cancel", self.prefix).into(),
-                ExchangeDeleteOptions::default(),
-            )
-            .await?;
         Ok(())
     }
 }

@@ -5,6 +5,7 @@ use super::*;
 #[tokio::test]
 async fn method_queues_are_declared_with_x_max_priority_9_unless_disabled() -> Result<()> {
     let prefix = unique_prefix("max-priority");
+    let _cleanup = Cleanup::on_drop(&prefix, &["echo"]);
     let builder = Worker::builder(amqp_url())
         .queue_prefix(&prefix)
         .method("echo", |request: Request| async move { Ok(request.params) });
@@ -21,6 +22,8 @@ async fn method_queues_are_declared_with_x_max_priority_9_unless_disabled() -> R
     assert!(without.is_err(), "the queue has an x-max-priority argument");
 
     let plain_prefix = unique_prefix("no-priority");
+
+    let _plain_cleanup = Cleanup::on_drop(&plain_prefix, &["echo"]);
     let builder = Worker::builder(amqp_url())
         .queue_prefix(&plain_prefix)
         .max_priority(None)
@@ -29,14 +32,13 @@ async fn method_queues_are_declared_with_x_max_priority_9_unless_disabled() -> R
     let plain = Bridge::connect(&plain_prefix).await?;
     stop(run, shutdown).await?;
     plain.redeclare("echo", FieldTable::default()).await?;
-
-    plain.clean_up(&["echo"]).await?;
-    bridge.clean_up(&["echo"]).await
+    Ok(())
 }
 
 #[tokio::test]
 async fn later_high_priority_job_runs_before_earlier_low_priority_ones() -> Result<()> {
     let prefix = unique_prefix("priority");
+    let _cleanup = Cleanup::on_drop(&prefix, &["work"]);
     let started = Arc::new(Notify::new());
     let release = Arc::new(Notify::new());
     let (on_start, on_release) = (Arc::clone(&started), Arc::clone(&release));
@@ -80,13 +82,14 @@ async fn later_high_priority_job_runs_before_earlier_low_priority_ones() -> Resu
     assert_eq!(order, ["blocker", "high", "low-1", "low-2", "low-3"]);
 
     stop(run, shutdown).await?;
-    bridge.clean_up(&["work"]).await
+    Ok(())
 }
 
 #[tokio::test]
 async fn method_concurrency_caps_one_method_below_the_worker_concurrency() -> Result<()> {
     const JOBS: usize = 4;
     let prefix = unique_prefix("method-concurrency");
+    let _cleanup = Cleanup::on_drop(&prefix, &["capped"]);
     let running = Arc::new(AtomicUsize::new(0));
     let most = Arc::new(AtomicUsize::new(0));
     let (r, m) = (Arc::clone(&running), Arc::clone(&most));
@@ -118,5 +121,5 @@ async fn method_concurrency_caps_one_method_below_the_worker_concurrency() -> Re
     assert_eq!(most.load(Ordering::SeqCst), 1);
 
     stop(run, shutdown).await?;
-    bridge.clean_up(&["capped"]).await
+    Ok(())
 }

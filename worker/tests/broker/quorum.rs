@@ -66,6 +66,7 @@ async fn delete_dead_exchange(bridge: &Bridge) -> Result<()> {
 async fn quorum_queues_are_declared_with_the_delivery_limit_and_the_dead_letter_exchange()
 -> Result<()> {
     let prefix = unique_prefix("quorum-arguments");
+    let _cleanup = Cleanup::on_drop(&prefix, &["echo"]);
     declare_quorum_echo(&prefix).await?;
     let bridge = Bridge::connect(&prefix).await?;
 
@@ -90,8 +91,6 @@ async fn quorum_queues_are_declared_with_the_delivery_limit_and_the_dead_letter_
     redeclare_dead_exchange(&bridge.connection, &prefix)
         .await
         .context("the worker declared <prefix>wsmq.dead a durable fanout")?;
-
-    bridge.clean_up(&["echo"]).await?;
     delete_dead_exchange(&bridge).await
 }
 
@@ -99,6 +98,7 @@ async fn quorum_queues_are_declared_with_the_delivery_limit_and_the_dead_letter_
 async fn job_returned_past_the_delivery_limit_is_dead_lettered_with_the_limit_in_its_routing_key()
 -> Result<()> {
     let prefix = unique_prefix("quorum-dead-letter");
+    let _cleanup = Cleanup::on_drop(&prefix, &["echo"]);
     declare_quorum_echo(&prefix).await?;
     let bridge = Bridge::connect(&prefix).await?;
     // Stands in for the bridge's dead-letter queue.
@@ -195,7 +195,5 @@ async fn job_returned_past_the_delivery_limit_is_dead_lettered_with_the_limit_in
         !headers.inner().contains_key("x-delivery-count"),
         "{headers:?}"
     );
-
-    bridge.clean_up(&["echo"]).await?;
     delete_dead_exchange(&bridge).await
 }

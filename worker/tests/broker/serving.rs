@@ -5,6 +5,7 @@ use super::*;
 #[tokio::test]
 async fn replies_follow_the_contract_and_jobs_are_acked() -> Result<()> {
     let prefix = unique_prefix("contract");
+    let _cleanup = Cleanup::on_drop(&prefix, &["echo", "fail"]);
     let builder = Worker::builder(amqp_url())
         .queue_prefix(&prefix)
         .concurrency(1)
@@ -57,12 +58,13 @@ async fn replies_follow_the_contract_and_jobs_are_acked() -> Result<()> {
     stop(run, shutdown).await?;
     assert_eq!(bridge.ready_jobs("echo").await?, 0, "every job was acked");
     assert_eq!(bridge.ready_jobs("fail").await?, 0, "every job was acked");
-    bridge.clean_up(&["echo", "fail"]).await
+    Ok(())
 }
 
 #[tokio::test]
 async fn job_in_flight_at_shutdown_still_replies_and_no_new_job_starts() -> Result<()> {
     let prefix = unique_prefix("drain");
+    let _cleanup = Cleanup::on_drop(&prefix, &["slow"]);
     let started = Arc::new(Notify::new());
     let release = Arc::new(Notify::new());
     let (on_start, on_release) = (Arc::clone(&started), Arc::clone(&release));
@@ -102,12 +104,13 @@ async fn job_in_flight_at_shutdown_still_replies_and_no_new_job_starts() -> Resu
         1,
         "the job not started before shutdown is back in the queue"
     );
-    bridge.clean_up(&["slow"]).await
+    Ok(())
 }
 
 #[tokio::test]
 async fn panicking_handler_is_answered_with_an_internal_error() -> Result<()> {
     let prefix = unique_prefix("panic");
+    let _cleanup = Cleanup::on_drop(&prefix, &["boom"]);
     let builder = Worker::builder(amqp_url()).queue_prefix(&prefix).method(
         "boom",
         |request: Request| async move {
@@ -131,7 +134,7 @@ async fn panicking_handler_is_answered_with_an_internal_error() -> Result<()> {
 
     stop(run, shutdown).await?;
     assert_eq!(bridge.ready_jobs("boom").await?, 0);
-    bridge.clean_up(&["boom"]).await
+    Ok(())
 }
 
 #[tokio::test]
@@ -139,6 +142,7 @@ async fn no_more_handlers_run_at_once_than_the_concurrency() -> Result<()> {
     const CONCURRENCY: u16 = 2;
     const JOBS: usize = 6;
     let prefix = unique_prefix("concurrency");
+    let _cleanup = Cleanup::on_drop(&prefix, &["work"]);
     let running = Arc::new(AtomicUsize::new(0));
     let most = Arc::new(AtomicUsize::new(0));
     let (r, m) = (Arc::clone(&running), Arc::clone(&most));
@@ -170,12 +174,13 @@ async fn no_more_handlers_run_at_once_than_the_concurrency() -> Result<()> {
     assert_eq!(most.load(Ordering::SeqCst), usize::from(CONCURRENCY));
 
     stop(run, shutdown).await?;
-    bridge.clean_up(&["work"]).await
+    Ok(())
 }
 
 #[tokio::test]
 async fn worker_reconnects_and_redeclares_after_its_queue_is_deleted() -> Result<()> {
     let prefix = unique_prefix("redeclare");
+    let _cleanup = Cleanup::on_drop(&prefix, &["echo"]);
     let builder = Worker::builder(amqp_url())
         .queue_prefix(&prefix)
         .method("echo", |request: Request| async move { Ok(request.params) });
@@ -199,13 +204,14 @@ async fn worker_reconnects_and_redeclares_after_its_queue_is_deleted() -> Result
     assert_eq!(reply.body, json!("again"));
 
     stop(run, shutdown).await?;
-    bridge.clean_up(&["echo"]).await
+    Ok(())
 }
 
 #[tokio::test]
 async fn progress_reports_reach_reply_to_in_order_before_the_result() -> Result<()> {
     const STEPS: u64 = 20;
     let prefix = unique_prefix("progress");
+    let _cleanup = Cleanup::on_drop(&prefix, &["steps"]);
     let builder = Worker::builder(amqp_url()).queue_prefix(&prefix).method(
         "steps",
         |request: Request| async move {
@@ -240,5 +246,5 @@ async fn progress_reports_reach_reply_to_in_order_before_the_result() -> Result<
 
     stop(run, shutdown).await?;
     assert_eq!(bridge.ready_jobs("steps").await?, 0);
-    bridge.clean_up(&["steps"]).await
+    Ok(())
 }

@@ -27,7 +27,6 @@ pub(super) fn corpus() -> Vec<Case> {
             Input::Messages(vec![frame(vec![b'{', 0xff, 0xfe, b'}'], TEXT, true)]),
             Close {
                 code: CLOSE_INVALID_DATA,
-                may_reset: false,
             },
         ),
         case(
@@ -35,7 +34,6 @@ pub(super) fn corpus() -> Vec<Case> {
             Input::Messages(vec![frame(vec![b'"', 0xed, 0xa0, 0x80, b'"'], TEXT, true)]),
             Close {
                 code: CLOSE_INVALID_DATA,
-                may_reset: false,
             },
         ),
         case(
@@ -52,7 +50,6 @@ pub(super) fn corpus() -> Vec<Case> {
             Input::Messages(vec![frame(good.clone().into_bytes(), CONT, true)]),
             Close {
                 code: CLOSE_PROTOCOL,
-                may_reset: false,
             },
         ),
         case(
@@ -63,7 +60,6 @@ pub(super) fn corpus() -> Vec<Case> {
             ]),
             Close {
                 code: CLOSE_PROTOCOL,
-                may_reset: false,
             },
         ),
         case(
@@ -75,7 +71,6 @@ pub(super) fn corpus() -> Vec<Case> {
             )]),
             Close {
                 code: CLOSE_PROTOCOL,
-                may_reset: false,
             },
         ),
         case(
@@ -83,7 +78,6 @@ pub(super) fn corpus() -> Vec<Case> {
             Input::Messages(vec![frame(vec![0u8; 126], PING, true)]),
             Close {
                 code: CLOSE_PROTOCOL,
-                may_reset: false,
             },
         ),
         case(
@@ -91,7 +85,6 @@ pub(super) fn corpus() -> Vec<Case> {
             Input::Messages(vec![frame(vec![1u8; 4], PING, false)]),
             Close {
                 code: CLOSE_PROTOCOL,
-                may_reset: false,
             },
         ),
         case(
@@ -103,7 +96,6 @@ pub(super) fn corpus() -> Vec<Case> {
             )),
             Close {
                 code: CLOSE_TOO_BIG,
-                may_reset: true,
             },
         ),
         case(
@@ -116,7 +108,6 @@ pub(super) fn corpus() -> Vec<Case> {
             }),
             Close {
                 code: CLOSE_TOO_BIG,
-                may_reset: true,
             },
         ),
         case(
@@ -127,7 +118,6 @@ pub(super) fn corpus() -> Vec<Case> {
             )),
             Close {
                 code: CLOSE_TOO_BIG,
-                may_reset: true,
             },
         ),
         // Text that is not JSON.
@@ -396,7 +386,7 @@ pub(super) fn corpus() -> Vec<Case> {
                 .map(|i| req(&format!("\"f{i}\""), "echo", &format!("[{i}]")))
                 .collect(),
         ),
-        EachOkOr(rpc::TOO_MANY_IN_FLIGHT),
+        FloodUnderCap(MAX_INFLIGHT_PER_CLIENT),
     ));
     let sleeps: Vec<String> = (0..200)
         .map(|i| req(&i.to_string(), "sleep", r#"{"ms":1000}"#))

@@ -4,9 +4,12 @@ use super::*;
 
 #[tokio::test]
 async fn cancel_frees_the_worker_early() {
-    const SLEEP_MS: u64 = 10_000;
-    /// Well under the sleep: the worker can only be free by then if it gave up the job.
-    const FREED_WITHIN: Duration = Duration::from_secs(5);
+    /// Long enough that a worker still running it when the probes below come could not
+    /// answer them in time: only a stopped sleep frees it.
+    const SLEEP_MS: u64 = 60_000;
+    /// How long the probes may take once the worker is free: anything near this on a loaded
+    /// machine is a hang, and it is half the sleep.
+    const FREED_WITHIN: Duration = Duration::from_secs(30);
     let mut system = System::builder()
         .worker_concurrency(1)
         .start()
@@ -31,15 +34,12 @@ async fn cancel_frees_the_worker_early() {
         .expect("ping round trip");
     assert_eq!(pong, json!("pong"));
 
-    let cancelled = Instant::now();
     client
         .send_json(&rpc::cancel("long"))
         .await
         .expect("sends $/cancel");
-    let response = client
-        .recv_json_within(LOCAL_ANSWER_LIMIT)
-        .await
-        .expect("the cancel is answered at once");
+    // The gateway answers the cancel itself: the next frame, long before the sleep could end.
+    let response = client.recv_json().await.expect("the cancel is answered");
     assert_eq!(response["id"], "long", "{response}");
     assert_eq!(error_code(&response), Some(CANCELLED), "{response}");
     assert_eq!(error_message(&response), Some("cancelled"), "{response}");
@@ -49,7 +49,7 @@ async fn cancel_frees_the_worker_early() {
     let response = client
         .call_within("sleep", json!({"ms": 0}), FREED_WITHIN)
         .await
-        .expect("a sleep queued behind the cancelled one runs soon after the cancel");
+        .expect("a sleep queued behind the cancelled one runs: the worker was freed");
     assert_eq!(
         rpc::result(&response),
         Some(&json!({"slept_ms": 0})),
@@ -58,16 +58,11 @@ async fn cancel_frees_the_worker_early() {
     let response = client
         .call_within("echo", json!({"after": "cancel"}), FREED_WITHIN)
         .await
-        .expect("an echo runs soon after the cancel");
+        .expect("an echo runs: the worker was freed");
     assert_eq!(
         rpc::result(&response),
         Some(&json!({"after": "cancel"})),
         "{response}"
-    );
-    let freed = cancelled.elapsed();
-    assert!(
-        freed < FREED_WITHIN,
-        "the worker was busy for {freed:?} after the cancel: the {SLEEP_MS} ms sleep was not stopped"
     );
     // Answered once: nothing more for "long", whatever the worker sent when it stopped.
     client
@@ -81,36 +76,32 @@ async fn cancel_frees_the_worker_early() {
 
 #[tokio::test]
 async fn cancel_of_another_clients_call_does_nothing() {
-    const SLEEP_MS: u64 = 2000;
-    let system = System::start().await.expect("system starts");
+    const HOLD: &str = "hold";
+    let mut system = System::start().await.expect("system starts");
+    // A's call stays in flight until the test answers it, however slow the machine.
+    let mut hold = FakeWorker::start(&mut system, HOLD, |_| None)
+        .await
+        .expect("fake worker starts");
     let mut a = system.client().await.expect("client A connects");
     let mut b = system.client().await.expect("client B connects");
 
-    let sent = Instant::now();
-    a.send_json(&rpc::request(1, "sleep", json!({"ms": SLEEP_MS})))
+    a.send_json(&rpc::request(1, HOLD, json!({"a": 1})))
         .await
         .expect("A sends");
-    // A connection hands its calls to the router in order: once this probe is answered, call 1
-    // is registered and a cancel could find it.
-    a.expect_no_stray_frames()
-        .await
-        .expect("A's probe is answered before its sleep");
+    let job = hold.next_job().await.expect("A's call reaches the worker");
 
     b.send_json(&rpc::cancel(1))
         .await
         .expect("B sends $/cancel for id 1");
-    // Likewise, once B's probe is answered the router has handled B's cancel: and it said
-    // nothing to B.
+    // Once B's probe is answered the router has handled B's cancel (a connection hands its
+    // messages to the router in order): and it said nothing to B.
     b.expect_no_stray_frames()
         .await
         .expect("B gets nothing for cancelling a call that is not its own");
-    let cancel_handled = sent.elapsed();
-    assert!(
-        cancel_handled < Duration::from_millis(SLEEP_MS),
-        "inconclusive: B's cancel was handled after {cancel_handled:?}, when A's {SLEEP_MS} ms \
-         call may already have ended"
-    );
 
+    hold.send(&job, None, br#"{"a":1}"#)
+        .await
+        .expect("reply published");
     let (before, response) = a
         .recv_until_response(&json!(1))
         .await
@@ -118,7 +109,7 @@ async fn cancel_of_another_clients_call_does_nothing() {
     assert!(before.is_empty(), "A got other frames first: {before:?}");
     assert_eq!(
         rpc::result(&response),
-        Some(&json!({"slept_ms": SLEEP_MS})),
+        Some(&json!({"a": 1})),
         "A's call runs to its end: {response}"
     );
     a.expect_no_stray_frames()
@@ -128,6 +119,7 @@ async fn cancel_of_another_clients_call_does_nothing() {
         .await
         .expect("B gets nothing of A's call");
 
+    hold.stop().await;
     system.cleanup().await;
 }
 

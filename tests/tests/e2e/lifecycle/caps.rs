@@ -1,25 +1,32 @@
 //! In-flight caps, per client and for the whole gateway.
+//!
+//! The calls that fill a cap go to a worker played by the test, which answers only when the
+//! test says: they are in flight for as long as the test needs, however slow the machine.
 
 use super::*;
 
+/// The method the capped calls go to.
+const HOLD: &str = "hold";
+
 #[tokio::test]
 async fn in_flight_cap_refuses_extra_calls_while_other_clients_proceed() {
-    const SLEEP_MS: u64 = 1500;
-    let system = System::builder()
+    let mut system = System::builder()
         .max_inflight_per_client(2)
         .start()
         .await
         .expect("system starts");
+    let mut hold = FakeWorker::start(&mut system, HOLD, |_| None)
+        .await
+        .expect("fake worker starts");
     let mut a = system.client().await.expect("client A connects");
     let mut b = system.client().await.expect("client B connects");
 
-    let sent = Instant::now();
     for id in 1..=3 {
-        a.send_json(&rpc::request(id, "sleep", json!({"ms": SLEEP_MS})))
+        a.send_json(&rpc::request(id, HOLD, json!({ "n": id })))
             .await
             .expect("A sends");
     }
-    // No sleep can end before SLEEP_MS, so a first frame that is the refusal came at once.
+    // Nothing answers A's first two calls until the test does: the first frame is the refusal.
     let refusal = a.recv_json().await.expect("A's third call is refused");
     assert_eq!(
         refusal["id"], 3,
@@ -27,27 +34,28 @@ async fn in_flight_cap_refuses_extra_calls_while_other_clients_proceed() {
     );
     assert_eq!(error_code(&refusal), Some(TOO_MANY_IN_FLIGHT), "{refusal}");
 
-    // A's cap is A's alone.
+    // A's cap is A's alone: B is served while A's two calls are in flight.
     let result = b
         .call_result("echo", json!({"b": "proceeds"}))
         .await
         .expect("B's call succeeds while A is at its cap");
     assert_eq!(result, json!({"b": "proceeds"}));
-    let b_done = sent.elapsed();
-    assert!(
-        b_done < Duration::from_millis(SLEEP_MS),
-        "inconclusive: B's call ended after {b_done:?}, when A's calls may have finished"
-    );
 
+    for _ in 0..2 {
+        let job = hold.next_job().await.expect("A's call reaches the worker");
+        let body = job.body.clone();
+        hold.send(&job, None, &body).await.expect("reply published");
+    }
     let mut answered = Vec::new();
     for _ in 0..2 {
         let response = a.recv_json().await.expect("A's calls are answered");
+        let id = response["id"].clone();
         assert_eq!(
             rpc::result(&response),
-            Some(&json!({"slept_ms": SLEEP_MS})),
+            Some(&json!({ "n": id })),
             "{response}"
         );
-        answered.push(response["id"].clone());
+        answered.push(id);
     }
     answered.sort_by_key(|id| id.as_i64());
     assert_eq!(
@@ -60,22 +68,25 @@ async fn in_flight_cap_refuses_extra_calls_while_other_clients_proceed() {
         .await
         .expect("A calls again once its calls are done");
 
+    hold.stop().await;
     system.cleanup().await;
 }
 
 #[tokio::test]
 async fn global_in_flight_cap_refuses_every_client_until_calls_end() {
-    const SLEEP_MS: u64 = 1000;
-    let system = System::builder()
+    let mut system = System::builder()
         .max_inflight(2)
         .start()
         .await
         .expect("system starts");
+    let mut hold = FakeWorker::start(&mut system, HOLD, |_| None)
+        .await
+        .expect("fake worker starts");
     let mut a = system.client().await.expect("client A connects");
     let mut b = system.client().await.expect("client B connects");
 
     for id in 1..=2 {
-        a.send_json(&rpc::request(id, "sleep", json!({"ms": SLEEP_MS})))
+        a.send_json(&rpc::request(id, HOLD, json!({ "n": id })))
             .await
             .expect("A sends");
     }
@@ -88,7 +99,7 @@ async fn global_in_flight_cap_refuses_every_client_until_calls_end() {
     assert_eq!(refusal["id"], 3, "{refusal}");
     assert_eq!(error_code(&refusal), Some(TOO_MANY_IN_FLIGHT), "{refusal}");
 
-    // B has nothing in flight, but the gateway is full.
+    // B has nothing in flight, but the gateway is full until the test answers A's calls.
     let response = b
         .call("echo", json!({"b": 1}))
         .await
@@ -100,10 +111,15 @@ async fn global_in_flight_cap_refuses_every_client_until_calls_end() {
     );
 
     for _ in 0..2 {
+        let job = hold.next_job().await.expect("A's call reaches the worker");
+        let body = job.body.clone();
+        hold.send(&job, None, &body).await.expect("reply published");
+    }
+    for _ in 0..2 {
         let response = a.recv_json().await.expect("A's calls are answered");
         assert_eq!(
             rpc::result(&response),
-            Some(&json!({"slept_ms": SLEEP_MS})),
+            Some(&json!({ "n": response["id"] })),
             "{response}"
         );
     }
@@ -114,5 +130,6 @@ async fn global_in_flight_cap_refuses_every_client_until_calls_end() {
         .expect("B's call succeeds once A's calls have ended");
     assert_eq!(result, json!({"b": 2}));
 
+    hold.stop().await;
     system.cleanup().await;
 }

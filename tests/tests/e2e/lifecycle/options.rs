@@ -124,7 +124,9 @@ async fn high_priority_calls_run_before_queued_low_ones() {
 
 #[tokio::test]
 async fn timeout_option_above_the_maximum_is_capped() {
-    const SLEEP_MS: u64 = 2000;
+    /// Far longer than the cap: a -32001 before it ends came from a deadline (the worker is
+    /// told to stop, so the test does not wait for it).
+    const SLEEP_MS: u64 = 20_000;
     const MAX_TIMEOUT: Duration = Duration::from_millis(300);
     let system = System::builder()
         .call_timeout(Duration::from_millis(200))
@@ -153,9 +155,10 @@ async fn timeout_option_above_the_maximum_is_capped() {
         elapsed >= MAX_TIMEOUT,
         "timed out after {elapsed:?}, before the {MAX_TIMEOUT:?} maximum"
     );
-    // ... and not at the 60 s asked for, nor when the sleep ends.
+    // ... and not at the 60 s asked for, nor when the sleep ends (a bound only a real
+    // regression crosses, however loaded the machine).
     assert!(
-        elapsed < Duration::from_millis(1500),
+        elapsed < Duration::from_millis(SLEEP_MS),
         "timed out after {elapsed:?}: the {MAX_TIMEOUT:?} maximum did not cap the 60 s asked for"
     );
 

@@ -71,6 +71,22 @@ async fn missing_or_bad_token_gets_401_and_the_token_is_never_logged() {
         status_of(connect_with(&system, &format!("/ws?token={wrong}"), &[]).await),
         401
     );
+    // The whole answer: 401 with the challenge RFC 6750 asks for.
+    let refused = http::get_with(
+        system.gateway_addr().expect("gateway running"),
+        "/ws",
+        &http::UPGRADE_HEADERS,
+    )
+    .await
+    .expect("the refusal is answered");
+    assert_eq!(refused.status, 401);
+    let challenges: Vec<&str> = refused
+        .headers
+        .iter()
+        .filter(|(name, _)| name == "www-authenticate")
+        .map(|(_, value)| value.as_str())
+        .collect();
+    assert_eq!(challenges, ["Bearer"], "WWW-Authenticate of a 401");
     // The right token still works, so the 401s were about the token.
     let header = bearer(ALICE);
     let mut alice = connect_with(&system, "/ws", &[("authorization", &header)])
@@ -84,7 +100,7 @@ async fn missing_or_bad_token_gets_401_and_the_token_is_never_logged() {
         .iter()
         .filter(|l| l.message() == Some("authentication failed; upgrade refused with 401"))
         .count();
-    assert_eq!(refusals, 3, "each refusal is logged");
+    assert_eq!(refusals, 4, "each refusal is logged");
     for line in &lines {
         assert!(
             !line.text.contains(wrong) && !line.text.contains(ALICE),

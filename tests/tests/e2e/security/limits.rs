@@ -52,18 +52,101 @@ async fn connections_past_the_per_address_limit_get_429_until_one_closes() {
     let mut second = system.client().await.expect("2nd");
     assert_eq!(status_of(connect_with(&system, "/ws", &[]).await), 429);
     first.close().await.expect("closes");
-    let deadline = tokio::time::Instant::now() + HEALTH_TIMEOUT;
-    let mut third = loop {
-        match connect_with(&system, "/ws", &[]).await {
-            Ok(client) => break client,
-            Err(429) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(status) => panic!("a slot should free up: HTTP {status}"),
-        }
-    };
+    // The gauge drops once the connection has given its slots back.
+    system
+        .wait_metric("wsmq_connections", "1", |n| n == 1.0)
+        .await
+        .expect("the gateway lets the closed connection go");
+    let mut third = connect_with(&system, "/ws", &[])
+        .await
+        .unwrap_or_else(|status| panic!("a slot should be free: HTTP {status}"));
     echo_works(&mut third).await;
     echo_works(&mut second).await;
+    system.cleanup().await;
+}
+
+#[tokio::test]
+async fn connections_past_the_gateway_limit_get_503_until_one_closes() {
+    let system = system_with(&[("--max-connections", "2".to_owned())]).await;
+    let first = system.client().await.expect("1st");
+    let mut second = system.client().await.expect("2nd");
+    assert_eq!(status_of(connect_with(&system, "/ws", &[]).await), 503);
+    first.close().await.expect("closes");
+    // The gauge drops once the connection has given its slot back.
+    system
+        .wait_metric("wsmq_connections", "1", |n| n == 1.0)
+        .await
+        .expect("the gateway lets the closed connection go");
+    let mut third = connect_with(&system, "/ws", &[])
+        .await
+        .expect("a slot is free again");
+    echo_works(&mut third).await;
+    echo_works(&mut second).await;
+    let refused = system
+        .metric("wsmq_connections_refused_total{reason=\"limit\"}")
+        .await
+        .expect("metrics answer");
+    assert_eq!(refused, 1.0, "the refusal is counted");
+    system.cleanup().await;
+}
+
+#[tokio::test]
+async fn client_that_stops_reading_is_closed_with_1008() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    /// Results of this size, this many: more than the 8 MiB the gateway lets wait for a
+    /// client's socket.
+    const RESULT_BYTES: usize = 512 * 1024;
+    const CALLS: usize = 24;
+    let mut system = system_with(&[]).await;
+    let addr = system.gateway_addr().expect("addr");
+    // A small receive buffer, so the gateway's results pile up on its side, not in ours.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let tcp = socket.connect(addr).await.expect("tcp connects");
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), tcp)
+        .await
+        .expect("upgrades");
+    let pad = "x".repeat(RESULT_BYTES);
+    for id in 0..CALLS {
+        let call = rpc::request(id, "echo", json!({ "pad": pad }));
+        ws.send(Message::text(call.to_string()))
+            .await
+            .expect("sends a call");
+    }
+    // Never read until the gateway has given up on the client...
+    system
+        .gateway()
+        .expect("gateway")
+        .wait_for_message("client is not reading its responses; disconnecting it")
+        .await
+        .expect("the gateway takes the client for one that does not read");
+    // ...then read: what the socket had taken, then the close frame, which the gateway
+    // writes once the socket takes it again (best effort, for a while).
+    let close = loop {
+        let next = tokio::time::timeout(RECV_TIMEOUT, ws.next())
+            .await
+            .expect("the connection ends");
+        match next {
+            Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Close(frame))) => {
+                break frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+            }
+            other => panic!("expected the close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(
+        close,
+        Some((1008, "too slow reading responses".to_owned())),
+        "close frame"
+    );
+    let closed = system
+        .metric("wsmq_slow_clients_closed_total")
+        .await
+        .expect("metrics answer");
+    assert_eq!(closed, 1.0, "the slow client is counted");
+    let mut other = system.client().await.expect("others still connect");
+    echo_works(&mut other).await;
     system.cleanup().await;
 }
 
@@ -141,14 +224,17 @@ async fn keepalive_drops_a_peer_that_answers_no_ping_and_keeps_a_live_one() {
         .expect("every live call is served");
     assert!(calls > 0);
     echo_works(&mut live).await;
+    // The silent peer's socket still takes what the gateway writes, so the close frame is
+    // there to read, behind the pings it never answered.
     match dead
         .next_incoming(RECV_TIMEOUT)
         .await
         .expect("the dead peer's socket ends")
     {
-        Incoming::Close(Some((code, _))) => assert_eq!(code, 4001),
-        Incoming::Ended(_) | Incoming::Close(None) => {}
-        other => panic!("expected the connection to end, got {other:?}"),
+        Incoming::Close(Some((code, reason))) => {
+            assert_eq!((code, reason.as_str()), (4001, "no pong"));
+        }
+        other => panic!("expected close 4001, got {other:?}"),
     }
     system.cleanup().await;
 }
@@ -216,7 +302,6 @@ async fn frames_over_the_frame_limit_close_with_1009_while_fragmented_messages_p
         .expect("the gateway reacts")
     {
         Incoming::Close(Some((code, _))) => assert_eq!(code, 1009),
-        Incoming::Ended(_) => {}
         other => panic!("expected close 1009, got {other:?}"),
     }
     system.cleanup().await;

@@ -1,0 +1,83 @@
+//! The conformance kit against every worker CI knows: each must pass every check, and a worker
+//! broken on purpose must fail the checks it breaks. A new worker (an SDK's example) is one
+//! function calling `conformance::assert_conforms` with its command line (docs/conformance.md).
+
+use wsmq_tests::System;
+use wsmq_tests::binaries::binaries;
+use wsmq_tests::conformance::{self, python};
+
+#[tokio::test]
+async fn rust_demo_worker_passes_the_conformance_kit() {
+    let bins = binaries().await.expect("binaries");
+    conformance::assert_conforms(&format!("{} --conformance", bins.worker.display())).await;
+}
+
+#[tokio::test]
+async fn pika_example_worker_passes_the_conformance_kit() {
+    conformance::assert_conforms(&format!(
+        "{} tests/workers/pika_worker.py --conformance",
+        python()
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn conformance_kit_fails_a_worker_that_acks_early_and_ignores_deadlines() {
+    let all = conformance::all_checks()
+        .await
+        .expect("the kit lists its checks");
+    let report = conformance::run_kit(&format!(
+        "{} tests/workers/nonconforming_worker.py --conformance",
+        python()
+    ))
+    .await
+    .expect("the kit runs");
+    assert_eq!(
+        report.with_verdict("FAIL"),
+        ["deadline-skip", "redelivery"],
+        "{:#?}",
+        report.lines
+    );
+    let passed = report.with_verdict("PASS");
+    assert_eq!(passed.len() + 2, all.len(), "{:#?}", report.lines);
+    assert_eq!(
+        report.status.code(),
+        Some(1),
+        "exit status 1: a check failed"
+    );
+}
+
+#[tokio::test]
+async fn conformance_kit_checks_a_worker_behind_a_running_gateway() {
+    // --gateway instead of --start: the harness's gateway (no authentication, so the caller
+    // is null) and bridge; the kit still starts, kills and restarts the worker itself.
+    let system = System::builder()
+        .without_worker()
+        .start()
+        .await
+        .expect("system starts");
+    let bins = binaries().await.expect("binaries");
+    let args = [
+        "--gateway".to_owned(),
+        format!("ws://{}/ws", system.gateway_addr().expect("gateway")),
+        "--amqp".to_owned(),
+        system.amqp_url().to_owned(),
+        "--queue-prefix".to_owned(),
+        system.prefix().to_owned(),
+        "--worker-cmd".to_owned(),
+        format!("{} --conformance", bins.worker.display()),
+    ];
+    let report = conformance::run_kit_with(&args)
+        .await
+        .expect("the kit runs");
+    let all = conformance::all_checks()
+        .await
+        .expect("the kit lists its checks");
+    assert_eq!(report.with_verdict("PASS"), all, "{:#?}", report.lines);
+    assert!(report.status.success(), "{}", report.status);
+    let mut system = system;
+    for method in conformance::METHODS {
+        system.track_queue(system.queue_for(method));
+    }
+    system.cleanup().await;
+}
