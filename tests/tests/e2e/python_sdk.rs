@@ -426,3 +426,58 @@ async fn python_sdk_worker_names_a_dead_broker_url_and_serves_from_the_next() {
     assert_eq!(result, json!({"via": "the second URL"}));
     system.cleanup().await;
 }
+
+/// A worker of the test's own, run by the SDK's command line: a method whose result JSON
+/// cannot hold, beside one that works.
+const UNENCODABLE_WORKER: &str = r#"
+import os
+from wsmq_worker import Worker
+
+worker = Worker(queue_prefix=os.environ["WSMQ_QUEUE_PREFIX"], concurrency=1)
+
+@worker.method("unencodable")
+def unencodable(params, job):
+    return {"a set": {1, 2}}
+
+@worker.method("echo")
+def echo(params, job):
+    return params
+"#;
+
+#[tokio::test]
+async fn python_sdk_result_that_is_not_json_is_answered_internal_error_for_that_call_only() {
+    let mut system = System::builder()
+        .without_worker()
+        .start()
+        .await
+        .expect("system starts");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let module = dir.path().join("unencodable_worker.py");
+    std::fs::write(&module, UNENCODABLE_WORKER).expect("the worker module is written");
+    let target = format!("{}:worker", module.display());
+    system
+        .start_python_sdk_target(&target, &["unencodable", "echo"], 1, &[])
+        .await
+        .expect("the test's worker starts");
+    let mut client = system.client().await.expect("client connects");
+
+    let response = client
+        .call("unencodable", json!({}))
+        .await
+        .expect("the call is answered");
+    assert_eq!(
+        response["error"],
+        json!({
+            "code": INTERNAL_ERROR,
+            "message": "internal error: reply could not be encoded as JSON: Object of type set is not JSON serializable"
+        }),
+        "{response}"
+    );
+    let result = client
+        .call_result("echo", json!(["next"]))
+        .await
+        .expect("the worker still serves");
+    assert_eq!(result, json!(["next"]));
+
+    system.cleanup().await;
+}
