@@ -13,6 +13,15 @@ async fn rust_demo_worker_passes_the_conformance_kit() {
 }
 
 #[tokio::test]
+async fn node_sdk_example_worker_passes_the_conformance_kit() {
+    conformance::assert_conforms(&format!(
+        "exec {} clients/js/worker/bin/wsmq-worker.js clients/js/worker/examples/demo.js",
+        super::clients::node()
+    ))
+    .await;
+}
+
+#[tokio::test]
 async fn pika_example_worker_passes_the_conformance_kit() {
     conformance::assert_conforms(&format!(
         "{} tests/workers/pika_worker.py --conformance",
