@@ -22,7 +22,8 @@ mod writer;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, close_code};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, close_code};
+use bytes::Bytes;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -269,7 +270,7 @@ where
                     }
                     match msg {
                     Some(Ok(Message::Text(text))) => {
-                        if let Err(end) = self.on_text(text.as_str(), &config.limits, config.max_awaiting).await {
+                        if let Err(end) = self.on_text(text, &config.limits, config.max_awaiting).await {
                             return end;
                         }
                         // Each call read may already be answered (-32003 from the router at
@@ -390,11 +391,13 @@ where
 
     async fn on_text(
         &mut self,
-        text: &str,
+        text: Utf8Bytes,
         limits: &jsonrpc::ParseLimits,
         max_awaiting: usize,
     ) -> Result<(), End> {
-        match jsonrpc::parse(text, limits) {
+        // The frame's own buffer: large params are sliced out of it, not copied.
+        let frame = Bytes::from(text.clone());
+        match jsonrpc::parse_shared(text.as_str(), &frame, limits) {
             Err(FrameRejected(error)) => self.writer.text(OutboundKind::Response, error),
             Ok(Incoming::Single(entry)) => {
                 if let Some(error) = self.submit(entry, None).await? {

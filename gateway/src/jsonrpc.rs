@@ -8,7 +8,9 @@ mod parse;
 
 use serde_json::value::RawValue;
 
-pub(crate) use parse::{Call, Entry, FrameRejected, Incoming, ParseLimits, cancel_target, parse};
+pub(crate) use parse::{
+    Call, Entry, FrameRejected, Incoming, ParseLimits, cancel_target, parse, parse_shared,
+};
 
 /// Highest AMQP priority a call may ask for.
 pub(crate) const MAX_PRIORITY: u8 = 9;

@@ -136,8 +136,11 @@ pub mod fuzzing {
             Entry::Call(call) => {
                 assert!(!call.method.is_empty(), "empty method accepted");
                 if let Some(params) = &call.params {
-                    let p = params.get();
-                    assert!(p.starts_with('{') || p.starts_with('['), "params {p}");
+                    let p = params.as_bytes();
+                    assert!(
+                        p.starts_with(b"{") || p.starts_with(b"["),
+                        "params {params:?}"
+                    );
                     assert!(p.len() <= limits.max_params_bytes, "params over the limit");
                 }
                 if let Some(id) = &call.id {

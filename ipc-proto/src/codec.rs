@@ -8,7 +8,7 @@
 use std::io;
 use std::marker::PhantomData;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Serialize, de::DeserializeOwned};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec, length_delimited};
 
@@ -79,7 +79,7 @@ impl<In, Out> Default for IpcCodec<In, Out> {
     }
 }
 
-/// Decodes one message from a whole frame body.
+/// Decodes one message from a whole frame body; its JSON payloads are copied out of `body`.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     let (msg, rest) = postcard::take_from_bytes(body).map_err(FrameError::Decode)?;
     if !rest.is_empty() {
@@ -88,13 +88,19 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
     Ok(msg)
 }
 
+/// Decodes one message from a whole frame body; its large JSON payloads (see
+/// [`Json::SHARE_MIN`](crate::Json::SHARE_MIN)) are slices of `body`, not copies.
+pub fn decode_frame<T: DeserializeOwned>(body: &Bytes) -> Result<T, FrameError> {
+    crate::message::decode_shared(body, || decode_body(body))
+}
+
 impl<In: DeserializeOwned, Out> Decoder for IpcCodec<In, Out> {
     type Item = In;
     type Error = FrameError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<In>, FrameError> {
         match self.frames.decode(src)? {
-            Some(body) => decode_body(&body).map(Some),
+            Some(body) => decode_frame(&body.freeze()).map(Some),
             None => Ok(None),
         }
     }
@@ -253,6 +259,98 @@ mod tests {
         }))
         .expect("encodes");
         assert_eq!(&refusal[..2], &[1, 3]);
+    }
+
+    /// Whether `part` lies inside `whole`'s buffer.
+    fn inside(whole: &[u8], part: &[u8]) -> bool {
+        let (start, at) = (whole.as_ptr() as usize, part.as_ptr() as usize);
+        at >= start && at + part.len() <= start + whole.len()
+    }
+
+    fn reply_frame_body(result: &str) -> Bytes {
+        let msg = ToGateway::Reply(Reply {
+            seq: ReplySeq(1),
+            job: JobId(7),
+            body: ReplyBody::Result(result.into()),
+        });
+        Bytes::from(postcard::to_allocvec(&msg).expect("encodes"))
+    }
+
+    fn result_of(msg: ToGateway) -> Json {
+        match msg {
+            ToGateway::Reply(Reply {
+                body: ReplyBody::Result(json),
+                ..
+            }) => json,
+            other => panic!("not a result: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_large_payload_is_a_slice_of_the_frame_not_a_copy() {
+        let text = format!(r#""{}""#, "x".repeat(Json::SHARE_MIN));
+        let body = reply_frame_body(&text);
+        let json = result_of(decode_frame(&body).expect("decodes"));
+        assert_eq!(json.as_bytes(), text.as_bytes());
+        assert!(inside(&body, json.as_bytes()), "the payload was copied");
+    }
+
+    #[test]
+    fn a_small_payload_is_copied_so_it_keeps_no_buffer_alive() {
+        let text = format!(r#""{}""#, "x".repeat(Json::SHARE_MIN - 3));
+        let body = reply_frame_body(&text);
+        let json = result_of(decode_frame(&body).expect("decodes"));
+        assert_eq!(json.as_bytes(), text.as_bytes());
+        assert!(
+            !inside(&body, json.as_bytes()),
+            "a small payload shares the frame"
+        );
+    }
+
+    #[test]
+    fn the_codec_hands_out_large_payloads_unchanged_whatever_the_chunking() {
+        let params = format!(r#"{{"data":"{}"}}"#, "é".repeat(40_000));
+        let job = ToBridge::Submit(Job {
+            params: params.as_str().into(),
+            ..match sample_submit() {
+                ToBridge::Submit(job) => job,
+                _ => unreachable!(),
+            }
+        });
+        let wire = encode_to_bridge(job.clone());
+        let mut dec = BridgeSide::new();
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for piece in wire.chunks(7_000) {
+            buf.extend_from_slice(piece);
+            while let Some(m) = dec.decode(&mut buf).expect("decodes") {
+                got.push(m);
+            }
+        }
+        assert_eq!(got, [job]);
+    }
+
+    #[test]
+    fn a_truncated_or_overlong_payload_is_refused_and_shares_nothing_afterwards() {
+        let text = format!(r#""{}""#, "x".repeat(Json::SHARE_MIN * 2));
+        let body = reply_frame_body(&text);
+        // Cut inside the payload: its length runs past the end of the frame.
+        let cut = body.slice(..body.len() - 10);
+        assert!(matches!(
+            decode_frame::<ToGateway>(&cut),
+            Err(FrameError::Decode(_))
+        ));
+        // Bytes after the message.
+        let mut longer = BytesMut::from(&body[..]);
+        longer.put_u8(0);
+        assert!(matches!(
+            decode_frame::<ToGateway>(&longer.freeze()),
+            Err(FrameError::TrailingBytes(1))
+        ));
+        // The frame is lent only for the length of one decode: after it, even a decode of the
+        // same bytes copies.
+        let json = result_of(decode_body(&body).expect("decodes"));
+        assert!(!inside(&body, json.as_bytes()));
     }
 
     fn arb_json_text() -> impl Strategy<Value = String> {

@@ -6,6 +6,7 @@
 //! received the text from outside (the gateway from its client, the bridge from a worker) has
 //! checked it, once.
 
+use std::cell::RefCell;
 use std::fmt;
 
 use bytes::Bytes;
@@ -22,10 +23,32 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// On the wire it is a postcard byte string, which postcard encodes exactly as the `String` this
 /// field was before (a varint length, then the bytes), so peers of protocol version 3 built
 /// either way read each other (pinned by a test).
+///
+/// Decoded by [`IpcCodec`](crate::IpcCodec), a `Json` of at least [`Json::SHARE_MIN`] bytes is a
+/// slice of the received frame (no copy); a smaller one is copied, so that a few bytes of params
+/// never keep a whole read buffer alive while their job waits for its confirm.
 #[derive(Clone, PartialEq, Eq, Hash, Default)]
 pub struct Json(pub Bytes);
 
 impl Json {
+    /// The size from which a decoded `Json`, or the gateway's copy of a client's params, shares
+    /// the buffer it was received in rather than being copied out of it. Below it a copy costs
+    /// next to nothing, and sharing could keep a buffer many times its size alive.
+    pub const SHARE_MIN: usize = 16 * 1024;
+
+    /// `part` of `whole` without a copy when it lies inside `whole` and is at least
+    /// [`Json::SHARE_MIN`] bytes; otherwise a copy of `part`.
+    pub fn slice_or_copy(whole: &Bytes, part: &[u8]) -> Json {
+        let start = whole.as_ptr() as usize;
+        let at = part.as_ptr() as usize;
+        let inside = at >= start && at + part.len() <= start + whole.len();
+        if inside && part.len() >= Self::SHARE_MIN {
+            Json(whole.slice_ref(part))
+        } else {
+            Json(Bytes::copy_from_slice(part))
+        }
+    }
+
     /// The raw bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &self.0
@@ -83,10 +106,17 @@ impl Serialize for Json {
 impl<'de> Deserialize<'de> for Json {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct Visitor;
-        impl serde::de::Visitor<'_> for Visitor {
+        impl<'de> serde::de::Visitor<'de> for Visitor {
             type Value = Json;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("JSON text as a byte string")
+            }
+            fn visit_borrowed_bytes<E: serde::de::Error>(self, v: &'de [u8]) -> Result<Json, E> {
+                // Inside `decode_shared` the bytes are a part of the frame being decoded.
+                Ok(FRAME.with(|frame| match frame.borrow().as_ref() {
+                    Some(frame) => Json::slice_or_copy(frame, v),
+                    None => Json(Bytes::copy_from_slice(v)),
+                }))
             }
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Json, E> {
                 Ok(Json(Bytes::copy_from_slice(v)))
@@ -101,8 +131,34 @@ impl<'de> Deserialize<'de> for Json {
                 Ok(Json::from(v))
             }
         }
-        deserializer.deserialize_byte_buf(Visitor)
+        // `deserialize_bytes`, not `_byte_buf`: postcard then lends the bytes from the frame,
+        // which `visit_borrowed_bytes` can share instead of copying.
+        deserializer.deserialize_bytes(Visitor)
     }
+}
+
+thread_local! {
+    /// The frame [`decode_shared`] is decoding on this thread, if any.
+    static FRAME: RefCell<Option<Bytes>> = const { RefCell::new(None) };
+}
+
+/// Runs `decode` (a deserialisation from `frame`'s bytes) so that every [`Json`] it reads of at
+/// least [`Json::SHARE_MIN`] bytes is a slice of `frame` instead of a copy.
+///
+/// serde gives a visitor only a `&[u8]`; the frame it lies in is lent through a thread-local for
+/// the length of the call (restored afterwards, even on a panic), and a slice is taken only when
+/// the bytes are checked to lie inside it.
+pub(crate) fn decode_shared<R>(frame: &Bytes, decode: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Bytes>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            FRAME.with(|frame| *frame.borrow_mut() = previous);
+        }
+    }
+    let previous = FRAME.with(|current| current.replace(Some(frame.clone())));
+    let _restore = Restore(previous);
+    decode()
 }
 
 /// Identifies one job (one JSON-RPC call) across the gateway, the bridge, RabbitMQ and workers.

@@ -141,6 +141,23 @@ impl System {
         self.bridge.as_mut().context("the bridge is not running")
     }
 
+    /// The bridge of pair `number` (0 is the first pair's), for log assertions.
+    pub fn pair_bridge(&mut self, number: usize) -> Result<&mut Service> {
+        if number == 0 {
+            return self.bridge();
+        }
+        self.pairs
+            .get_mut(number - 1)
+            .and_then(|p| p.bridge.as_mut())
+            .with_context(|| format!("pair {number} has no running bridge"))
+    }
+
+    /// The brokers, in order, of the bridges and workers started from now on.
+    pub fn set_amqp(&mut self, bridge: Vec<String>, workers: Vec<String>) {
+        self.bridge_amqp = bridge;
+        self.worker_amqp = workers;
+    }
+
     /// Takes the gateway process out of the system (to signal it and await its exit).
     pub fn take_gateway(&mut self) -> Result<Service> {
         self.addr = None;

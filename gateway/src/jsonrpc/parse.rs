@@ -11,11 +11,19 @@
 //! batch length while the batch's members are collected (a 100,000-member batch is counted,
 //! never stored), and params size per call.
 //!
+//! A large call costs the gateway what it reads per byte, so each byte is looked at as few times
+//! as the checks allow: the depth scan jumps over string contents with `memchr`; a single
+//! request is parsed once, straight into its members (the whole frame is parsed again only to
+//! word the -32700 of a frame that fails); and large params are a slice of the websocket frame
+//! itself, not a copy ([`Json::slice_or_copy`]).
+//!
 //! (About 300 lines of parser and as many of tests pinning each refusal: kept as one file, since
 //! the tests read best beside the one function they all drive.)
 
+use bytes::Bytes;
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
+use wsmq_ipc_proto::Json;
 
 use super::MAX_PRIORITY;
 use crate::call_error::CallError;
@@ -47,8 +55,8 @@ pub(crate) struct Call {
     /// `None` for a notification. `Some("null")` for an explicit null id.
     pub(crate) id: Option<Box<RawValue>>,
     pub(crate) method: String,
-    /// Raw JSON of `params`; `None` when the member is absent.
-    pub(crate) params: Option<Box<RawValue>>,
+    /// Raw JSON of `params`, as the client wrote it; `None` when the member is absent.
+    pub(crate) params: Option<Json>,
     /// What the `wsmq` member asked for.
     pub(crate) options: CallOptions,
 }
@@ -109,61 +117,119 @@ fn parse_error(e: serde_json::Error) -> FrameRejected {
     FrameRejected(CallError::Parse(e.to_string()).response(None))
 }
 
-/// Parses one websocket text frame.
+/// Parses one websocket text frame; params are copies of the client's text.
 pub(crate) fn parse(text: &str, limits: &ParseLimits) -> Result<Incoming, FrameRejected> {
+    parse_shared(text, &Bytes::new(), limits)
+}
+
+/// Parses one websocket text frame whose bytes `frame` holds: large params are slices of
+/// `frame` (see [`Json::slice_or_copy`]), not copies.
+pub(crate) fn parse_shared(
+    text: &str,
+    frame: &Bytes,
+    limits: &ParseLimits,
+) -> Result<Incoming, FrameRejected> {
     if let Some(depth) = exceeds_depth(text, limits.max_depth) {
         let max = limits.max_depth;
         let error = CallError::NestingTooDeep { depth, max };
         return Err(FrameRejected(error.response(None)));
     }
-    let raw: &RawValue = serde_json::from_str(text).map_err(parse_error)?;
-    let json = raw.get();
-    if json.starts_with('[') {
-        let members = match collect_batch(json, limits.max_batch_len).map_err(parse_error)? {
-            Batch::Members(members) => members,
-            Batch::TooLong(len) => {
-                let max = limits.max_batch_len;
-                let error = CallError::BatchTooLong { len, max };
+    let json = text.trim_start_matches(JSON_WHITESPACE);
+    match json.as_bytes().first() {
+        Some(b'[') => {
+            // Collecting the members checks the whole frame: each member, the array, and that
+            // nothing follows it.
+            let batch = collect_batch(json, limits.max_batch_len).map_err(|e| not_json(text, e))?;
+            let members = match batch {
+                Batch::Members(members) => members,
+                Batch::TooLong(len) => {
+                    let max = limits.max_batch_len;
+                    let error = CallError::BatchTooLong { len, max };
+                    return Err(FrameRejected(error.response(None)));
+                }
+            };
+            if members.is_empty() {
+                let error = CallError::InvalidRequest("empty batch".into());
                 return Err(FrameRejected(error.response(None)));
             }
-        };
-        if members.is_empty() {
-            let error = CallError::InvalidRequest("empty batch".into());
-            return Err(FrameRejected(error.response(None)));
+            Ok(Incoming::Batch(
+                members
+                    .into_iter()
+                    .map(|m| parse_entry(m, frame, limits))
+                    .collect(),
+            ))
         }
-        Ok(Incoming::Batch(
-            members
-                .into_iter()
-                .map(|m| parse_entry(m, limits))
-                .collect(),
-        ))
-    } else {
-        Ok(Incoming::Single(parse_entry(raw, limits)))
+        // One pass reads the request and checks the whole frame (serde_json refuses anything
+        // after the object).
+        Some(b'{') => match serde_json::from_str::<RawRequest<'_>>(json) {
+            Ok(req) => Ok(Incoming::Single(entry_of(req, frame, limits))),
+            // JSON, but not a request (a member twice): -32600, as for a batch member.
+            Err(e) if e.classify() == serde_json::error::Category::Data => {
+                check_json(text)?;
+                Ok(Incoming::Single(invalid(None, &e.to_string())))
+            }
+            Err(e) => Err(not_json(text, e)),
+        },
+        _ => {
+            check_json(text)?;
+            Ok(Incoming::Single(invalid(
+                None,
+                "a request must be a JSON object",
+            )))
+        }
+    }
+}
+
+/// What JSON allows around values.
+const JSON_WHITESPACE: [char; 4] = [' ', '\t', '\n', '\r'];
+
+/// Whether the whole frame is JSON; the -32700 answer if it is not.
+fn check_json(text: &str) -> Result<(), FrameRejected> {
+    serde_json::from_str::<&RawValue>(text)
+        .map(drop)
+        .map_err(parse_error)
+}
+
+/// The -32700 answer to a frame whose parse failed with `first`. The frame is parsed again as
+/// plain JSON so that the message names the place exactly as it always has; this costs only on
+/// frames that are refused.
+fn not_json(text: &str, first: serde_json::Error) -> FrameRejected {
+    match check_json(text) {
+        Err(rejected) => rejected,
+        Ok(()) => parse_error(first),
     }
 }
 
 /// The nesting depth `text` reaches once it passes `max`, or `None` if it stays within.
 ///
-/// One pass over the bytes, counting `[`/`{` and `]`/`}` outside strings. It does not
-/// validate: on malformed JSON it may count wrong, and the parse that follows refuses the
-/// frame anyway. Multi-byte UTF-8 sequences never contain the ASCII bytes it looks at.
+/// One pass over the bytes, counting `[`/`{` and `]`/`}` outside strings; a string's contents
+/// are skipped with `memchr` (SIMD), so a large string costs about as much as reading it once.
+/// It does not validate: on malformed JSON it may count wrong, and the parse that follows
+/// refuses the frame anyway. Multi-byte UTF-8 sequences never contain the ASCII bytes it looks
+/// at.
 fn exceeds_depth(text: &str, max: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in text.as_bytes() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
-            }
-            continue;
-        }
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        i += 1;
         match b {
-            b'"' => in_string = true,
+            b'"' => {
+                // To the closing quote: the next `"` not escaped by a `\`.
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &bytes[i..]) {
+                        None => return None,
+                        Some(at) if bytes[i + at] == b'\\' => i += at + 2,
+                        Some(at) => {
+                            i += at + 1;
+                            break;
+                        }
+                    }
+                    if i >= bytes.len() {
+                        return None;
+                    }
+                }
+            }
             b'[' | b'{' => {
                 depth += 1;
                 if depth > max {
@@ -242,17 +308,24 @@ struct RawRequest<'a> {
     wsmq: Option<&'a RawValue>,
 }
 
-fn parse_entry(raw: &RawValue, limits: &ParseLimits) -> Entry {
-    let invalid = |id: Option<&RawValue>, why: &str| {
-        Entry::Invalid(CallError::InvalidRequest(why.to_owned().into()).response(id))
-    };
+/// The answer to a request that is not valid, with its id when usable.
+fn invalid(id: Option<&RawValue>, why: &str) -> Entry {
+    Entry::Invalid(CallError::InvalidRequest(why.to_owned().into()).response(id))
+}
+
+/// One member of a batch.
+fn parse_entry(raw: &RawValue, frame: &Bytes, limits: &ParseLimits) -> Entry {
     if !raw.get().starts_with('{') {
         return invalid(None, "a request must be a JSON object");
     }
-    let req: RawRequest<'_> = match serde_json::from_str(raw.get()) {
-        Ok(req) => req,
-        Err(e) => return invalid(None, &e.to_string()),
-    };
+    match serde_json::from_str(raw.get()) {
+        Ok(req) => entry_of(req, frame, limits),
+        Err(e) => invalid(None, &e.to_string()),
+    }
+}
+
+/// Checks a request object's members and makes the call.
+fn entry_of(req: RawRequest<'_>, frame: &Bytes, limits: &ParseLimits) -> Entry {
     // The id is echoed in the error when it is usable, so the client can match it up.
     let id = match req.id {
         None => None,
@@ -290,7 +363,9 @@ fn parse_entry(raw: &RawValue, limits: &ParseLimits) -> Entry {
     Entry::Call(Call {
         id: id.map(ToOwned::to_owned),
         method,
-        params: req.params.map(ToOwned::to_owned),
+        params: req
+            .params
+            .map(|params| Json::slice_or_copy(frame, params.get().as_bytes())),
         options,
     })
 }
@@ -308,10 +383,10 @@ pub(crate) fn cancel_target(call: &Call) -> Result<Box<RawValue>, &'static str> 
     }
     let params = call
         .params
-        .as_deref()
-        .filter(|p| p.get().starts_with('{'))
+        .as_ref()
+        .filter(|p| p.as_bytes().starts_with(b"{"))
         .ok_or("$/cancel needs params {\"id\": <call id>}")?;
-    let parsed: CancelParams = serde_json::from_str(params.get())
+    let parsed: CancelParams = serde_json::from_slice(params.as_bytes())
         .map_err(|_| "$/cancel needs params {\"id\": <call id>}")?;
     Ok(parsed.id)
 }
@@ -355,7 +430,7 @@ mod tests {
         let c = call(r#"{"jsonrpc":"2.0","method":"sum","params":[1, 2.50],"id":"a\"b"}"#);
         assert_eq!(c.method, "sum");
         assert_eq!(c.id.as_deref().map(RawValue::get), Some(r#""a\"b""#));
-        assert_eq!(c.params.as_deref().map(RawValue::get), Some("[1, 2.50]"));
+        assert_eq!(c.params, Some("[1, 2.50]".into()));
     }
 
     #[test]
@@ -617,6 +692,93 @@ mod tests {
         ] {
             let text = format!(r#"{{"jsonrpc":"2.0","method":"m","id":1,"wsmq":{bad}}}"#);
             assert_eq!(invalid(&text)["error"]["code"], INVALID_REQUEST, "{bad}");
+        }
+    }
+
+    #[test]
+    fn large_params_are_a_slice_of_the_frame_and_small_ones_a_copy() {
+        let inside = |frame: &Bytes, part: &[u8]| {
+            let (start, at) = (frame.as_ptr() as usize, part.as_ptr() as usize);
+            at >= start && at + part.len() <= start + frame.len()
+        };
+        for (len, shared) in [(Json::SHARE_MIN, true), (Json::SHARE_MIN - 1, false)] {
+            let params = format!(r#"["{}"]"#, "x".repeat(len - 4));
+            let text = format!(r#"{{"jsonrpc":"2.0","method":"m","id":1,"params":{params}}}"#);
+            let frame = Bytes::from(text.clone());
+            let text = std::str::from_utf8(&frame).expect("UTF-8");
+            let Ok(Incoming::Single(Entry::Call(c))) =
+                parse_shared(text, &frame, &ParseLimits::default())
+            else {
+                panic!("call accepted");
+            };
+            let got = c.params.expect("params");
+            assert_eq!(got.as_bytes(), params.as_bytes());
+            assert_eq!(
+                inside(&frame, got.as_bytes()),
+                shared,
+                "params of {len} bytes"
+            );
+        }
+    }
+
+    #[test]
+    fn a_member_given_twice_is_an_invalid_request_unless_the_frame_is_not_json() {
+        let v = invalid(r#"{"jsonrpc":"2.0","method":"m","id":1,"id":2}"#);
+        assert_eq!(v["error"]["code"], INVALID_REQUEST);
+        assert_eq!(v["id"], Value::Null);
+        assert_eq!(
+            v["error"]["data"],
+            "duplicate field `id` at line 1 column 41"
+        );
+        // The same, but broken later on: the frame is not JSON, which decides (below).
+    }
+
+    #[test]
+    fn a_parse_error_names_its_place_in_the_whole_frame() {
+        // Worded as a plain parse of the whole frame words it (line and column in the frame as
+        // sent, whitespace included), whichever pass found the fault first.
+        let limits = ParseLimits::default();
+        for text in [
+            "\n  {\"jsonrpc\":\"2.0\",}",
+            "{\"jsonrpc\":\"2.0\",\"method\":\"m\"} x",
+            "{\"jsonrpc\":\"2.0\",\"method\":\"m\",\"id\":1,\"id\":2,}",
+            " [1,2",
+            "\r\n[{\"a\":1},]",
+            "nul",
+        ] {
+            let plain = serde_json::from_str::<&RawValue>(text).expect_err("not JSON");
+            let v = rejected(text, &limits);
+            assert_eq!(v["error"]["code"], PARSE_ERROR, "{text}");
+            assert_eq!(v["error"]["data"], plain.to_string(), "{text}");
+            assert!(plain.to_string().contains("line"), "{plain}");
+        }
+        // Whitespace around a request is JSON's, and fine.
+        call(" \r\n\t{\"jsonrpc\":\"2.0\",\"method\":\"m\"} \n");
+    }
+
+    #[test]
+    fn escapes_inside_strings_neither_end_them_nor_count_as_nesting() {
+        let limits = ParseLimits {
+            max_depth: 3,
+            ..ParseLimits::default()
+        };
+        // An escaped backslash ends before the quote, which closes the string: the brackets
+        // after it count (object + 3 = 4 levels).
+        let text = r#"{"jsonrpc":"2.0","method":"m","id":"\\","params":[[[1]]]}"#;
+        assert_eq!(rejected(text, &limits)["error"]["code"], JSON_TOO_DEEP);
+        // An escaped quote does not close the string: the brackets in it do not count.
+        let text = r#"{"jsonrpc":"2.0","method":"m","id":"\"[[[{{","params":[[1]]}"#;
+        assert!(matches!(
+            parse(text, &limits),
+            Ok(Incoming::Single(Entry::Call(_)))
+        ));
+        // A frame that ends inside a string, or on a backslash, is not JSON.
+        for text in [r#"{"a":"[[[[["#, r#"{"a":"\"#, r#"{"a":"\\"#] {
+            assert_eq!(
+                rejected(text, &limits)["error"]["code"],
+                PARSE_ERROR,
+                "{text}"
+            );
         }
     }
 

@@ -54,11 +54,11 @@ impl Router {
         let job = Job {
             id: job_id,
             method: call.method.clone(),
-            params: call.params.take().map_or_else(
-                || Json(Bytes::from_static(b"null")),
-                // The client's text as parsed, moved (not copied) into the job.
-                |params| Json(Bytes::from(Box::<str>::from(params).into_boxed_bytes())),
-            ),
+            // The client's text as parsed, moved (not copied) into the job.
+            params: call
+                .params
+                .take()
+                .unwrap_or_else(|| Json(Bytes::from_static(b"null"))),
             client,
             deadline_unix_ms: unix_ms(SystemTime::now() + timeout),
             priority: call.options.priority,

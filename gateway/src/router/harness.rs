@@ -64,7 +64,7 @@ pub(super) fn call(id: Option<Value>, method: &str, params: Value) -> Call {
     Call {
         id: id.map(|v| serde_json::value::to_raw_value(&v).expect("raw")),
         method: method.into(),
-        params: Some(serde_json::value::to_raw_value(&params).expect("raw")),
+        params: Some(params.to_string().into()),
         options: Default::default(),
     }
 }

@@ -38,15 +38,19 @@ impl Router {
         self.taken(epoch, seq);
         // What the reply says is read before the call ends, so that it ends under the outcome
         // of the response it gets.
-        let reply = match body {
-            ReplyBody::Progress(value) => return self.on_progress(job, value),
-            // The bridge checked the worker's JSON: it is spliced into the response as it came.
+        if let ReplyBody::Progress(value) = body {
+            return self.on_progress(job, value);
+        }
+        let reply = match &body {
+            ReplyBody::Progress(_) => return,
+            // The bridge checked the worker's JSON: it is spliced into the response as it came,
+            // checked here once more only for being UTF-8 (a websocket text frame must be).
             ReplyBody::Result(json) => match json.as_str() {
-                Ok(_) => Ok(Ok(json)),
+                Ok(result) => Ok(Ok(result)),
                 Err(e) => Err(format!("result is not UTF-8: {e}")),
             },
             ReplyBody::Error(err) => Ok(Err(err)),
-            ReplyBody::Invalid { reason } => Err(reason),
+            ReplyBody::Invalid { reason } => Err(reason.clone()),
         };
         let Some(pending) = self.end(job, Ending::Answered) else {
             return self.count_orphan(job);
@@ -57,8 +61,7 @@ impl Router {
                 pending
                     .id
                     .as_deref()
-                    // Checked to be UTF-8 above: the fallback is never taken.
-                    .map(|id| jsonrpc::result_response(id, result.as_str().unwrap_or("null"))),
+                    .map(|id| jsonrpc::result_response(id, result)),
             ),
             Ok(Err(err)) => (
                 Some(Outcome::WorkerError),

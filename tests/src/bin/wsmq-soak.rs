@@ -2,7 +2,7 @@
 //! counting every call ("nothing lost, nobody dropped").
 //!
 //! ```text
-//! wsmq-soak --seconds N [--clients K] [--chaos] [--seed S] [--log-dir DIR]
+//! wsmq-soak --seconds N [--clients K] [--chaos] [--cluster] [--seed S] [--log-dir DIR]
 //! ```
 //!
 //! Checks RabbitMQ answers, starts a bridge, a gateway and two demo workers (the e2e harness's
@@ -10,6 +10,10 @@
 //! with `--chaos` injects faults at random moments, at most one every ~20 s and none in the
 //! last 10 s: `kill -9` of the bridge (restarted 1-3 s later), `kill -9` of a worker
 //! (replaced 1-3 s later) and a RabbitMQ restart (`rabbitmqctl stop_app`, 1-3 s, `start_app`).
+//! With `--cluster` the deployment runs on the 3-node cluster of `scripts/cluster` (started if
+//! it is not running, left running at the end): quorum queues end to end, the bridge given the
+//! nodes in the order 1, 2, 3, the workers 2, 3, 1; the chaos then kills a random node
+//! (`kill -9`, started again 1-3 s later, which rejoins) instead of restarting RabbitMQ.
 //! Then it prints the counts and exits 1 if any call was lost, duplicated or misrouted or a
 //! websocket was closed, 2 if the run itself could not be carried out.
 //!
@@ -29,10 +33,10 @@ use tokio_util::sync::CancellationToken;
 use wsmq_tests::ledger::Tally;
 use wsmq_tests::load::{Load, LoadSpec};
 use wsmq_tests::rabbitmq::BrokerOutage;
-use wsmq_tests::{System, process};
+use wsmq_tests::{System, cluster, process};
 
-const USAGE: &str =
-    "usage: wsmq-soak --seconds N [--clients K] [--chaos] [--seed S] [--log-dir DIR]";
+const USAGE: &str = "usage: wsmq-soak --seconds N [--clients K] [--chaos] [--cluster] [--seed S] \
+     [--log-dir DIR]";
 
 /// Load clients unless `--clients` says otherwise.
 const DEFAULT_CLIENTS: usize = 8;
@@ -56,6 +60,7 @@ struct Args {
     seconds: u64,
     clients: usize,
     chaos: bool,
+    cluster: bool,
     seed: Option<u64>,
     log_dir: Option<PathBuf>,
 }
@@ -65,6 +70,7 @@ fn parse_args() -> Result<Args> {
     let mut seconds = None;
     let mut clients = DEFAULT_CLIENTS;
     let mut chaos = false;
+    let mut on_cluster = false;
     let mut seed = None;
     let mut log_dir = None;
     while let Some(arg) = args.next() {
@@ -75,6 +81,7 @@ fn parse_args() -> Result<Args> {
             }
             "--clients" => clients = value("--clients")?.parse().context("--clients: a number")?,
             "--chaos" => chaos = true,
+            "--cluster" => on_cluster = true,
             "--seed" => seed = Some(value("--seed")?.parse().context("--seed: a number")?),
             "--log-dir" => log_dir = Some(PathBuf::from(value("--log-dir")?)),
             "-h" | "--help" => bail!("{USAGE}"),
@@ -92,6 +99,7 @@ fn parse_args() -> Result<Args> {
         seconds,
         clients,
         chaos,
+        cluster: on_cluster,
         seed,
         log_dir,
     })
@@ -123,6 +131,8 @@ enum Fault {
     KillBridge,
     KillWorker,
     RestartRabbitmq,
+    /// `kill -9` of a random cluster node, started again after the down time.
+    KillNode,
 }
 
 impl Fault {
@@ -131,6 +141,7 @@ impl Fault {
             Self::KillBridge => "kill -9 bridge",
             Self::KillWorker => "kill -9 worker",
             Self::RestartRabbitmq => "restart RabbitMQ",
+            Self::KillNode => "kill -9 node",
         }
     }
 }
@@ -180,19 +191,33 @@ async fn run(args: Args) -> Result<bool> {
     };
     process::log_to_dir(&log_dir)?;
     println!(
-        "wsmq-soak: {} s, {} clients, chaos {}, seed {seed}; process logs in {}",
+        "wsmq-soak: {} s, {} clients, chaos {}, {}, seed {seed}; process logs in {}",
         args.seconds,
         args.clients,
         if args.chaos { "on" } else { "off" },
+        if args.cluster {
+            "on the 3-node cluster (quorum queues)"
+        } else {
+            "on the default broker"
+        },
         log_dir.display()
     );
 
     let stop = CancellationToken::new();
     spawn_signal_watch(stop.clone());
 
-    let mut system = System::builder()
+    let mut builder = System::builder()
         .workers(WORKERS)
-        .worker_concurrency(WORKER_CONCURRENCY)
+        .worker_concurrency(WORKER_CONCURRENCY);
+    if args.cluster {
+        cluster::up().await.context("cannot start the cluster")?;
+        builder = builder
+            .amqp_url(cluster::url(1))
+            .bridge_amqp(cluster::urls(&[1, 2, 3]))
+            .worker_amqp(cluster::urls(&[2, 3, 1]))
+            .quorum_queues();
+    }
+    let mut system = builder
         .start()
         .await
         .context("cannot start the deployment (is RabbitMQ running?)")?;
@@ -212,6 +237,7 @@ async fn run(args: Args) -> Result<bool> {
     let chaos = if args.chaos {
         chaos(
             &mut system,
+            args.cluster,
             &mut Rng::new(seed),
             started,
             end,
@@ -257,6 +283,7 @@ async fn run(args: Args) -> Result<bool> {
 /// progress is always completed (a stopped RabbitMQ is always started again).
 async fn chaos(
     system: &mut System,
+    on_cluster: bool,
     rng: &mut Rng,
     started: Instant,
     end: Instant,
@@ -264,7 +291,12 @@ async fn chaos(
     injected: &mut Vec<Injected>,
 ) -> Result<()> {
     // Every kind once, in a random order, then again.
-    let mut kinds = [Fault::KillBridge, Fault::KillWorker, Fault::RestartRabbitmq];
+    let broker_fault = if on_cluster {
+        Fault::KillNode
+    } else {
+        Fault::RestartRabbitmq
+    };
+    let mut kinds = [Fault::KillBridge, Fault::KillWorker, broker_fault];
     for i in (1..kinds.len()).rev() {
         let j = (rng.next() % (i as u64 + 1)) as usize;
         kinds.swap(i, j);
@@ -287,7 +319,7 @@ async fn chaos(
             down_for.as_secs()
         );
         let begun = Instant::now();
-        let recovered = inject(system, rng, fault, down_for)
+        let recovered = inject(system, rng, fault, down_for, at)
             .await
             .map(|()| begun.elapsed());
         if let Err(e) = &recovered {
@@ -314,6 +346,7 @@ async fn inject(
     rng: &mut Rng,
     fault: Fault,
     down_for: Duration,
+    at: Duration,
 ) -> Result<()> {
     match fault {
         Fault::KillBridge => {
@@ -335,6 +368,17 @@ async fn inject(
             let outage = BrokerOutage::begin().await?;
             tokio::time::sleep(down_for).await;
             outage.end().await?;
+        }
+        Fault::KillNode => {
+            let node = (rng.next() % cluster::NODES as u64) as usize + 1;
+            println!(
+                "t={:>6.1}s  node {node} ({}) killed",
+                at.as_secs_f64(),
+                cluster::address(node)
+            );
+            cluster::kill(node).await?;
+            tokio::time::sleep(down_for).await;
+            cluster::start(node).await?;
         }
     }
     system

@@ -13,9 +13,29 @@ async fn rust_demo_worker_passes_the_conformance_kit() {
 }
 
 #[tokio::test]
+async fn node_sdk_example_worker_passes_the_conformance_kit() {
+    conformance::assert_conforms(&format!(
+        "exec {} clients/js/worker/bin/wsmq-worker.js clients/js/worker/examples/demo.js",
+        super::clients::node()
+    ))
+    .await;
+}
+
+#[tokio::test]
 async fn pika_example_worker_passes_the_conformance_kit() {
     conformance::assert_conforms(&format!(
         "{} tests/workers/pika_worker.py --conformance",
+        python()
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn python_sdk_example_passes_the_conformance_kit() {
+    // This tree's SDK (PYTHONPATH), whatever copy pip installed; `exec` so that the kit's
+    // signals reach the worker itself.
+    conformance::assert_conforms(&format!(
+        "PYTHONPATH=clients/python exec {} -m wsmq_worker clients/python/examples/demo_worker.py:worker",
         python()
     ))
     .await;
@@ -49,17 +69,30 @@ async fn conformance_kit_fails_a_worker_that_acks_early_and_ignores_deadlines() 
 
 #[tokio::test]
 async fn conformance_kit_checks_a_worker_behind_a_running_gateway() {
-    // --gateway instead of --start: the harness's gateway (no authentication, so the caller
-    // is null) and bridge; the kit still starts, kills and restarts the worker itself.
-    let system = System::builder()
+    // --gateway instead of --start: the harness's gateway, which authenticates, and bridge; the
+    // kit connects with the token given and expects the worker to see its identity, and still
+    // starts, kills and restarts the worker itself.
+    const TOKEN: &str = "conformance-token-5f0c";
+    let secrets = tempfile::tempdir().expect("temp dir");
+    let tokens = secrets.path().join("tokens");
+    std::fs::write(&tokens, format!("sdk-author:{TOKEN}\n")).expect("writes the tokens file");
+    let mut system = System::builder()
         .without_worker()
+        .gateway_arg("--tokens", tokens.to_str().expect("utf-8 path"))
         .start()
         .await
         .expect("system starts");
+    for method in conformance::METHODS {
+        system.track_queue(system.queue_for(method));
+    }
     let bins = binaries().await.expect("binaries");
     let args = [
         "--gateway".to_owned(),
         format!("ws://{}/ws", system.gateway_addr().expect("gateway")),
+        "--token".to_owned(),
+        TOKEN.to_owned(),
+        "--caller".to_owned(),
+        "sdk-author".to_owned(),
         "--amqp".to_owned(),
         system.amqp_url().to_owned(),
         "--queue-prefix".to_owned(),
@@ -75,9 +108,5 @@ async fn conformance_kit_checks_a_worker_behind_a_running_gateway() {
         .expect("the kit lists its checks");
     assert_eq!(report.with_verdict("PASS"), all, "{:#?}", report.lines);
     assert!(report.status.success(), "{}", report.status);
-    let mut system = system;
-    for method in conformance::METHODS {
-        system.track_queue(system.queue_for(method));
-    }
     system.cleanup().await;
 }

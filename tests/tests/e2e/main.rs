@@ -5,6 +5,7 @@
 
 mod bench;
 mod clients;
+mod cluster;
 mod command_line;
 mod conformance;
 mod faults;

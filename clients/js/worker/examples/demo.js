@@ -60,9 +60,13 @@ worker
   .method('conf.echo', (params) => params)
   .method('conf.progress', async (params, job) => {
     const steps = count(params, 'steps', MAX_CONF_PROGRESS_STEPS);
+    // Published at once, in order (one channel keeps it); their confirms are awaited together,
+    // so a broker slow to confirm (an fsync per batch) costs one wait, not one per report.
+    const reports = [];
     for (let step = 1; step <= steps; step += 1) {
-      await job.progress({ step });
+      reports.push(job.progress({ step }));
     }
+    await Promise.all(reports);
     return { steps };
   })
   .method('conf.sleep', async (params, job) => {
@@ -71,7 +75,8 @@ worker
     if (tag !== undefined && typeof tag !== 'string') throw invalid('tag must be a string');
     if (tag !== undefined) runs.set(tag, (runs.get(tag) ?? 0) + 1);
     // How the kit knows the job runs (to cancel it, or kill this worker, at the right moment).
-    await job.progress({ started: true });
+    // Not awaited: the report goes out before the result either way.
+    job.progress({ started: true });
     await pause(ms, job);
     return { slept: ms };
   })

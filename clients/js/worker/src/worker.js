@@ -36,8 +36,11 @@ export const DEFAULT_MAX_REPLY_BYTES = 16 * 1024 * 1024;
 export const DEFAULT_SHUTDOWN_GRACE_MS = 10_000;
 /** Default delivery limit of quorum method queues: a poison job runs at most 4 times. */
 export const DEFAULT_DELIVERY_LIMIT = 3;
-/** Bound on opening one broker session: an unreachable host must not hold the loop. */
-export const CONNECT_TIMEOUT_MS = 30_000;
+/**
+ * Bound on opening one broker session: an unreachable host must not hold the loop, and the next
+ * broker of the list is tried after it (10 s, like the Rust bridge and worker).
+ */
+export const CONNECT_TIMEOUT_MS = 10_000;
 /** Bound on each goodbye (basic.cancel, connection.close) to a broker that may be gone. */
 const GOODBYE_TIMEOUT_MS = 2_000;
 /** After the shutdown grace expires, how long abandoned handlers get to see their signal. */
@@ -198,11 +201,11 @@ export class Worker {
       }
     }
     const urls = [];
-    for (const url of brokerUrls(s.amqp)) {
+    brokerUrls(s.amqp).forEach((url, index) => {
       const problem = urlProblem(url);
-      if (problem) this.log.error('broker URL skipped', { url: maskUrl(url), reason: problem });
+      if (problem) this.log.error('broker URL skipped', { position: index + 1, url: maskUrl(url), reason: problem });
       else urls.push(url);
-    }
+    });
     if (urls.length === 0) throw new WorkerConfigError('no usable broker URL (amqp://... or amqps://...)');
     return urls;
   }

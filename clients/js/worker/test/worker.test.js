@@ -244,5 +244,5 @@ test('an unusable URL in a list is named and skipped', () => {
   const worker = quietWorker({ amqp: 'nope, amqp://u:secret@h' }).method('a', () => 1);
   assert.deepEqual(worker.validate(), ['amqp://u:secret@h']);
   const skipped = worker.lines.find((line) => line.message === 'broker URL skipped');
-  assert.deepEqual(skipped.fields, { url: '<unparseable URL>', reason: 'is not a URL' });
+  assert.deepEqual(skipped.fields, { position: 1, url: '<unparseable URL>', reason: 'is not a URL' });
 });
