@@ -47,6 +47,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod acks;
 pub mod cancel;
 pub mod dead;
 pub mod headers;

@@ -6,7 +6,7 @@
 //! as their own tasks (bounded by a semaphore) so one slow confirm never holds up the others.
 //!
 //! A reply is acknowledged to RabbitMQ only when the gateway says it took it, in batches (see
-//! [`crate::acks`]); whatever is still untaken when the link ends is returned to the queue, so
+//! [`wsmq_amqp_proto::acks`]); whatever is still untaken when the link ends is returned to the queue, so
 //! a gateway or bridge restart loses no result (at worst the gateway sees one twice, and answers
 //! each call once).
 
@@ -23,12 +23,12 @@ use tokio_util::codec::{FramedRead, FramedWrite};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
+use wsmq_amqp_proto::acks::{AckOp, AckWindow};
 use wsmq_ipc_proto::{
     Backlog, CancelReason, IpcCodec, Job, JobId, MAX_UNTAKEN_REPLIES, OLDEST_GATEWAY_VERSION,
     PROTOCOL_VERSION, Refusal, Rejection, Reply, ReplySeq, ToBridge, ToGateway, Welcome,
 };
 
-use crate::acks::{AckOp, AckWindow};
 use crate::backlog::{Probe, Prober};
 use crate::broker::{BrokerHandle, ReplyDelivery, ReplySource};
 use crate::publisher::Publishers;
@@ -319,13 +319,18 @@ impl GatewayLink {
     ) -> Result<(), LinkError> {
         let ReplyDelivery { delivery, source } = reply;
         let tag = delivery.delivery_tag;
-        match &mut self.acks {
-            Some((current, window)) if Arc::ptr_eq(current, &source) => window.delivered(tag),
+        // A new reply channel numbers its deliveries from 1 again: a new window.
+        let window = match &mut self.acks {
+            Some((current, window)) if Arc::ptr_eq(current, &source) => window,
             _ => {
-                let mut window = AckWindow::new(self.prefetch);
-                window.delivered(tag);
-                self.acks = Some((source.clone(), window));
+                let (_, window) = self
+                    .acks
+                    .insert((source.clone(), AckWindow::new(self.prefetch)));
+                window
             }
+        };
+        if let Err(e) = window.delivered(tag) {
+            warn!(error = %e, unexpected = window.unexpected(), "unexpected reply delivery tag");
         }
         let props = &delivery.properties;
         let job = props
@@ -396,8 +401,15 @@ impl GatewayLink {
             // From a channel that is gone: RabbitMQ has requeued it already.
             return;
         }
-        for op in window.taken(tag) {
-            send_now(current, op);
+        match window.taken(tag) {
+            Ok(ops) => {
+                for op in ops {
+                    send_now(current, op);
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, unexpected = window.unexpected(), "unexpected reply taken");
+            }
         }
     }
 

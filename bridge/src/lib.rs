@@ -6,7 +6,6 @@
 //! taken it. Living in its own process, it can be restarted, or lose RabbitMQ, without a
 //! single websocket client noticing more than a -32000 "broker unavailable".
 
-mod acks;
 mod backlog;
 mod broker;
 mod config;

@@ -74,7 +74,7 @@ pub async fn all_checks() -> Result<Vec<String>> {
 /// repository root, with `WSMQ_AMQP`, `WSMQ_QUEUE_PREFIX` and `WSMQ_CONCURRENCY` set) on a fresh
 /// queue prefix, then deletes that prefix's queues, the demo methods' too, which the SDKs'
 /// examples serve beside the conformance methods (the kit does so too; this covers a kit that
-/// died). The kit's stderr (the worker's log among it) goes to the test's stderr.
+/// died). The kit's stderr (the worker's log among it) is copied to the test's stderr.
 pub async fn run_kit(worker_cmd: &str) -> Result<KitReport> {
     let bins = binaries().await?;
     let prefix = format!("wsmq-test.{}.", uuid::Uuid::new_v4().simple());
@@ -115,13 +115,18 @@ pub async fn run_kit_with(args: &[String]) -> Result<KitReport> {
         .current_dir(workspace_root())
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(KIT_TIMEOUT, run)
         .await
         .with_context(|| format!("wsmq-conformance did not finish within {KIT_TIMEOUT:?}"))?
         .context("cannot run wsmq-conformance")?;
+    // Its stderr (the worker's log among it) first, then its verdicts: nextest shows both when
+    // the test fails. (tokio's `output` pipes both streams, whatever was asked before.)
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for line in stderr.lines() {
+        eprintln!("[conformance] {line}");
+    }
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("[harness] wsmq-conformance ({}):\n{stdout}", out.status);
     Ok(KitReport {

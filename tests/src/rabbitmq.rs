@@ -75,6 +75,34 @@ pub async fn queue_counts(queue: &str) -> Result<(u64, u64)> {
     bail!("rabbitmqctl does not list the queue {queue}")
 }
 
+/// Closes every AMQP connection whose client gave it the name `name` (`rabbitmqctl
+/// close_connection`), the way a broker or network failure ends one connection: RabbitMQ and
+/// every other connection stay up, so any test may do it. Returns how many were closed.
+pub async fn close_connections_named(name: &str, reason: &str) -> Result<usize> {
+    let out = rabbitmqctl(&[
+        "list_connections",
+        "-q",
+        "--no-table-headers",
+        "pid",
+        "client_properties",
+    ])
+    .await?;
+    // client_properties is printed as an Erlang term: `{"connection_name","<name>"}`.
+    let wanted = format!("{{\"connection_name\",\"{name}\"}}");
+    let mut closed = 0;
+    for line in out.lines() {
+        let Some((pid, properties)) = line.split_once('\t') else {
+            continue;
+        };
+        if properties.contains(&wanted) {
+            eprintln!("[harness] rabbitmqctl close_connection {pid} ({name})");
+            rabbitmqctl(&["close_connection", pid.trim(), reason]).await?;
+            closed += 1;
+        }
+    }
+    Ok(closed)
+}
+
 /// The broker application stopped by a test; started again by [`Self::end`] or on drop.
 #[derive(Debug)]
 pub struct BrokerOutage {

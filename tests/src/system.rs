@@ -373,6 +373,24 @@ impl System {
         self.workers.len()
     }
 
+    /// Worker `index` (in start order), for log assertions.
+    pub fn worker(&mut self, index: usize) -> Result<&mut Service> {
+        let running = self.workers.len();
+        self.workers
+            .get_mut(index)
+            .with_context(|| format!("no worker {index}: {running} running"))
+    }
+
+    /// The AMQP connection name of demo worker `index` (it names its connection after its pid).
+    pub fn worker_connection_name(&self, index: usize) -> Result<String> {
+        let pid = self
+            .workers
+            .get(index)
+            .and_then(Service::id)
+            .with_context(|| format!("worker {index} is not running"))?;
+        Ok(format!("wsmq-worker demo pid {pid}"))
+    }
+
     /// SIGKILL to worker `index` (in start order; a killed worker leaves the list, so the
     /// next one moves up); waits for it to be gone.
     pub async fn kill_worker(&mut self, index: usize) -> Result<()> {

@@ -1,5 +1,6 @@
 //! One job: run its handler while publishing its progress, then publish the reply with a
-//! confirm and only then ack the job; or, if the job was cancelled, ack it without a reply.
+//! confirm and only then report the job settled, for the delivery loop to ack (in a batch, see
+//! `worker/acks.rs`); or, if the job was cancelled, report it settled without a reply.
 
 use std::{
     collections::HashMap,
@@ -11,7 +12,7 @@ use std::{
 use futures::FutureExt;
 use lapin::{
     Acker, BasicProperties, Channel, PublisherConfirm,
-    options::{BasicAckOptions, BasicNackOptions, BasicPublishOptions},
+    options::{BasicNackOptions, BasicPublishOptions},
 };
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -62,9 +63,20 @@ enum PublishError {
     Channel(#[source] lapin::Error),
 }
 
-/// Serves one admitted job, acking or nacking it in every case where the channel still allows
-/// it.
-pub(crate) async fn process(shared: Arc<JobShared>, job: Job) {
+/// How a job ended, for the delivery loop's ack window (`worker/acks.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settled {
+    /// Its reply is confirmed (or no reply is wanted any more): the delivery loop acks it,
+    /// batched with the others.
+    Done,
+    /// Nacked back to the queue here already: no ack may name it.
+    Requeued,
+}
+
+/// Serves one admitted job. Nacks it back to the queue itself when its reply was not confirmed;
+/// otherwise says it is [`Settled::Done`] and leaves the ack to the delivery loop, which never
+/// covers a job before that.
+pub(crate) async fn process(shared: Arc<JobShared>, job: Job) -> Settled {
     let Job {
         method,
         address,
@@ -100,8 +112,7 @@ pub(crate) async fn process(shared: Arc<JobShared>, job: Job) {
         // reply would only be dropped by the bridge.
         if cancellation.is_cancelled() || contract::deadline_passed(deadline, SystemTime::now()) {
             debug!("job ended after its cancellation; acking it without a reply");
-            ack(&acker).await;
-            return;
+            return Settled::Done;
         }
         if let Err(error) = &outcome {
             debug!(code = error.code, message = %error.message, "job answered with an error");
@@ -114,23 +125,19 @@ pub(crate) async fn process(shared: Arc<JobShared>, job: Job) {
             Err(error) => Err(PublishError::Channel(error)),
         };
         match published {
-            Ok(()) => ack(&acker).await,
+            Ok(()) => Settled::Done,
             Err(error) => {
                 warn!(error = %ErrorChain(&error), "reply not confirmed; requeueing the job");
                 if matches!(error, PublishError::Channel(_)) {
                     shared.broken.cancel();
                 }
                 nack_requeue(&acker).await;
+                Settled::Requeued
             }
         }
     }
     .instrument(span)
     .await
-}
-
-/// Acks a job the delivery loop decided not to run, without a reply.
-pub(crate) async fn skip(acker: Acker) {
-    ack(&acker).await;
 }
 
 /// Runs the handler to its end while publishing the progress it reports, and cancels the job
@@ -237,15 +244,6 @@ async fn confirmed(confirm: PublisherConfirm) -> Result<(), PublishError> {
         return Err(PublishError::Nacked);
     }
     Ok(())
-}
-
-async fn ack(acker: &Acker) {
-    match acker.ack(BasicAckOptions::default()).await {
-        Ok(true) => {}
-        // The channel is gone; the broker requeues the job by itself.
-        Ok(false) => debug!("job not acked: its channel is closed"),
-        Err(error) => debug!(error = %error, "job not acked"),
-    }
 }
 
 async fn nack_requeue(acker: &Acker) {

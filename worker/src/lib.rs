@@ -129,6 +129,11 @@
 //! - A job is acked only **after** the broker confirmed its reply (publisher confirms on the
 //!   reply channel). If the broker nacks the reply, or the publish fails, the job is nacked
 //!   with `requeue = true` and will be delivered again.
+//! - Acks are batched: each method is consumed on a channel of its own, and whenever the
+//!   delivery loop has nothing else to do it sends one `basic.ack` with `multiple = true` per
+//!   channel, up to the highest delivery tag below which every job is settled. A job not yet
+//!   settled is never covered; a job settled but not yet acked when the connection is lost is
+//!   delivered again (and answered again: the bridge keeps the first answer).
 //! - A job without `reply_to` or `correlation_id` cannot be answered: it is logged at warn and
 //!   acked.
 //! - A job whose body is not valid JSON is answered with error `-32700` ("params are not valid
@@ -140,7 +145,7 @@
 //! Each method consumer's prefetch (`basic.qos`) is the worker's concurrency, or the method's
 //! own [`method_concurrency`](WorkerBuilder::method_concurrency) when it has one (at most the
 //! worker's). At most `concurrency` handlers run at once over all methods, and at most a
-//! method's own concurrency of that method, each on its own task, each acking its own job. A
+//! method's own concurrency of that method, each on its own task. A
 //! small prefetch also keeps priorities meaningful: jobs not yet delivered are the ones the
 //! broker can still reorder.
 //!

@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 use crate::{contract::QueueType, error::WorkerError, request::Handler};
 use wsmq_service::{AfterFailure, Backoff, ErrorChain, Failover};
 
+mod acks;
 mod builder;
 mod connection;
 mod serve;
@@ -148,7 +149,7 @@ impl Worker {
             let node = node_of(uri);
             let opened = tokio::select! {
                 () = shutdown.cancelled() => break Ok(()),
-                opened = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(uri)) => {
+                opened = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(uri, dispatch.next_session())) => {
                     opened.unwrap_or(Err(SetupError::TimedOut(CONNECT_TIMEOUT)))
                 }
             };

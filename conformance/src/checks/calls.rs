@@ -12,7 +12,7 @@ use crate::methods::{CALLER, ECHO, FAIL, PROGRESS, RAISE, SLEEP};
 
 /// How long the slow call of `out-of-order` sleeps once started: the margin within which the
 /// quick calls must be answered.
-const SLOW_MS: u64 = 2000;
+const SLOW_MS: u64 = 3000;
 /// The progress steps `progress` asks for.
 const STEPS: u64 = 5;
 

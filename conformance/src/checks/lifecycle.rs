@@ -15,13 +15,13 @@ use crate::system::{STOP_TIMEOUT, WORKER_READY_TIMEOUT};
 /// so a slot still held by one shows as a call that is never answered.
 const HOLD_MS: u64 = 30_000;
 /// The deadline of the one job `cancel-frees-slots` lets time out.
-const SHORT_DEADLINE_MS: u64 = 3_000;
+const SHORT_DEADLINE_MS: u64 = 5_000;
 /// The deadline of the jobs `cancel-frees-slots` cancels with `$/cancel`.
 const LONG_DEADLINE_MS: u64 = 60_000;
 /// How long `redelivery`'s job sleeps (it is killed early in its first run).
 const REDELIVERED_MS: u64 = 1_000;
 /// `redelivery`'s call deadline: if the job is lost, the call ends -32001 then.
-const REDELIVERY_DEADLINE_MS: u64 = 10_000;
+const REDELIVERY_DEADLINE_MS: u64 = 15_000;
 
 /// Whether the call `id` has reported `{"started": true}` in `log`.
 fn started(log: &[crate::client::Frame], id: &Value) -> bool {

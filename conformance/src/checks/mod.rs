@@ -20,9 +20,9 @@ mod direct;
 mod lifecycle;
 
 /// The limit of most checks.
-const CHECK_LIMIT: Duration = Duration::from_secs(10);
+const CHECK_LIMIT: Duration = Duration::from_secs(20);
 /// The limit of `redelivery`, which kills and restarts the worker.
-const REDELIVERY_LIMIT: Duration = Duration::from_secs(25);
+const REDELIVERY_LIMIT: Duration = Duration::from_secs(40);
 /// How long past its limit a check may run before it is stopped: its own waits end at the limit
 /// with a message saying what never came, which this leaves time to report.
 const OVERRUN: Duration = Duration::from_secs(1);

@@ -51,11 +51,25 @@ impl System {
         concurrency: u32,
         extra_env: &[(&'static str, &str)],
     ) -> Result<()> {
-        for method in PYTHON_SDK_METHODS {
-            self.track_queue(self.queue_for(method));
-        }
         let example = workspace_root().join(PYTHON_SDK_EXAMPLE);
         let target = format!("{}:worker", path_arg(&example)?);
+        self.start_python_sdk_target(&target, &PYTHON_SDK_METHODS, concurrency, extra_env)
+            .await
+    }
+
+    /// Runs `python3 -m wsmq_worker target` (a `module:attribute` or `file.py:attribute` whose
+    /// worker serves `methods`, reading `WSMQ_QUEUE_PREFIX` and `WSMQ_CONCURRENCY` from its
+    /// environment) and waits until it consumes every queue.
+    pub async fn start_python_sdk_target(
+        &mut self,
+        target: &str,
+        methods: &[&str],
+        concurrency: u32,
+        extra_env: &[(&'static str, &str)],
+    ) -> Result<()> {
+        for method in methods {
+            self.track_queue(self.queue_for(method));
+        }
         let mut env = python_sdk_env()?;
         env.extend([
             ("WSMQ_AMQP", self.amqp_url.clone()),
@@ -63,12 +77,8 @@ impl System {
             ("WSMQ_CONCURRENCY", concurrency.to_string()),
         ]);
         env.extend(extra_env.iter().map(|(k, v)| (*k, (*v).to_owned())));
-        let mut worker = Service::spawn(
-            "python-sdk",
-            python(),
-            ["-m", "wsmq_worker", target.as_str()],
-            &env,
-        )?;
+        let mut worker =
+            Service::spawn("python-sdk", python(), ["-m", "wsmq_worker", target], &env)?;
         let ready = worker
             .wait_for_log("\"wsmq worker ready\"", |l| {
                 l.text.contains("wsmq worker ready")

@@ -14,6 +14,8 @@
 //! URL) and `WSMQ_RABBITMQCTL` (a script running `rabbitmqctl -n <node> "$@"`).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -386,6 +388,59 @@ async fn bridge_killed_under_load_keeps_every_client() {
         "every call answered once with its own result (held, never -32000), no socket closed",
     );
 
+    system.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_connection_lost_under_load_answers_every_call_once() {
+    // One worker serving `echo` and `sleep` at once: each method on its channel, the acks of
+    // each batched. Its connection is closed by the broker mid-load (the rest of RabbitMQ stays
+    // up): the jobs it held unacked are redelivered on its next connection, whose delivery tags
+    // start again at 1.
+    let mut system = System::builder()
+        .workers(1)
+        .start()
+        .await
+        .expect("system starts");
+    let clients = targets(
+        system.gateway_addr().expect("gateway runs"),
+        "worker-conn.",
+        LOAD_CLIENTS,
+    );
+    let load = Load::start(&clients, &LoadSpec::default());
+    tokio::time::sleep(LOAD_BEFORE_FAULT).await;
+
+    let name = system.worker_connection_name(0).expect("the worker runs");
+    let closed = rabbitmq::close_connections_named(&name, "test: connection lost under load")
+        .await
+        .expect("rabbitmqctl close_connection");
+    assert_eq!(closed, 1, "the worker's one connection is closed");
+    let sessions = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&sessions);
+    system
+        .worker(0)
+        .expect("the worker runs")
+        .wait_for_log(
+            "a second \"connected to the broker; consuming\"",
+            move |line| {
+                line.message() == Some("connected to the broker; consuming")
+                    && seen.fetch_add(1, Ordering::SeqCst) + 1 == 2
+            },
+        )
+        .await
+        .expect("the worker reconnects");
+    tokio::time::sleep(LOAD_AFTER_FAULT).await;
+
+    let tally = load.finish().await.expect("load clients run");
+    report("worker_connection_lost_under_load", &tally);
+    tally
+        .check(false)
+        .expect("every call answered once with its own result, no socket closed");
+    for method in ["echo", "sleep"] {
+        wait_queue_counts(&system.queue_for(method), 0, 0)
+            .await
+            .expect("every job acked, none left behind");
+    }
     system.cleanup().await;
 }
 

@@ -290,26 +290,64 @@ async fn worker_connection(pid: u32) -> String {
         .to_owned()
 }
 
+/// A worker of the test's own whose first job in this process runs until it is told to stop
+/// (its connection lost), and whose later jobs answer at once: the test needs no timing.
+const FIRST_RUN_HANGS_WORKER: &str = r#"
+import os, threading
+from wsmq_worker import Worker
+
+worker = Worker(queue_prefix=os.environ["WSMQ_QUEUE_PREFIX"], concurrency=1)
+runs = 0
+lock = threading.Lock()
+
+@worker.method("first_run_hangs")
+def first_run_hangs(params, job):
+    global runs
+    with lock:
+        runs += 1
+        run = runs
+    job.progress({"run": run})
+    if run == 1:
+        job.cancelled.wait(60)
+        return {"run": run, "cancelled": job.cancelled.is_set()}
+    return {"run": run}
+
+@worker.method("echo")
+def echo(params, job):
+    return params
+"#;
+
+/// Writes `source` as a Python module in `dir`; returns the `file.py:worker` target.
+fn worker_module(dir: &tempfile::TempDir, name: &str, source: &str) -> String {
+    let module = dir.path().join(format!("{name}.py"));
+    std::fs::write(&module, source).expect("the worker module is written");
+    format!("{}:worker", module.display())
+}
+
 #[tokio::test]
 async fn python_sdk_worker_reconnects_and_a_job_of_the_lost_connection_is_answered_once() {
-    /// Longer than closing a connection with rabbitmqctl takes, so that the cut comes mid-job.
-    const SLEEP_MS: u64 = 5000;
-    let (system, mut client) = python_system(1).await;
+    let mut system = System::builder()
+        .without_worker()
+        .start()
+        .await
+        .expect("system starts");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let target = worker_module(&dir, "first_run_hangs", FIRST_RUN_HANGS_WORKER);
+    system
+        .start_python_sdk_target(&target, &["first_run_hangs", "echo"], 1, &[])
+        .await
+        .expect("the test's worker starts");
     let pid = system.worker_pid(0).expect("the worker runs");
-    // Looked up first: rabbitmqctl takes a second or two, and the cut must come mid-job.
     let connection = worker_connection(pid).await;
+    let mut client = system.client().await.expect("client connects");
 
     client
-        .send_json(&rpc::request(
-            "cut",
-            "conf.sleep",
-            json!({"ms": SLEEP_MS, "tag": "cut"}),
-        ))
+        .send_json(&rpc::request("cut", "first_run_hangs", json!({})))
         .await
-        .expect("sends the sleep");
+        .expect("sends the call");
     assert_eq!(
         next_progress_of(&mut client, "cut").await,
-        json!({"started": true})
+        json!({"run": 1})
     );
     // From the broker's side, as a failover or a network cut would end it (RabbitMQ itself
     // keeps running).
@@ -321,25 +359,24 @@ async fn python_sdk_worker_reconnects_and_a_job_of_the_lost_connection_is_answer
     .await
     .expect("rabbitmqctl closes the connection");
 
-    // The job was not acked (its reply was never sent), so RabbitMQ hands it to the worker
-    // again once it has reconnected; it runs again and is answered, once.
-    let (_reports, response) = client
+    // The SDK told the first run to stop (else it holds the only thread for 60 s) and did not
+    // ack its job, so RabbitMQ redelivers it once the worker has reconnected: the second run
+    // answers it, and only it.
+    let (reports, response) = client
         .recv_until_response(&json!("cut"))
         .await
         .expect("the job is answered after the reconnection");
     assert_eq!(
         rpc::result(&response),
-        Some(&json!({"slept": SLEEP_MS})),
+        Some(&json!({"run": 2})),
         "{response}"
     );
-    let runs = client
-        .call_result("conf.runs", json!({"tag": "cut"}))
-        .await
-        .expect("conf.runs");
     assert_eq!(
-        runs,
-        json!({"runs": 2}),
-        "run on the lost connection, then again"
+        reports,
+        [
+            json!({"jsonrpc": "2.0", "method": "$/progress", "params": {"id": "cut", "value": {"run": 2}}})
+        ],
+        "the redelivered run's report"
     );
     client
         .expect_no_stray_frames()
@@ -424,5 +461,58 @@ async fn python_sdk_worker_names_a_dead_broker_url_and_serves_from_the_next() {
         .await
         .expect("conf.echo");
     assert_eq!(result, json!({"via": "the second URL"}));
+    system.cleanup().await;
+}
+
+/// A worker of the test's own, run by the SDK's command line: a method whose result JSON
+/// cannot hold, beside one that works.
+const UNENCODABLE_WORKER: &str = r#"
+import os
+from wsmq_worker import Worker
+
+worker = Worker(queue_prefix=os.environ["WSMQ_QUEUE_PREFIX"], concurrency=1)
+
+@worker.method("unencodable")
+def unencodable(params, job):
+    return {"a set": {1, 2}}
+
+@worker.method("echo")
+def echo(params, job):
+    return params
+"#;
+
+#[tokio::test]
+async fn python_sdk_result_that_is_not_json_is_answered_internal_error_for_that_call_only() {
+    let mut system = System::builder()
+        .without_worker()
+        .start()
+        .await
+        .expect("system starts");
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let target = worker_module(&dir, "unencodable_worker", UNENCODABLE_WORKER);
+    system
+        .start_python_sdk_target(&target, &["unencodable", "echo"], 1, &[])
+        .await
+        .expect("the test's worker starts");
+    let mut client = system.client().await.expect("client connects");
+
+    let response = client
+        .call("unencodable", json!({}))
+        .await
+        .expect("the call is answered");
+    assert_eq!(
+        response["error"],
+        json!({
+            "code": INTERNAL_ERROR,
+            "message": "internal error: reply could not be encoded as JSON: Object of type set is not JSON serializable"
+        }),
+        "{response}"
+    );
+    let result = client
+        .call_result("echo", json!(["next"]))
+        .await
+        .expect("the worker still serves");
+    assert_eq!(result, json!(["next"]));
+
     system.cleanup().await;
 }

@@ -1,5 +1,9 @@
 //! One connection to the broker and everything the worker opens on it: the set-up (channels,
 //! queues, consumers, the cancellation queue), and its end.
+//!
+//! Channels: one for replies and progress (confirm mode), one for the declarations and the
+//! cancellation consumer, and one per method for its consumer, so that each method channel's
+//! delivery tags reach the delivery loop in order and its acks can be batched (`acks.rs`).
 
 use std::{sync::Arc, time::Duration};
 
@@ -20,6 +24,7 @@ use lapin::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::acks::SessionAcks;
 use super::{Route, Worker};
 use crate::job::JobShared;
 
@@ -34,6 +39,8 @@ pub(super) const ABANDON_TIMEOUT: Duration = Duration::from_secs(1);
 /// One item of the merged consumer streams.
 pub(super) struct Incoming {
     pub(super) route: Arc<Route>,
+    /// The route's position, which is its method channel's in [`BrokerConnection::methods`].
+    pub(super) index: usize,
     /// A job, or the error that ends the consumer; `None` once the consumer's stream ended
     /// (cancelled by the broker because its queue was deleted, or its channel closed).
     pub(super) item: Option<lapin::Result<Delivery>>,
@@ -48,9 +55,14 @@ pub(super) struct BrokerConnection {
     pub(super) connection: Connection,
     /// The connection's events; an `Error` means the session is lost.
     pub(super) events: BoxStream<'static, Event>,
-    pub(super) consume_channel: Channel,
-    /// The method consumers' tags (not the cancellation consumer's, which lives to the end).
-    pub(super) consumer_tags: Vec<ShortString>,
+    /// Declarations and the cancellation consumer; held so that it stays open (lapin closes a
+    /// channel when its last handle is dropped).
+    pub(super) _control_channel: Channel,
+    /// One channel per method, with its consumer (not the cancellation consumer's, which lives
+    /// to the end).
+    pub(super) methods: Vec<MethodChannel>,
+    /// The acknowledgements of the jobs delivered on the method channels.
+    pub(super) acks: SessionAcks,
     /// Every method consumer's stream, merged.
     pub(super) deliveries: SelectAll<BoxStream<'static, Incoming>>,
     /// This worker's own queue bound to the cancellation exchange.
@@ -59,6 +71,12 @@ pub(super) struct BrokerConnection {
     /// Cancelled when this session's jobs must stop at once: the session was lost (their acks
     /// cannot reach the broker any more) or the shutdown grace expired.
     pub(super) abort_jobs: CancellationToken,
+}
+
+/// A method's channel and its consumer.
+pub(super) struct MethodChannel {
+    pub(super) channel: Channel,
+    pub(super) consumer_tag: ShortString,
 }
 
 /// Why opening a session failed.
@@ -157,10 +175,12 @@ impl ConnectionLost {
 }
 
 impl Worker {
-    /// Connects and sets up everything the worker needs on the broker.
+    /// Connects to `uri` and sets up everything the worker needs on the broker, as session
+    /// number `session` (see `acks.rs`).
     pub(super) async fn connect(
         &self,
         uri: &lapin::uri::AMQPUri,
+        session: u64,
     ) -> Result<BrokerConnection, SetupError> {
         // lapin's own recovery stays off (the default): this loop rebuilds sessions itself.
         let properties = ConnectionProperties::default()
@@ -180,16 +200,16 @@ impl Worker {
             .await
             .map_err(SetupError::ConfirmSelect)?;
 
-        let consume_channel = connection
+        let control_channel = connection
             .create_channel()
             .await
             .map_err(SetupError::OpenChannel)?;
         // Cancellations are listened to before any job arrives, so that none sent after a
         // job's delivery is missed.
-        let cancels = self.consume_cancellations(&consume_channel).await?;
+        let cancels = self.consume_cancellations(&control_channel).await?;
         if let Some(exchange) = &self.dead_letter_exchange {
             // Before the queues: a job dead-lettered to a missing exchange is lost silently.
-            declare_durable_fanout(&consume_channel, exchange).await?;
+            declare_durable_fanout(&control_channel, exchange).await?;
         }
         for route in &self.routes {
             // Exactly these options and arguments: the contract fixes the queue's shape, and a
@@ -198,7 +218,7 @@ impl Worker {
                 durable: true,
                 ..Default::default()
             };
-            consume_channel
+            control_channel
                 .queue_declare(route.queue.clone(), options, self.queue_arguments.clone())
                 .await
                 .map_err(|source| SetupError::Declare {
@@ -207,16 +227,20 @@ impl Worker {
                 })?;
         }
 
-        let mut consumer_tags = Vec::with_capacity(self.routes.len());
+        let mut methods = Vec::with_capacity(self.routes.len());
         let mut deliveries = SelectAll::new();
-        for route in &self.routes {
-            // Per consumer (`global: false`; global QoS is deprecated in RabbitMQ): it applies
-            // to the consumers started after it on this channel, so each method gets its own.
-            consume_channel
+        for (index, route) in self.routes.iter().enumerate() {
+            // One consumer per channel: its delivery tags then arrive in order (see `acks.rs`).
+            let channel = connection
+                .create_channel()
+                .await
+                .map_err(SetupError::OpenChannel)?;
+            // Per consumer (`global: false`; global QoS is deprecated in RabbitMQ).
+            channel
                 .basic_qos(route.prefetch, BasicQosOptions::default())
                 .await
                 .map_err(SetupError::Qos)?;
-            let consumer = consume_channel
+            let consumer = channel
                 .basic_consume(
                     route.queue.clone(),
                     // Empty: the broker picks a unique tag, which the consumer then carries.
@@ -229,16 +253,21 @@ impl Worker {
                     queue: route.queue.clone(),
                     source,
                 })?;
-            consumer_tags.push(consumer.tag());
+            methods.push(MethodChannel {
+                channel,
+                consumer_tag: consumer.tag(),
+            });
             let (for_items, for_end) = (Arc::clone(route), Arc::clone(route));
             let stream = consumer
                 .map(move |delivery| Incoming {
                     route: Arc::clone(&for_items),
+                    index,
                     item: Some(delivery),
                 })
                 .chain(stream::once(async move {
                     Incoming {
                         route: for_end,
+                        index,
                         item: None,
                     }
                 }));
@@ -254,8 +283,9 @@ impl Worker {
         Ok(BrokerConnection {
             connection,
             events,
-            consume_channel,
-            consumer_tags,
+            _control_channel: control_channel,
+            methods,
+            acks: SessionAcks::new(session, self.routes.iter().map(|route| route.prefetch)),
             deliveries,
             cancels,
             shared,

@@ -5,36 +5,50 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use futures::StreamExt;
-use lapin::{message::Delivery, options::BasicCancelOptions};
+use futures::{FutureExt, StreamExt};
+use lapin::{
+    Channel,
+    message::Delivery,
+    options::{BasicAckOptions, BasicCancelOptions, BasicNackOptions},
+};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
 
 use super::Worker;
+use super::acks::{AckReport, SessionAcks};
 use super::connection::{
-    ABANDON_TIMEOUT, BrokerConnection, ConnectionLost, GOODBYE_TIMEOUT, Incoming, close_connection,
-    next_connection_error,
+    ABANDON_TIMEOUT, BrokerConnection, ConnectionLost, GOODBYE_TIMEOUT, Incoming, MethodChannel,
+    close_connection, next_connection_error,
 };
 use crate::{
-    contract::{self, Cancellation, ReplyAddress},
+    contract::{self, Cancellation, ReplyAddress, acks::AckOp},
     job::{self, Job},
     lifecycle::{Admission, JobTable, RECENTLY_CANCELLED_CAPACITY, Ticket},
 };
 
-/// Tickets of ended jobs on their way to the delivery loop. When it is full, an ending job task
-/// waits (it has already given up its slot): the loop reads this channel in every one of its
-/// waits, so the wait is short, and nothing is lost.
+/// Ended jobs on their way to the delivery loop. When it is full, an ending job task waits (it
+/// has already given up its slot): the loop reads this channel in every one of its waits, so
+/// the wait is short, and nothing is lost.
 pub(super) const FINISHED_QUEUE: usize = 64;
 
+/// A job task's last word: its table entry to free, and how its delivery was settled (`None`
+/// when its session ended first, so there is no channel left to ack it on).
+#[derive(Debug)]
+pub(super) struct Ended {
+    ticket: Ticket,
+    ack: Option<AckReport>,
+}
+
 /// What the delivery loop owns across sessions: the handler slots, the job tasks, the job
-/// table and the channel its job tasks report their end on.
+/// table, the channel its job tasks report their end on, and the number of the last session.
 pub(super) struct Dispatch {
     pub(super) slots: Arc<Semaphore>,
     pub(super) jobs: TaskTracker,
     pub(super) table: JobTable,
-    pub(super) finished_tx: mpsc::Sender<Ticket>,
-    pub(super) finished_rx: mpsc::Receiver<Ticket>,
+    pub(super) finished_tx: mpsc::Sender<Ended>,
+    pub(super) finished_rx: mpsc::Receiver<Ended>,
+    sessions: u64,
 }
 
 impl Dispatch {
@@ -47,6 +61,58 @@ impl Dispatch {
             table: JobTable::new(RECENTLY_CANCELLED_CAPACITY),
             finished_tx,
             finished_rx,
+            sessions: 0,
+        }
+    }
+
+    /// The number of the next broker session (delivery tags are per channel, so per session).
+    pub(super) fn next_session(&mut self) -> u64 {
+        self.sessions += 1;
+        self.sessions
+    }
+}
+
+/// Takes in a job's end: frees its table entry and sends the acks that cannot wait.
+fn on_ended(table: &mut JobTable, acks: &mut SessionAcks, methods: &[MethodChannel], ended: Ended) {
+    table.finished(ended.ticket);
+    if let Some(report) = ended.ack {
+        for op in acks.report(report) {
+            send_now(methods, op);
+        }
+    }
+}
+
+/// Queues an acknowledgement without waiting for lapin's I/O thread to write it (the frame goes
+/// in order with the channel's others). If it is never written, the session has died and the
+/// broker requeues the job; the bridge drops a second reply.
+fn send_now(methods: &[MethodChannel], (index, op): (usize, AckOp)) {
+    let Some(method) = methods.get(index) else {
+        return;
+    };
+    if let Some(Err(error)) = perform(&method.channel, op).now_or_never() {
+        debug!(?op, error = %error, "job acknowledgement failed; the broker will redeliver it");
+    }
+}
+
+/// Sends one acknowledgement; the future ends when lapin has written it.
+async fn perform(channel: &Channel, op: AckOp) -> lapin::Result<()> {
+    match op {
+        AckOp::One(tag) => {
+            channel
+                .basic_ack(tag, BasicAckOptions { multiple: false })
+                .await
+        }
+        AckOp::UpTo(tag) => {
+            channel
+                .basic_ack(tag, BasicAckOptions { multiple: true })
+                .await
+        }
+        AckOp::Requeue(tag) => {
+            let options = BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            };
+            channel.basic_nack(tag, options).await
         }
     }
 }
@@ -72,6 +138,8 @@ impl Worker {
             cancels,
             shared,
             abort_jobs,
+            methods,
+            acks,
             ..
         } = session;
         let Dispatch {
@@ -80,6 +148,7 @@ impl Worker {
             table,
             finished_tx,
             finished_rx,
+            ..
         } = dispatch;
         loop {
             let (slot, incoming) = tokio::select! {
@@ -88,8 +157,8 @@ impl Worker {
                 lost = next_connection_error(events) => return Served::Lost(lost),
                 () = shared.broken.cancelled() => return Served::Lost(ConnectionLost::ReplyChannel),
                 // Never `None`: the dispatch holds a sender.
-                Some(ticket) = finished_rx.recv() => {
-                    table.finished(ticket);
+                Some(ended) = finished_rx.recv() => {
+                    on_ended(table, acks, methods, ended);
                     continue;
                 }
                 // Before deliveries, so that of a cancellation and its job arriving together
@@ -110,6 +179,13 @@ impl Worker {
                     let slot = Arc::clone(slots).acquire_owned().await;
                     (slot, deliveries.next().await)
                 } => next,
+                // Nothing else is ready: the batched acks go now, one per channel.
+                () = std::future::ready(()), if acks.is_due() => {
+                    for op in acks.flush() {
+                        send_now(methods, op);
+                    }
+                    continue;
+                }
             };
             // The semaphore is never closed, so this is only for the types' sake.
             let Ok(slot) = slot else {
@@ -117,7 +193,7 @@ impl Worker {
             };
             // Each consumer stream yields a last `item: None` before it leaves the set, so the set
             // running dry comes after that has already ended the session.
-            let Some(Incoming { route, item }) = incoming else {
+            let Some(Incoming { route, index, item }) = incoming else {
                 return Served::Lost(ConnectionLost::EventsEnded);
             };
             let delivery = match item {
@@ -143,7 +219,9 @@ impl Worker {
             let Some(address) = ReplyAddress::from_properties(&properties) else {
                 // Nothing can answer it, and a requeue would bring it straight back.
                 warn!(%method, delivery_tag, "job without reply_to or correlation_id; acking it unanswered");
-                jobs.spawn(job::skip(acker));
+                for op in acks.skipped(index, delivery_tag) {
+                    send_now(methods, op);
+                }
                 continue;
             };
             let job_id = address.correlation_id.as_str();
@@ -156,7 +234,9 @@ impl Worker {
                 Admission::Run(ticket, cancellation) => (ticket, cancellation),
                 Admission::Skip(reason) => {
                     debug!(%method, job_id, reason = reason.as_str(), "job skipped; acking it without a reply");
-                    jobs.spawn(job::skip(acker));
+                    for op in acks.skipped(index, delivery_tag) {
+                        send_now(methods, op);
+                    }
                     continue;
                 }
             };
@@ -171,18 +251,27 @@ impl Worker {
                 body: data,
                 acker,
             };
+            let channel = acks.delivered(index, delivery_tag);
             let shared = Arc::clone(shared);
             let abort = abort_jobs.clone();
             let finished = finished_tx.clone();
             jobs.spawn(async move {
-                tokio::select! {
+                let settled = tokio::select! {
                     biased;
-                    () = abort.cancelled() => debug!(%method, "job dropped: its broker session ended"),
-                    () = job::process(shared, job) => {}
-                }
+                    () = abort.cancelled() => {
+                        debug!(%method, "job dropped: its broker session ended");
+                        None
+                    }
+                    settled = job::process(shared, job) => Some(settled),
+                };
                 drop(slot);
+                let ack = settled.map(|settled| AckReport {
+                    channel,
+                    tag: delivery_tag,
+                    settled,
+                });
                 // Fails only once the worker has stopped, when nobody needs to know.
-                let _ = finished.send(ticket).await;
+                let _ = finished.send(Ended { ticket, ack }).await;
             });
         }
     }
@@ -194,10 +283,10 @@ impl Worker {
             in_flight = dispatch.jobs.len(),
             "shutting down: cancelling consumers"
         );
-        let cancels = session.consumer_tags.iter().map(|tag| {
-            session
-                .consume_channel
-                .basic_cancel(tag.clone(), BasicCancelOptions::default())
+        let cancels = session.methods.iter().map(|method| {
+            method
+                .channel
+                .basic_cancel(method.consumer_tag.clone(), BasicCancelOptions::default())
         });
         match tokio::time::timeout(GOODBYE_TIMEOUT, futures::future::join_all(cancels)).await {
             Ok(results) => {
@@ -220,6 +309,32 @@ impl Worker {
             if !wait_for_jobs(&mut session, dispatch, ABANDON_TIMEOUT).await {
                 debug!("abandoned jobs still winding down");
             }
+        }
+        // The ends of jobs that finished as the wait ended are still queued: take them in, so
+        // that a job settled just then is acked, not requeued.
+        while let Ok(ended) = dispatch.finished_rx.try_recv() {
+            on_ended(
+                &mut dispatch.table,
+                &mut session.acks,
+                &session.methods,
+                ended,
+            );
+        }
+        // The settled jobs' acks must reach the broker before the close, which requeues the
+        // rest (as the explicit nacks of the unsettled ones do).
+        let settle = session.acks.finish().into_iter().filter_map(|(index, op)| {
+            let channel = &session.methods.get(index)?.channel;
+            Some(async move {
+                if let Err(error) = perform(channel, op).await {
+                    debug!(?op, error = %error, "job acknowledgement failed at shutdown");
+                }
+            })
+        });
+        if tokio::time::timeout(GOODBYE_TIMEOUT, futures::future::join_all(settle))
+            .await
+            .is_err()
+        {
+            debug!("the last acknowledgements timed out; the broker requeues those jobs");
         }
         close_connection(&session.connection, "worker shutting down").await;
         info!("worker stopped");
@@ -249,7 +364,9 @@ pub(super) async fn wait_for_jobs(
             biased;
             () = &mut all_ended => return true,
             () = &mut expired => return false,
-            Some(ticket) = finished_rx.recv() => table.finished(ticket),
+            Some(ended) = finished_rx.recv() => {
+                on_ended(table, &mut session.acks, &session.methods, ended);
+            }
             cancel = session.cancels.next(), if cancels_open => match cancel {
                 Some(Some(Ok(message))) => on_cancellation(table, &message),
                 // The session is closing anyway; the jobs just stop hearing cancellations.
