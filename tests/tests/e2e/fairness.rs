@@ -90,11 +90,13 @@ async fn a_flooding_caller_does_not_starve_a_later_one_and_every_call_is_answere
         }
     }
     // Without fair share all 200 of A's jobs are in RabbitMQ's queue ahead of B's, and B's
-    // answer comes after about 199 of A's. With it, at most 16 of A's calls are out when B
-    // calls, and B's call is the next to go: it is answered within A's first 16 + 2 or so.
+    // answer comes after all 200 of A's (measured: 200). With it, A has 16 calls out when B
+    // calls, and B's call goes out at the next room: measured after 17 of A's on a quiet
+    // machine. A loaded one can make the gateway's first look at the queue see A's calls still
+    // on their way to it and let more of them out first, so the bound leaves room for that.
     let before = a_answers_before_b.expect("B answered");
     assert!(
-        before < 40,
+        before < 80,
         "B's one call was answered only after {before} of A's 200"
     );
     let a_tally = a_ledger.finish();
