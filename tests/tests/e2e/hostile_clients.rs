@@ -7,11 +7,12 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
+use wsmq_tests::metrics::read as metric;
 use wsmq_tests::{Incoming, RECV_TIMEOUT, Refusal, System, WsClient, http, rpc};
 
 /// Open sockets of a process, from `/proc/<pid>/fd`.
@@ -514,28 +515,18 @@ async fn abandon_calls(
     Ok(())
 }
 
-/// Reads a counter or gauge from the gateway's `/metrics`, summing its label sets.
-async fn metric(addr: std::net::SocketAddr, name: &str) -> Result<f64> {
-    let page = http::get(addr, "/metrics").await?;
-    let mut sum = 0.0;
-    let mut seen = false;
-    let body = String::from_utf8_lossy(&page.body);
-    for line in body.lines() {
-        if line.starts_with('#') {
-            continue;
-        }
-        let Some((key, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        if key == name || key.starts_with(&format!("{name}{{")) {
-            sum += value.parse::<f64>().unwrap_or(0.0);
-            seen = true;
-        }
-    }
-    if !seen {
-        bail!("no {name} in /metrics");
-    }
-    Ok(sum)
+/// WARN lines of the gateway's log whose message starts with `prefix`.
+async fn warnings(system: &mut System, prefix: &str) -> usize {
+    let lines = system
+        .gateway()
+        .expect("gateway")
+        .lines()
+        .await
+        .expect("log");
+    lines
+        .iter()
+        .filter(|l| l.level() == Some("WARN") && l.message().is_some_and(|m| m.starts_with(prefix)))
+        .count()
 }
 
 /// Issue 17 §1: a session that cannot keep what its calls produce says so once, not once per
@@ -568,21 +559,11 @@ async fn a_session_that_drops_results_warns_once() {
         .await
         .expect("all calls end, some dropped")
         .expect("metrics");
-    let lines = system
-        .gateway()
-        .expect("gateway")
-        .lines()
-        .await
-        .expect("log");
-    let warnings = lines
-        .iter()
-        .filter(|l| {
-            l.level() == Some("WARN")
-                && l.message()
-                    .is_some_and(|m| m.starts_with("session kept too much"))
-        })
-        .count();
-    assert_eq!(warnings, 1, "one WARN line for the session");
+    assert_eq!(
+        warnings(&mut system, "session kept too much").await,
+        1,
+        "one WARN line for the session"
+    );
     system.cleanup().await;
 }
 
@@ -637,21 +618,11 @@ async fn closed_sessions_keep_at_most_the_configured_bytes() {
     .await
     .expect("the oldest sessions' results are counted as evicted");
     assert!(evicted > 0.0, "{evicted} results counted as evicted");
-    let lines = system
-        .gateway()
-        .expect("gateway")
-        .lines()
-        .await
-        .expect("log");
-    let warnings = lines
-        .iter()
-        .filter(|l| {
-            l.level() == Some("WARN")
-                && l.message()
-                    .is_some_and(|m| m.starts_with("disconnected sessions reached a bound"))
-        })
-        .count();
-    assert_eq!(warnings, 1, "one WARN line for all evictions");
+    assert_eq!(
+        warnings(&mut system, "disconnected sessions reached a bound").await,
+        1,
+        "one WARN line for all evictions"
+    );
     system.cleanup().await;
 }
 
